@@ -1,0 +1,200 @@
+"""The transcoder: a wide, sparsely-activating MLP trained to imitate one dense MLP layer.
+
+    z     = act(x @ W_enc + b_enc)          # [.., d_sae]   act = ReLU | TopK(k) then ReLU
+    y_hat = z @ W_dec + b_dec (+ x @ W_skip) # [.., d_out]
+
+x is the normalized MLP input (`blocks.L.ln2.hook_normalized`), y the MLP output (`blocks.L.hook_mlp_out`).
+The paper's ReLU + L1 transcoder penalizes sum_i |z_i| * ||W_dec[i]||, so decoder rows are free in norm
+(the "norm-weighted penalty" option of DESIGN §2); TopK needs no penalty.
+
+Training keeps an input-centering parameter b_pre (initialized to mean(x)); `fold_b_pre()` folds it into b_enc,
+which is the only form ever saved. Files are the SAELens layout: `cfg.json` + `sae_weights.safetensors`
+with W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out] (+ W_skip [d_in, d_out]).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+ARCHITECTURES = ("relu", "topk")
+WEIGHTS_FILE = "sae_weights.safetensors"
+CFG_FILE = "cfg.json"
+
+
+class TranscoderFileError(ValueError):
+    pass
+
+
+@dataclass
+class TranscoderConfig:
+    d_in: int
+    d_sae: int
+    d_out: int
+    architecture: str = "relu"  # 'relu' (ReLU + L1, the paper) or 'topk'
+    k: int | None = None  # active features per token for 'topk'
+    skip: bool = False  # add a linear skip connection x @ W_skip
+    hook_name: str = ""  # e.g. 'blocks.5.ln2.hook_normalized'
+    hook_name_out: str = ""  # e.g. 'blocks.5.hook_mlp_out'
+    model_name: str = ""
+    layer: int = -1
+    provenance: dict[str, Any] = field(default_factory=dict)  # corpus, tokens, seed, code version, ...
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"Unknown transcoder architecture {self.architecture!r}; use one of {ARCHITECTURES}.")
+        if self.architecture == "topk" and not (self.k and 0 < self.k <= self.d_sae):
+            raise ValueError(f"TopK transcoder needs 0 < k <= d_sae, got k={self.k}, d_sae={self.d_sae}.")
+
+
+class Transcoder(nn.Module):
+    def __init__(self, cfg: TranscoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_out))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
+        self.b_pre = nn.Parameter(torch.zeros(cfg.d_in))
+        self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_out)) if cfg.skip else None
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Decoder rows: random unit vectors; encoder = decoder transpose scaled (a common, stable init)."""
+        with torch.no_grad():
+            w = torch.randn(self.cfg.d_sae, self.cfg.d_out, generator=generator)
+            w /= w.norm(dim=-1, keepdim=True)
+            self.W_dec.copy_(w * 0.1)
+            if self.cfg.d_in == self.cfg.d_out:
+                self.W_enc.copy_(w.T)
+            else:
+                self.W_enc.copy_(torch.randn(self.cfg.d_in, self.cfg.d_sae, generator=generator) / self.cfg.d_in**0.5)
+            self.b_enc.zero_()
+            self.b_dec.zero_()
+            self.b_pre.zero_()
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    def pre_acts(self, x: Tensor) -> Tensor:  # x [..., d_in] -> [..., d_sae]
+        return (x - self.b_pre) @ self.W_enc + self.b_enc
+
+    def activation(self, pre: Tensor) -> Tensor:  # [..., d_sae] -> [..., d_sae]
+        if self.cfg.architecture == "topk":
+            vals, idx = pre.topk(self.cfg.k, dim=-1)
+            return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+        return pre.relu()
+
+    def encode(self, x: Tensor) -> Tensor:  # [..., d_in] -> z [..., d_sae]
+        return self.activation(self.pre_acts(x))
+
+    def decode(self, z: Tensor, x: Tensor | None = None) -> Tensor:  # z [..., d_sae] -> [..., d_out]
+        out = z @ self.W_dec + self.b_dec
+        if self.W_skip is not None:
+            if x is None:
+                raise ValueError("This transcoder has a skip connection; decode(z, x) needs the input x.")
+            out = out + x @ self.W_skip
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:  # [..., d_in] -> y_hat [..., d_out]
+        return self.decode(self.encode(x), x)
+
+    @torch.no_grad()
+    def fold_b_pre(self) -> None:
+        """Fold input centering into b_enc: (x - b_pre) W_enc + b_enc == x W_enc + (b_enc - b_pre W_enc)."""
+        self.b_enc -= self.b_pre @ self.W_enc
+        if self.W_skip is not None:
+            self.b_dec -= self.b_pre @ self.W_skip
+        self.b_pre.zero_()
+
+    # ---- files -------------------------------------------------------------------------------------------
+
+    def state_for_saving(self) -> dict[str, Tensor]:
+        folded = Transcoder(self.cfg)
+        folded.load_state_dict(self.state_dict())
+        folded.fold_b_pre()
+        tensors = {k: v.detach().contiguous().cpu().float() for k, v in folded.state_dict().items() if k != "b_pre"}
+        return tensors
+
+    def save(self, directory: str) -> None:
+        """Write cfg.json + sae_weights.safetensors (SAELens `SAE.load_from_disk` reads this)."""
+        os.makedirs(directory, exist_ok=True)
+        save_file(self.state_for_saving(), os.path.join(directory, WEIGHTS_FILE))
+        with open(os.path.join(directory, CFG_FILE), "w") as f:
+            json.dump(saelens_cfg(self.cfg), f, indent=2)
+
+    @classmethod
+    def load(cls, directory: str, device: str | torch.device = "cpu") -> Transcoder:
+        """Load a transcoder saved by `save` (or by SAELens, for the architectures listed above)."""
+        cfg_path, w_path = os.path.join(directory, CFG_FILE), os.path.join(directory, WEIGHTS_FILE)
+        for p in (cfg_path, w_path):
+            if not os.path.exists(p):
+                raise TranscoderFileError(f"Transcoder file {p} is missing; re-materialize the `transcoders` asset.")
+        try:
+            with open(cfg_path) as f:
+                cfg = config_from_saelens(json.load(f))
+            tensors = load_file(w_path, device=str(device))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise TranscoderFileError(f"Transcoder config {cfg_path} is unreadable ({e}); re-train the layer.") from e
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise TranscoderFileError(f"Transcoder weights {w_path} are corrupt ({e}); re-train the layer.") from e
+        tc = cls(cfg).to(device)
+        tensors.setdefault("b_pre", torch.zeros(cfg.d_in, device=device))
+        missing = set(tc.state_dict()) - set(tensors)
+        if missing:
+            raise TranscoderFileError(f"Transcoder weights {w_path} lack {sorted(missing)}; re-train the layer.")
+        tc.load_state_dict({k: tensors[k] for k in tc.state_dict()})
+        return tc
+
+
+def saelens_cfg(cfg: TranscoderConfig) -> dict[str, Any]:
+    """cfg.json in the layout SAELens 6.x loads (`architecture: transcoder`), plus our own fields."""
+    arch = {"relu": "skip_transcoder" if cfg.skip else "transcoder", "topk": "topk_transcoder"}[cfg.architecture]
+    out: dict[str, Any] = {
+        "architecture": arch,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "d_out": cfg.d_out,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": cfg.model_name,
+            "hook_name": cfg.hook_name,
+            "hook_name_out": cfg.hook_name_out,
+            "hook_layer": cfg.layer,
+            "hook_layer_out": cfg.layer,
+        },
+        "atlas": asdict(cfg),
+    }
+    if cfg.architecture == "topk":
+        out["k"] = cfg.k
+    return out
+
+
+def config_from_saelens(d: dict[str, Any]) -> TranscoderConfig:
+    if "atlas" in d:
+        return TranscoderConfig(**d["atlas"])
+    arch = d.get("architecture", "transcoder")
+    meta = d.get("metadata", {})
+    return TranscoderConfig(
+        d_in=d["d_in"],
+        d_sae=d["d_sae"],
+        d_out=d.get("d_out", d["d_in"]),
+        architecture="topk" if "topk" in arch else "relu",
+        k=d.get("k"),
+        skip="skip" in arch,
+        hook_name=meta.get("hook_name", d.get("hook_name", "")),
+        hook_name_out=meta.get("hook_name_out", d.get("hook_name_out", "")),
+        model_name=meta.get("model_name", d.get("model_name", "")),
+        layer=meta.get("hook_layer", d.get("hook_layer", -1)),
+    )

@@ -1,0 +1,271 @@
+"""The feature database schema: every table and column, documented, versioned and migrated.
+
+This is the public SQL contract (DESIGN §5). Tables are declared once as data; `ddl()` renders them,
+`markdown()` renders the documentation (`python -m storage.schema > docs/schema.md`), and `MIGRATIONS`
+moves an existing database forward. To change the schema: append a migration, never edit an applied one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    doc: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+
+    def create_sql(self) -> str:
+        cols = [f"{c.name} {c.type}" for c in self.columns]
+        cols.append(f"PRIMARY KEY ({', '.join(self.key)})")
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n  " + ",\n  ".join(cols) + "\n)"
+
+
+def _t(name: str, doc: str, key: tuple[str, ...], *cols: tuple[str, str, str]) -> Table:
+    return Table(name, doc, tuple(Column(*c) for c in cols), key)
+
+
+TID = ("transcoder_id", "VARCHAR", "Transcoder id, '<model>/L<layer>/<architecture>-<d_sae>' (see `transcoders`).")
+
+TABLES: tuple[Table, ...] = (
+    _t(
+        "contexts",
+        "Fixed-length token windows cut from the corpus; every example and activation points here.",
+        ("context_id",),
+        ("context_id", "INTEGER", "Dense id, 0..n-1, in corpus order."),
+        ("split", "VARCHAR", "'train' or 'eval' (deterministic hash of the source document)."),
+        ("source", "VARCHAR", "Document the window came from (file name or dataset row)."),
+        ("tokens", "INTEGER[]", "Token ids, BOS first, length = context length."),
+        ("text", "VARCHAR", "Decoded text of `tokens` (without BOS)."),
+    ),
+    _t(
+        "vocab",
+        "Token strings of each model's tokenizer, for rendering and SQL joins.",
+        ("model", "token_id"),
+        ("model", "VARCHAR", "Model name as given to the pipeline (e.g. 'smollm2-135m', 'gpt2')."),
+        ("token_id", "INTEGER", "Token id."),
+        ("token_str", "VARCHAR", "Decoded token text (raw, never HTML-escaped; escape when rendering)."),
+    ),
+    _t(
+        "activation_shards",
+        "Manifest of harvested activation shards (Parquet files of MLP input x and output y).",
+        ("model", "layer", "split", "shard"),
+        ("model", "VARCHAR", "Model name."),
+        ("layer", "INTEGER", "Layer index."),
+        ("split", "VARCHAR", "'train' or 'eval'."),
+        ("shard", "INTEGER", "Shard index within (model, layer, split)."),
+        ("path", "VARCHAR", "File path or URL of the Parquet shard."),
+        ("n_tokens", "BIGINT", "Rows (token positions) in the shard."),
+        ("first_context_id", "INTEGER", "Smallest context_id in the shard."),
+        ("last_context_id", "INTEGER", "Largest context_id in the shard."),
+        ("hook_in", "VARCHAR", "Hook of x, e.g. 'blocks.5.ln2.hook_normalized'."),
+        ("hook_out", "VARCHAR", "Hook of y, e.g. 'blocks.5.hook_mlp_out'."),
+        ("d_model", "INTEGER", "Width of x and y."),
+        ("dtype", "VARCHAR", "Storage dtype of x and y in the file ('float16' or 'float32')."),
+        ("created_at", "TIMESTAMP", "When the shard was written."),
+    ),
+    _t(
+        "transcoders",
+        "One row per trained transcoder; weights live in `weights_path` (SAELens layout).",
+        ("transcoder_id",),
+        TID,
+        ("model", "VARCHAR", "Model name."),
+        ("layer", "INTEGER", "Layer whose MLP it imitates."),
+        ("architecture", "VARCHAR", "'relu' (ReLU + L1, the paper), 'topk', 'batchtopk' or 'jumprelu'."),
+        ("d_in", "INTEGER", "Input width (d_model)."),
+        ("d_sae", "INTEGER", "Number of features."),
+        ("train_tokens", "BIGINT", "Tokens seen in training."),
+        ("weights_path", "VARCHAR", "Directory with cfg.json + sae_weights.safetensors."),
+        ("config", "JSON", "Full training config and provenance (hooks, corpus, seed, code version)."),
+        ("created_at", "TIMESTAMP", "When training finished."),
+    ),
+    _t(
+        "training_curves",
+        "Training curve of each transcoder, one row per logged step.",
+        ("transcoder_id", "step"),
+        TID,
+        ("step", "INTEGER", "Optimizer step."),
+        ("tokens", "BIGINT", "Tokens seen so far."),
+        ("loss", "REAL", "Total loss."),
+        ("mse", "REAL", "Mean squared reconstruction error per token (summed over d_out)."),
+        ("sparsity_loss", "REAL", "L1 (ReLU) or AuxK (TopK) term."),
+        ("l0", "REAL", "Mean active features per token in the batch."),
+        ("fvu", "REAL", "Fraction of variance unexplained in the batch."),
+        ("dead_frac", "REAL", "Features not fired within the dead window."),
+        ("lr", "REAL", "Learning rate at this step."),
+    ),
+    _t(
+        "transcoder_metrics",
+        "Held-out evaluation of each transcoder spliced into the model alone.",
+        ("transcoder_id",),
+        TID,
+        ("n_eval_tokens", "BIGINT", "Held-out tokens evaluated."),
+        ("l0", "REAL", "Mean active features per token."),
+        ("fvu", "REAL", "sum ||y - y_hat||^2 / sum ||y - mean(y)||^2."),
+        ("mse", "REAL", "Mean over tokens of ||y - y_hat||^2."),
+        ("ce_clean", "REAL", "Next-token loss (nats) of the unmodified model."),
+        ("ce_spliced", "REAL", "Loss with this layer's MLP output replaced by the transcoder."),
+        ("ce_ablated", "REAL", "Loss with the MLP output mean-ablated (train-split mean)."),
+        ("ce_zero_ablated", "REAL", "Loss with the MLP output zeroed."),
+        ("ce_recovered", "REAL", "(ce_ablated - ce_spliced) / (ce_ablated - ce_clean)."),
+        ("kl", "REAL", "Mean per-token KL(clean || spliced) of next-token distributions (nats)."),
+        ("dead_frac", "REAL", "Features that never fired on the eval tokens."),
+        ("dense_frac", "REAL", "Features firing on more than 10% of eval tokens."),
+        ("created_at", "TIMESTAMP", "When evaluated."),
+    ),
+    _t(
+        "splice_metrics",
+        "Held-out evaluation with several transcoders spliced in at once (all trained layers).",
+        ("model", "layers"),
+        ("model", "VARCHAR", "Model name."),
+        ("layers", "VARCHAR", "Comma-separated spliced layers, e.g. '0,2,8,11'."),
+        ("transcoder_ids", "VARCHAR[]", "Transcoders spliced."),
+        ("n_eval_tokens", "BIGINT", "Held-out tokens evaluated."),
+        ("ce_clean", "REAL", "Loss of the unmodified model."),
+        ("ce_spliced", "REAL", "Loss with every listed MLP replaced by its transcoder."),
+        ("ce_ablated", "REAL", "Loss with every listed MLP mean-ablated."),
+        ("ce_recovered", "REAL", "(ce_ablated - ce_spliced) / (ce_ablated - ce_clean)."),
+        ("kl", "REAL", "Mean KL(clean || spliced)."),
+        ("created_at", "TIMESTAMP", "When evaluated."),
+    ),
+    _t(
+        "features",
+        "One row per transcoder feature: statistics over held-out tokens and a short automatic label.",
+        ("transcoder_id", "feature"),
+        TID,
+        ("feature", "INTEGER", "Feature index, 0..d_sae-1."),
+        ("density", "REAL", "Fraction of eval tokens where the feature is active (> 0)."),
+        ("mean_act", "REAL", "Mean activation over tokens where it is active."),
+        ("max_act", "REAL", "Largest activation seen."),
+        ("n_active", "BIGINT", "Tokens where it is active."),
+        ("quantiles", "REAL[]", "Activation quantiles over active tokens at `quantile_levels`."),
+        ("quantile_levels", "REAL[]", "Levels of `quantiles` (e.g. 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)."),
+        ("hist_edges", "REAL[]", "Histogram bin edges of active activations (n_bins + 1)."),
+        ("hist_counts", "BIGINT[]", "Histogram counts (n_bins)."),
+        ("label", "VARCHAR", "Automatic label from top tokens (no external service)."),
+    ),
+    _t(
+        "feature_examples",
+        "Activating examples per feature: the top-k and samples from activation quantile bands.",
+        ("transcoder_id", "feature", "kind", "rank"),
+        TID,
+        ("feature", "INTEGER", "Feature index."),
+        ("kind", "VARCHAR", "'top', or 'q<i>' for the i-th activation quantile band (q0 weakest)."),
+        ("rank", "INTEGER", "0 = strongest within the kind."),
+        ("context_id", "INTEGER", "Context (see `contexts`)."),
+        ("position", "INTEGER", "Token position of the example within the context."),
+        ("activation", "REAL", "Feature activation at (context_id, position)."),
+        ("window_start", "INTEGER", "Position of token_acts[0] within the context."),
+        ("token_acts", "REAL[]", "Feature activation on every token of the window."),
+    ),
+    _t(
+        "feature_tokens",
+        "Input-invariant token effects: de-embedding (f_enc . W_E) and logit effect (f_dec . W_U).",
+        ("transcoder_id", "feature", "kind", "rank"),
+        TID,
+        ("feature", "INTEGER", "Feature index."),
+        ("kind", "VARCHAR", "'deembed', 'logit_top' or 'logit_bottom'."),
+        ("rank", "INTEGER", "0 = largest magnitude within the kind."),
+        ("token_id", "INTEGER", "Token id (join `vocab`)."),
+        ("value", "REAL", "Dot product."),
+    ),
+    _t(
+        "token_features",
+        "Token -> features index: which features fire most on each token id in held-out text.",
+        ("transcoder_id", "token_id", "rank"),
+        TID,
+        ("token_id", "INTEGER", "Token id at the active position."),
+        ("rank", "INTEGER", "0 = largest mean activation on this token."),
+        ("feature", "INTEGER", "Feature index."),
+        ("mean_act", "REAL", "Mean activation of the feature on occurrences of the token."),
+        ("count", "BIGINT", "Occurrences of the token where the feature is active."),
+    ),
+    _t(
+        "feature_neighbors",
+        "Nearest features by decoder-direction cosine, within and across layers.",
+        ("transcoder_id", "feature", "rank"),
+        TID,
+        ("feature", "INTEGER", "Feature index."),
+        ("rank", "INTEGER", "0 = most similar."),
+        ("nb_transcoder_id", "VARCHAR", "Neighbour's transcoder."),
+        ("nb_feature", "INTEGER", "Neighbour's feature index."),
+        ("cosine", "REAL", "Cosine of the two decoder vectors."),
+    ),
+    _t(
+        "feature_edges",
+        "Input-invariant feature-to-feature weights: top-k upstream features of each downstream feature.",
+        ("src_transcoder_id", "src_feature", "dst_transcoder_id", "dst_feature", "via"),
+        ("src_transcoder_id", "VARCHAR", "Upstream transcoder (layer l)."),
+        ("src_feature", "INTEGER", "Upstream feature."),
+        ("dst_transcoder_id", "VARCHAR", "Downstream transcoder (layer l' > l)."),
+        ("dst_feature", "INTEGER", "Downstream feature."),
+        ("via", "VARCHAR", "'resid' (f_dec . f_enc) or 'attn.<layer>.<head>' (f_enc^T W_OV f_dec)."),
+        ("weight", "REAL", "Connection weight (norm scale treated as a constant)."),
+        ("rank", "INTEGER", "Rank by |weight| among the upstream features of (dst, via)."),
+    ),
+    _t(
+        "graphs",
+        "Input-dependent attribution graphs for prompts (paper §3.2).",
+        ("graph_id",),
+        ("graph_id", "VARCHAR", "Stable id derived from model, prompt and target."),
+        ("model", "VARCHAR", "Model name."),
+        ("prompt", "VARCHAR", "Prompt text."),
+        ("target", "VARCHAR", "Target: 'feature:<transcoder_id>:<feature>@<pos>' or 'logit:<tok>-<tok>@<pos>'."),
+        ("target_value", "REAL", "Value of the target on the prompt."),
+        ("config", "JSON", "Search settings (top-N paths, depth, transcoders)."),
+        ("created_at", "TIMESTAMP", "When computed."),
+    ),
+    _t(
+        "graph_nodes",
+        "Nodes of attribution graphs.",
+        ("graph_id", "node_id"),
+        ("graph_id", "VARCHAR", "Graph."),
+        ("node_id", "VARCHAR", "Node id within the graph."),
+        ("kind", "VARCHAR", "'target', 'feature', 'attn', 'embed', 'error', 'bias' or 'pruned'."),
+        ("layer", "INTEGER", "Layer (NULL for embeddings/target)."),
+        ("position", "INTEGER", "Token position."),
+        ("feature", "INTEGER", "Feature index (feature nodes), head index (attn nodes), token id (embed)."),
+        ("transcoder_id", "VARCHAR", "Transcoder of a feature node."),
+        ("activation", "REAL", "Feature activation or node value on the prompt."),
+        ("influence", "REAL", "Total attribution flowing from this node to the target."),
+        ("label", "VARCHAR", "Human-readable label."),
+    ),
+    _t(
+        "graph_edges",
+        "Edges of attribution graphs: src contributes `weight` to dst's value.",
+        ("graph_id", "src_node", "dst_node"),
+        ("graph_id", "VARCHAR", "Graph."),
+        ("src_node", "VARCHAR", "Upstream node."),
+        ("dst_node", "VARCHAR", "Downstream node."),
+        ("weight", "REAL", "Attribution of src to dst."),
+    ),
+)
+
+TABLE_BY_NAME = {t.name: t for t in TABLES}
+
+# version -> statements. Version 1 creates everything above; later versions append ALTER/CREATE statements.
+MIGRATIONS: dict[int, list[str]] = {1: [t.create_sql() for t in TABLES]}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+def markdown() -> str:
+    """Documentation of every table and column, generated from TABLES."""
+    out = ["# Feature database tables", "", f"Schema version {SCHEMA_VERSION}. Generated by `python -m storage.schema`.", ""]
+    for t in TABLES:
+        out += [f"## `{t.name}`", "", t.doc, "", f"Key: ({', '.join(t.key)})", "", "| column | type | meaning |", "|---|---|---|"]
+        out += [f"| `{c.name}` | {c.type} | {c.doc} |" for c in t.columns]
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(markdown())

@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny seeded Llama-architecture model (same code path as SmolLM2), a private ATLAS_HOME,
+and a socket guard for the offline tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_CHARS = list("abcdefghijklmnopqrstuvwxyz .,'!?\n<>/()=;:-\"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def make_tiny_checkpoint(path: str, n_layers: int = 3, d_model: int = 32, seed: int = 0) -> str:
+    """Write a random Llama (RMSNorm, SwiGLU, GQA, tied embeddings) with a character tokenizer to `path`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(TINY_CHARS)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny_llama")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from interp.model import load_model
+
+    return load_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture
+def atlas_home(tmp_path, monkeypatch) -> str:
+    home = tmp_path / "atlas"
+    home.mkdir()
+    monkeypatch.setenv("ATLAS_HOME", str(home))
+    monkeypatch.setenv("ATLAS_DB_LOCK_TIMEOUT", "20")
+    return str(home)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a non-local socket fails loudly."""
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("/"):
+            raise OSError(f"network blocked in tests: {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
