@@ -1,0 +1,1 @@
+"""Dagster wiring: thin assets that call `interp` and write through `storage`. Entry point: assets.definitions."""
