@@ -1,0 +1,487 @@
+"""Feature mining: statistics and activating examples for every transcoder feature, in ONE streaming pass.
+
+Input: batches of held-out activations (dicts of tensors: context_id [n], position [n], token_id [n], x [n, d_in]),
+rows grouped by context with all positions of a context contiguous and consecutive (a context may straddle two
+batches). Memory is bounded by the chunk size and the per-feature state, never by the number of tokens: no
+tokens x features matrix is kept.
+
+Algorithm, per chunk of C complete contexts of L positions each:
+  1. z = encode(x)                                           # [C*L, d_sae]
+  2. sparse view of z: (row, feature, value) of every active (> 0) entry;
+     n_active, sum, min and max per feature; a fixed log-spaced histogram per feature (HIST_BINS_PER_OCTAVE bins
+     per octave, from 2^HIST_MIN_LOG2 to 2^HIST_MAX_LOG2, plus an underflow and an overflow bin);
+     token -> feature sums and counts (sparse, compacted as they grow).
+  3. top examples: the `examples_per_context` largest positions of each (context, feature) are candidates; a
+     running top-k per feature keeps the best `n_top`, each with its window of activations (`token_acts`).
+  4. band examples: every active (context, feature) draws a random priority for one uniformly chosen active
+     position; a running top-`n_reservoir` by priority is a uniform random sample of active tokens (at most one
+     per context, priority sampling). Windows are gathered only for features whose kept set changed.
+Finish:
+  5. quantiles are read off the log histogram (interpolated geometrically inside a bin, clamped to the exact
+     min/max), so their relative error is below one bin width (2^(1/8) - 1 = 9%); the exact alternative would need
+     every activation. Band examples: the reservoir is split into `n_bands` activation-quantile bands and the
+     strongest `per_band` of each band are kept ('q0' = weakest band).
+  6. the token index ranks, for each token id, features by mean activation over ALL occurrences of the token.
+
+`exact_examples` then re-encodes the contexts of chosen examples from a fresh float32 forward pass, so stored
+activations equal what a fresh pass gives (shards hold float16 x).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+HIST_BINS_PER_OCTAVE = 8
+HIST_MIN_LOG2 = -24
+HIST_MAX_LOG2 = 16
+N_HIST = (HIST_MAX_LOG2 - HIST_MIN_LOG2) * HIST_BINS_PER_OCTAVE + 2  # + underflow (bin 0) and overflow (last)
+
+
+@dataclass(frozen=True)
+class MinerConfig:
+    n_top: int = 24  # top examples per feature (cards want >= 20)
+    examples_per_context: int = 2  # at most this many top examples from one context (diversity vs coverage)
+    n_reservoir: int = 64  # random active examples kept per feature, split into bands at the end
+    n_bands: int = 4  # activation-quantile bands of band examples ('q0' weakest .. 'q3' strongest)
+    per_band: int = 5  # band examples stored per band
+    window: int = 24  # tokens in each example's token_acts
+    window_left: int = 16  # tokens before the example position (the rest come after)
+    quantile_levels: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+    display_bins: int = 40  # at most this many histogram bins stored per feature (adjacent log bins merged)
+    token_index_top: int = 16  # features stored per token id in the token -> features index
+    tokens_per_chunk: int = 4096  # rows encoded at once (memory: tokens_per_chunk x d_sae floats)
+    seed: int = 0
+
+
+def hist_edges() -> Tensor:  # [N_HIST - 1] inner edges; bin i holds values in [edge[i-1], edge[i])
+    steps = torch.arange(N_HIST - 1, dtype=torch.float64) / HIST_BINS_PER_OCTAVE + HIST_MIN_LOG2
+    return torch.exp2(steps)
+
+
+def hist_bin(values: Tensor) -> Tensor:  # positive values [m] -> bin index [m] in 0..N_HIST-1
+    b = torch.floor((torch.log2(values.double()) - HIST_MIN_LOG2) * HIST_BINS_PER_OCTAVE).long() + 1
+    return b.clamp_(0, N_HIST - 1)
+
+
+# ---- context chunks -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Chunk:
+    context_id: Tensor  # [C] int64
+    position: Tensor  # [C, L] int64, consecutive within a row
+    token_id: Tensor  # [C, L] int64
+    x: Tensor  # [C*L, d_in]
+
+
+def context_chunks(batches: Iterable[dict], tokens_per_chunk: int) -> Iterator[Chunk]:
+    """Regroup batches into chunks of whole contexts (a context split across batches is joined)."""
+    held: list[dict] = []
+    n_held = 0
+    for batch in batches:
+        held.append(batch)
+        n_held += len(batch["context_id"])
+        if n_held < tokens_per_chunk:
+            continue
+        joined = {k: torch.cat([b[k] for b in held]) for k in ("context_id", "position", "token_id", "x")}
+        last = joined["context_id"][-1]
+        cut = (
+            int((joined["context_id"] != last).nonzero().max()) + 1
+            if (joined["context_id"] != last).any()
+            else 0
+        )
+        if cut:
+            yield _as_chunk({k: v[:cut] for k, v in joined.items()})
+        held = [{k: v[cut:] for k, v in joined.items()}]
+        n_held = len(held[0]["context_id"])
+    if n_held:
+        yield _as_chunk(
+            {k: torch.cat([b[k] for b in held]) for k in ("context_id", "position", "token_id", "x")}
+        )
+
+
+def _as_chunk(rows: dict) -> Chunk:
+    ids, counts = torch.unique_consecutive(rows["context_id"], return_counts=True)
+    length = int(counts[0])
+    if (counts != length).any():
+        raise ValueError(
+            f"Contexts in the activation shards have different numbers of rows ({sorted(set(counts.tolist()))}); "
+            "the miner needs every context's positions contiguous and of one length."
+        )
+    position = rows["position"].view(len(ids), length).long()
+    if length > 1 and (position.diff(dim=1) != 1).any():
+        raise ValueError("Positions within a context are not consecutive; re-materialize `activations`.")
+    x = rows["x"].float()
+    if not torch.isfinite(x).all():
+        raise ValueError(
+            f"Activation shards contain NaN/inf values (contexts {ids[0]}..{ids[-1]}); re-harvest."
+        )
+    return Chunk(ids.long(), position, rows["token_id"].view(len(ids), length).long(), x)
+
+
+# ---- running top-k per feature ------------------------------------------------------------------------------
+
+
+class _RunningTopK:
+    """The k best (score, payload) of every feature, merged chunk by chunk (scores [k, d_sae], payload [k, .., d_sae])."""
+
+    def __init__(
+        self, k: int, d_sae: int, empty: float, fields: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    ):
+        self.k, self.empty = k, empty
+        dtype = torch.int64 if isinstance(empty, int) else torch.float32
+        self.score = torch.full((k, d_sae), empty, dtype=dtype)
+        self.data = {name: torch.zeros((k, *tail, d_sae), dtype=dt) for name, (tail, dt) in fields.items()}
+
+    def merge(self, score: Tensor, payload: Callable[[Tensor], dict[str, Tensor]]) -> None:
+        """score [C, d_sae] (self.empty = no candidate); payload(cols) gives each field [C, .., len(cols)]."""
+        both = torch.cat([self.score, score])  # [k + C, d_sae]
+        best, idx = both.topk(self.k, dim=0)  # [k, d_sae]
+        changed = ((idx >= self.k) & (best != self.empty)).any(0).nonzero().squeeze(1)  # [n_changed]
+        if len(changed) == 0:
+            return
+        self.score[:, changed] = best[:, changed]
+        cand = payload(changed)
+        sel = idx[:, changed]  # [k, n_changed]
+        for name, old in self.data.items():
+            merged = torch.cat([old[..., changed], cand[name]])  # [k + C, .., n_changed]
+            view = sel.view(self.k, *([1] * (merged.dim() - 2)), -1).expand(self.k, *merged.shape[1:])
+            old[..., changed] = merged.gather(0, view)
+
+
+# ---- the miner ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Examples:
+    """Examples in long form, one row each (kind: 'top' or 'q<band>')."""
+
+    feature: Tensor  # [m] int64
+    kind: list[str]  # [m]
+    rank: Tensor  # [m] int64, 0 = strongest within (feature, kind)
+    context_id: Tensor  # [m]
+    position: Tensor  # [m]
+    token_id: Tensor  # [m]
+    activation: Tensor  # [m] float32
+    window_start: Tensor  # [m] position of token_acts[:, 0]
+    token_acts: Tensor  # [m, W]
+
+
+@dataclass
+class FeatureStats:
+    n_tokens: int
+    n_active: Tensor  # [d_sae] int64
+    mean_act: Tensor  # [d_sae] over active tokens (0 when never active)
+    max_act: Tensor  # [d_sae]
+    min_act: Tensor  # [d_sae] smallest active value (0 when never active)
+    quantile_levels: tuple[float, ...]
+    quantiles: Tensor  # [d_sae, n_levels] (0 when never active)
+    hist: Tensor  # [d_sae, N_HIST] int64 counts of active values per log bin
+    examples: Examples
+    token_index: dict[str, Tensor] = field(
+        default_factory=dict
+    )  # token_id, rank, feature, mean_act, count  [m]
+
+    @property
+    def density(self) -> Tensor:  # [d_sae]
+        return self.n_active.double() / max(self.n_tokens, 1)
+
+
+class FeatureMiner:
+    """Feed chunks with `update`, then `finish()`; see the module docstring for the algorithm."""
+
+    def __init__(self, encode: Callable[[Tensor], Tensor], d_sae: int, cfg: MinerConfig = MinerConfig()):
+        self.encode, self.d_sae, self.cfg = encode, d_sae, cfg
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.n_tokens = 0
+        self.n_active = torch.zeros(d_sae, dtype=torch.int64)
+        self.sum = torch.zeros(d_sae, dtype=torch.float64)
+        self.max = torch.zeros(d_sae)
+        self.min = torch.full((d_sae,), math.inf)
+        self.hist = torch.zeros(d_sae * N_HIST, dtype=torch.int64)
+        self.token_count = torch.zeros(0, dtype=torch.int64)  # occurrences per token id
+        self.pairs: list[
+            tuple[Tensor, Tensor, Tensor]
+        ] = []  # (token*d_sae + feature, sum, count), sorted unique
+        self.n_pairs_compacted = 0
+        self.width: int | None = None
+        self.top: _RunningTopK | None = None
+        self.reservoir: _RunningTopK | None = None
+
+    @staticmethod
+    def _fields(w: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {
+            "context_id": ((), torch.int64),
+            "position": ((), torch.int64),
+            "token_id": ((), torch.int64),
+            "activation": ((), torch.float32),
+            "window_start": ((), torch.int64),
+            "token_acts": ((w,), torch.float32),
+        }
+
+    @torch.no_grad()
+    def update(self, chunk: Chunk) -> None:
+        c, length = chunk.position.shape
+        if self.width is None:
+            self.width = min(self.cfg.window, length)
+            fields = self._fields(self.width)
+            self.top = _RunningTopK(self.cfg.n_top, self.d_sae, -math.inf, fields)
+            self.reservoir = _RunningTopK(self.cfg.n_reservoir, self.d_sae, -1, fields)
+        z = self.encode(chunk.x).float()  # [C*L, d_sae]
+        self.n_tokens += len(z)
+        rows, feats = (z > 0).nonzero(as_tuple=True)  # [m] active entries
+        vals = z[rows, feats]  # [m]
+        tokens = chunk.token_id.view(-1)  # [C*L]
+        self._update_stats(feats, vals)
+        self._update_token_index(tokens, rows, feats, vals)
+        z3 = z.view(c, length, self.d_sae)  # [C, L, d_sae]
+        self._update_top(chunk, z3)
+        self._update_reservoir(chunk, z3, rows, feats)
+
+    def _update_stats(self, feats: Tensor, vals: Tensor) -> None:
+        self.n_active += torch.bincount(feats, minlength=self.d_sae)
+        self.sum.index_add_(0, feats, vals.double())
+        self.max.scatter_reduce_(0, feats, vals, "amax")
+        self.min.scatter_reduce_(0, feats, vals, "amin")
+        self.hist.index_add_(0, feats * N_HIST + hist_bin(vals), torch.ones_like(feats))
+
+    def _update_token_index(self, tokens: Tensor, rows: Tensor, feats: Tensor, vals: Tensor) -> None:
+        counts = torch.bincount(tokens)
+        if len(counts) > len(self.token_count):
+            self.token_count = torch.cat(
+                [self.token_count, self.token_count.new_zeros(len(counts) - len(self.token_count))]
+            )
+        self.token_count[: len(counts)] += counts
+        keys = tokens[rows] * self.d_sae + feats
+        self.pairs.append(_sum_by_key(keys, vals.double(), torch.ones_like(keys)))
+        n_buffered = sum(len(p[0]) for p in self.pairs)
+        if n_buffered > 2 * max(self.n_pairs_compacted, 1 << 20):
+            self._compact_pairs()
+
+    def _compact_pairs(self) -> None:
+        keys, sums, counts = (torch.cat(t) for t in zip(*self.pairs))
+        self.pairs = [_sum_by_key(keys, sums, counts)]
+        self.n_pairs_compacted = len(self.pairs[0][0])
+
+    def _windows(self, chunk: Chunk, z3: Tensor, local_pos: Tensor, cols: Tensor) -> dict[str, Tensor]:
+        """Payload of candidates at local positions local_pos [C, n] of features cols [n]."""
+        c, length, _ = z3.shape
+        w = self.width
+        start = (local_pos - self.cfg.window_left).clamp(0, length - w)  # [C, n]
+        offsets = torch.arange(w).view(1, w, 1)
+        zc = z3[:, :, cols]  # [C, L, n]
+        acts = zc.gather(1, start.unsqueeze(1) + offsets)  # [C, W, n]
+        ctx = chunk.context_id.view(c, 1).expand_as(local_pos)
+        return {
+            "context_id": ctx,
+            "position": chunk.position.gather(1, local_pos),
+            "token_id": chunk.token_id.gather(1, local_pos),
+            "activation": zc.gather(1, local_pos.unsqueeze(1)).squeeze(1),
+            "window_start": chunk.position.gather(1, start),
+            "token_acts": acts,
+        }
+
+    def _update_top(self, chunk: Chunk, z3: Tensor) -> None:
+        m = min(self.cfg.examples_per_context, z3.shape[1])
+        vals, pos = z3.topk(m, dim=1) if m > 1 else z3.max(dim=1, keepdim=True)  # [C, m, d_sae]
+        for j in range(m):  # j-th best position of every (context, feature)
+            score = torch.where(vals[:, j] > 0, vals[:, j], -math.inf)  # [C, d_sae]
+            self.top.merge(score, lambda cols, j=j: self._windows(chunk, z3, pos[:, j][:, cols], cols))
+
+    def _update_reservoir(self, chunk: Chunk, z3: Tensor, rows: Tensor, feats: Tensor) -> None:
+        c, length, _ = z3.shape
+        # one random active position per (context, feature): max of packed (random priority << 16 | position)
+        prio = torch.randint(0, 1 << 40, (len(rows),), generator=self.gen)
+        packed = (prio << 16) | (rows % length)
+        best = torch.full((c * self.d_sae,), -1, dtype=torch.int64)
+        best.scatter_reduce_(0, (rows // length) * self.d_sae + feats, packed, "amax")
+        best = best.view(c, self.d_sae)  # [C, d_sae], -1 = inactive in that context
+        local_pos = (best & 0xFFFF).clamp(max=length - 1)
+        self.reservoir.merge(best, lambda cols: self._windows(chunk, z3, local_pos[:, cols], cols))
+
+    # ---- finish -----------------------------------------------------------------------------------------
+
+    def finish(self) -> FeatureStats:
+        if self.n_tokens == 0:
+            raise ValueError("No activations to mine: the held-out activation shards are empty.")
+        active = self.n_active > 0
+        hist = self.hist.view(self.d_sae, N_HIST)
+        min_act = torch.where(active, self.min, 0.0)
+        quantiles = hist_quantiles(hist, torch.tensor(self.cfg.quantile_levels), min_act, self.max)
+        band_levels = torch.arange(1, self.cfg.n_bands, dtype=torch.float64) / self.cfg.n_bands
+        band_edges = hist_quantiles(hist, band_levels, min_act, self.max)  # [d_sae, n_bands - 1]
+        examples = _concat_examples(
+            [_long_form(self.top, "top", None)]
+            + [
+                _long_form(self.reservoir, f"q{b}", (band_edges, b, self.cfg.per_band))
+                for b in range(self.cfg.n_bands)
+            ]
+        )
+        return FeatureStats(
+            n_tokens=self.n_tokens,
+            n_active=self.n_active,
+            mean_act=(self.sum / self.n_active.clamp(min=1)).float(),
+            max_act=self.max,
+            min_act=min_act,
+            quantile_levels=self.cfg.quantile_levels,
+            quantiles=quantiles,
+            hist=hist,
+            examples=examples,
+            token_index=self._token_index(),
+        )
+
+    def _token_index(self) -> dict[str, Tensor]:
+        self._compact_pairs()
+        keys, sums, counts = self.pairs[0]
+        token, feature = keys // self.d_sae, keys % self.d_sae
+        mean = (sums / self.token_count[token]).float()  # E[z_f | token], inactive occurrences count as 0
+        order = torch.argsort(mean, descending=True, stable=True)
+        order = order[torch.argsort(token[order], stable=True)]  # by token, then mean descending
+        token, feature, mean, counts = token[order], feature[order], mean[order], counts[order]
+        first = torch.searchsorted(token, token, side="left")
+        rank = torch.arange(len(token)) - first
+        keep = rank < self.cfg.token_index_top
+        return {
+            "token_id": token[keep],
+            "rank": rank[keep],
+            "feature": feature[keep],
+            "mean_act": mean[keep],
+            "count": counts[keep],
+        }
+
+
+def _sum_by_key(keys: Tensor, sums: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    uniq, inv = torch.unique(keys, return_inverse=True)
+    s = torch.zeros(len(uniq), dtype=sums.dtype).index_add_(0, inv, sums)
+    n = torch.zeros(len(uniq), dtype=counts.dtype).index_add_(0, inv, counts)
+    return uniq, s, n
+
+
+def hist_quantiles(hist: Tensor, levels: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Quantiles [d_sae, n_levels] of each feature's active values from its log histogram [d_sae, N_HIST].
+
+    The target rank q*n falls in one bin; the value is interpolated geometrically inside that bin and clamped to
+    the exact [lo, hi] of the feature. Error < one bin width (factor 2^(1/HIST_BINS_PER_OCTAVE)).
+    """
+    n = hist.sum(1, keepdim=True).double()  # [d_sae, 1]
+    cum = hist.cumsum(1).double()  # [d_sae, N_HIST]
+    target = levels.double().view(1, -1) * n  # [d_sae, n_levels]
+    b = torch.searchsorted(cum.contiguous(), target.contiguous(), side="left").clamp(max=N_HIST - 1)
+    below = torch.where(b > 0, cum.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(target))
+    in_bin = hist.gather(1, b).double().clamp(min=1)
+    frac = ((target - below) / in_bin).clamp(0, 1)
+    log2_lo = (b.double() - 1) / HIST_BINS_PER_OCTAVE + HIST_MIN_LOG2
+    value = torch.exp2(log2_lo + frac / HIST_BINS_PER_OCTAVE)
+    value = torch.minimum(torch.maximum(value, lo.double().view(-1, 1)), hi.double().view(-1, 1))
+    return torch.where(n > 0, value, 0.0).float()
+
+
+def display_histogram(counts: Tensor, lo: float, hi: float, max_bins: int) -> tuple[list[float], list[int]]:
+    """One feature's log histogram counts [N_HIST] cut to its non-empty span, adjacent bins merged to <= max_bins.
+
+    Edges lie on the log grid, except the outer two, which are the exact smallest and largest activation.
+    """
+    nz = counts.nonzero().squeeze(1)
+    if len(nz) == 0:
+        return [], []
+    a, b = int(nz[0]), int(nz[-1]) + 1
+    group = math.ceil((b - a) / max_bins)
+    n = math.ceil((b - a) / group)
+    span = torch.zeros(n * group, dtype=counts.dtype)
+    span[: b - a] = counts[a:b]
+    merged = span.view(n, group).sum(1)
+    lower = [2.0 ** ((a + j * group - 1) / HIST_BINS_PER_OCTAVE + HIST_MIN_LOG2) for j in range(n)]
+    return [lo, *lower[1:], hi], merged.tolist()
+
+
+def _long_form(state: _RunningTopK, kind: str, band: tuple[Tensor, int, int] | None) -> Examples:
+    """Examples of one kind in long form; for a band, the strongest `per_band` reservoir samples inside it."""
+    acts = state.data["activation"]  # [k, d_sae]
+    valid = state.score != state.empty
+    if band is None:
+        score = torch.where(valid, acts, -math.inf)
+        k = state.k
+    else:
+        edges, b, k = band  # edges [d_sae, n_bands - 1]
+        which = torch.searchsorted(edges.contiguous(), acts.T.contiguous(), side="right").T  # [k_res, d_sae]
+        score = torch.where(valid & (which == b), acts, -math.inf)
+        k = min(k, state.k)
+    best, idx = score.topk(k, dim=0)  # [k, d_sae]
+    rank, feature = (best > -math.inf).nonzero(as_tuple=True)
+    slot = idx[rank, feature]
+    d = state.data
+    return Examples(
+        feature=feature,
+        kind=[kind] * len(feature),
+        rank=rank,
+        context_id=d["context_id"][slot, feature],
+        position=d["position"][slot, feature],
+        token_id=d["token_id"][slot, feature],
+        activation=d["activation"][slot, feature],
+        window_start=d["window_start"][slot, feature],
+        token_acts=d["token_acts"][slot, :, feature],
+    )
+
+
+def _concat_examples(parts: list[Examples]) -> Examples:
+    return Examples(
+        **{
+            name: sum((getattr(p, name) for p in parts), [])
+            if name == "kind"
+            else torch.cat([getattr(p, name) for p in parts])
+            for name in Examples.__dataclass_fields__
+        }
+    )
+
+
+def mine(
+    encode: Callable[[Tensor], Tensor],
+    d_sae: int,
+    batches: Iterable[dict],
+    cfg: MinerConfig = MinerConfig(),
+    total_tokens: int | None = None,
+) -> FeatureStats:
+    """One streaming pass over `batches` (see the module docstring); `encode` maps x [n, d_in] -> z [n, d_sae]."""
+    miner = FeatureMiner(encode, d_sae, cfg)
+    with tqdm(total=total_tokens, unit="tok", desc="mining features", disable=None) as bar:
+        for chunk in context_chunks(batches, cfg.tokens_per_chunk):
+            miner.update(chunk)
+            bar.update(chunk.x.shape[0])
+    return miner.finish()
+
+
+@torch.no_grad()
+def exact_examples(
+    examples: Examples,
+    encode_contexts: Callable[[Tensor], Tensor],
+    tokens: Callable[[Tensor], Tensor],
+    which: Tensor,
+    contexts_per_batch: int = 16,
+) -> int:
+    """Recompute activation and token_acts of the examples selected by `which` [m] bool, in place.
+
+    tokens(context_ids [b]) -> token ids [b, ctx_len]; encode_contexts(tokens [b, ctx_len]) -> z [b, ctx_len, d_sae]
+    from a fresh float32 forward pass. Returns the number of contexts re-encoded.
+    """
+    sel = which.nonzero().squeeze(1)  # [n] example rows
+    ctx_ids = torch.unique(examples.context_id[sel])
+    w = examples.token_acts.shape[1]
+    for i in tqdm(range(0, len(ctx_ids), contexts_per_batch), desc="exact examples", disable=None):
+        batch_ids = ctx_ids[i : i + contexts_per_batch]  # [b]
+        z = encode_contexts(tokens(batch_ids)).float()  # [b, ctx_len, d_sae]
+        rows = sel[torch.isin(examples.context_id[sel], batch_ids)]  # examples in these contexts
+        b = torch.searchsorted(batch_ids, examples.context_id[rows])
+        f = examples.feature[rows]
+        span = examples.window_start[rows].view(-1, 1) + torch.arange(w).view(1, -1)  # [r, W]
+        examples.token_acts[rows] = z[b.view(-1, 1), span, f.view(-1, 1)]
+        examples.activation[rows] = z[b, examples.position[rows], f]
+    return len(ctx_ids)
