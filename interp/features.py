@@ -38,6 +38,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.model import mlp_hooks
+
 log = logging.getLogger(__name__)
 
 HIST_BINS_PER_OCTAVE = 8
@@ -180,6 +182,7 @@ class Examples:
 class FeatureStats:
     n_tokens: int
     n_active: Tensor  # [d_sae] int64
+    n_contexts: Tensor  # [d_sae] int64, contexts where the feature fires at least once
     mean_act: Tensor  # [d_sae] over active tokens (0 when never active)
     max_act: Tensor  # [d_sae]
     min_act: Tensor  # [d_sae] smallest active value (0 when never active)
@@ -204,6 +207,7 @@ class FeatureMiner:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.n_tokens = 0
         self.n_active = torch.zeros(d_sae, dtype=torch.int64)
+        self.n_contexts = torch.zeros(d_sae, dtype=torch.int64)
         self.sum = torch.zeros(d_sae, dtype=torch.float64)
         self.max = torch.zeros(d_sae)
         self.min = torch.full((d_sae,), math.inf)
@@ -305,6 +309,7 @@ class FeatureMiner:
         best = torch.full((c * self.d_sae,), -1, dtype=torch.int64)
         best.scatter_reduce_(0, (rows // length) * self.d_sae + feats, packed, "amax")
         best = best.view(c, self.d_sae)  # [C, d_sae], -1 = inactive in that context
+        self.n_contexts += (best >= 0).sum(0)
         local_pos = (best & 0xFFFF).clamp(max=length - 1)
         self.reservoir.merge(best, lambda cols: self._windows(chunk, z3, local_pos[:, cols], cols))
 
@@ -329,6 +334,7 @@ class FeatureMiner:
         return FeatureStats(
             n_tokens=self.n_tokens,
             n_active=self.n_active,
+            n_contexts=self.n_contexts,
             mean_act=(self.sum / self.n_active.clamp(min=1)).float(),
             max_act=self.max,
             min_act=min_act,
@@ -485,3 +491,18 @@ def exact_examples(
         examples.token_acts[rows] = z[b.view(-1, 1), span, f.view(-1, 1)]
         examples.activation[rows] = z[b, examples.position[rows], f]
     return len(ctx_ids)
+
+
+def fresh_encoder(model, encode: Callable[[Tensor], Tensor], layer: int) -> Callable[[Tensor], Tensor]:
+    """tokens [b, ctx_len] -> z [b, ctx_len, d_sae]: a float32 forward pass to `layer`'s MLP input, then encode."""
+    hook = mlp_hooks(layer)[0]
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def run(tokens: Tensor) -> Tensor:
+        _, cache = model.run_with_cache(
+            tokens.to(device), names_filter=lambda n: n == hook, stop_at_layer=layer + 1
+        )
+        return encode(cache[hook].float()).cpu()  # [b, ctx_len, d_sae]
+
+    return run

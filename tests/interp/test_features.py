@@ -192,3 +192,9 @@ def test_display_histogram_keeps_counts_and_exact_ends():
     assert all(a < b for a, b in zip(edges, edges[1:]))
     inner = torch.tensor(edges[1:-1])  # each count is the number of values between its edges
     assert c == torch.bincount(torch.searchsorted(inner, vals, right=True), minlength=len(c)).tolist()
+
+
+def test_context_counts(data, stats):
+    encode, x, _, _ = data
+    z = brute_z(encode, x)
+    assert torch.equal(stats.n_contexts, (z > 0).any(1).sum(0))

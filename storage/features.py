@@ -1,0 +1,193 @@
+"""Read/write the feature database tables: `features`, `feature_examples`, `token_features` (one mining run)
+and `feature_tokens`, `feature_neighbors` (weight-based views). The only place that turns the miner's and the
+token-effect results (interp.features / interp.token_effects / interp.neighbors) into rows.
+
+Every write replaces all rows of one transcoder in one transaction, so re-running is idempotent and a failure
+leaves the previous rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import torch
+
+from interp.features import FeatureStats, display_histogram
+from interp.neighbors import Neighbors
+from interp.token_effects import TokenEffects
+from storage import db
+
+MINED_TABLES = ("features", "feature_examples", "token_features")
+WEIGHT_TABLES = ("feature_tokens", "feature_neighbors")
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _list_column(name: str, values: np.ndarray, lengths: np.ndarray | None = None) -> pl.Series:
+    """A polars List column from a 2-D array (or a flat array cut by `lengths`), built through Arrow (fast)."""
+    if lengths is None:
+        lengths = np.full(len(values), values.shape[1] if values.ndim == 2 else 0)
+        values = values.reshape(-1)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pl.Series(name, pl.from_arrow(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))))
+
+
+def feature_rows(
+    transcoder_id: str, stats: FeatureStats, labels: list[str], display_bins: int = 40
+) -> pl.DataFrame:
+    """One `features` row per feature."""
+    edges, counts = [], []
+    for f in range(len(stats.n_active)):
+        e, c = display_histogram(
+            stats.hist[f], float(stats.min_act[f]), float(stats.max_act[f]), display_bins
+        )
+        edges.append(e)
+        counts.append(c)
+    n_feat = len(stats.n_active)
+    return pl.DataFrame(
+        {
+            "transcoder_id": transcoder_id,
+            "feature": np.arange(n_feat, dtype=np.int32),
+            "density": _np(stats.density).astype(np.float32),
+            "mean_act": _np(stats.mean_act),
+            "max_act": _np(stats.max_act),
+            "min_act": _np(stats.min_act),
+            "n_active": _np(stats.n_active),
+            "n_contexts": _np(stats.n_contexts),
+            "n_tokens": np.full(n_feat, stats.n_tokens, dtype=np.int64),
+            "label": labels,
+        }
+    ).with_columns(
+        _list_column("quantiles", _np(stats.quantiles).astype(np.float32)),
+        _list_column("quantile_levels", np.tile(np.asarray(stats.quantile_levels, np.float32), (n_feat, 1))),
+        pl.Series("hist_edges", edges, dtype=pl.List(pl.Float32)),
+        pl.Series("hist_counts", counts, dtype=pl.List(pl.Int64)),
+    )
+
+
+def example_rows(transcoder_id: str, stats: FeatureStats) -> pl.DataFrame:
+    ex = stats.examples
+    return pl.DataFrame(
+        {
+            "transcoder_id": transcoder_id,
+            "feature": _np(ex.feature).astype(np.int32),
+            "kind": ex.kind,
+            "rank": _np(ex.rank).astype(np.int32),
+            "context_id": _np(ex.context_id).astype(np.int32),
+            "position": _np(ex.position).astype(np.int32),
+            "token_id": _np(ex.token_id).astype(np.int32),
+            "activation": _np(ex.activation),
+            "window_start": _np(ex.window_start).astype(np.int32),
+        }
+    ).with_columns(_list_column("token_acts", _np(ex.token_acts).astype(np.float32)))
+
+
+def token_index_rows(transcoder_id: str, stats: FeatureStats) -> pl.DataFrame:
+    idx = stats.token_index
+    return pl.DataFrame(
+        {
+            "transcoder_id": transcoder_id,
+            "token_id": _np(idx["token_id"]).astype(np.int32),
+            "rank": _np(idx["rank"]).astype(np.int32),
+            "feature": _np(idx["feature"]).astype(np.int32),
+            "mean_act": _np(idx["mean_act"]),
+            "count": _np(idx["count"]),
+        }
+    )
+
+
+def write_mined(
+    transcoder_id: str, stats: FeatureStats, labels: list[str], display_bins: int = 40
+) -> dict[str, int]:
+    """Replace `features`, `feature_examples` and `token_features` of `transcoder_id` (one transaction)."""
+    frames = {
+        "features": feature_rows(transcoder_id, stats, labels, display_bins),
+        "feature_examples": example_rows(transcoder_id, stats),
+        "token_features": token_index_rows(transcoder_id, stats),
+    }
+    db.write_many([(t, f, {"transcoder_id": transcoder_id}) for t, f in frames.items()])
+    return {t: f.height for t, f in frames.items()}
+
+
+def token_effect_rows(transcoder_id: str, effects: dict[str, TokenEffects]) -> pl.DataFrame:
+    """`feature_tokens` rows from {kind: TokenEffects} (kinds 'deembed', 'logit_top', 'logit_bottom')."""
+    parts = []
+    for kind, eff in effects.items():
+        n_feat, k = eff.token_id.shape
+        parts.append(
+            pl.DataFrame(
+                {
+                    "transcoder_id": transcoder_id,
+                    "feature": np.repeat(np.arange(n_feat, dtype=np.int32), k),
+                    "kind": kind,
+                    "rank": np.tile(np.arange(k, dtype=np.int32), n_feat),
+                    "token_id": _np(eff.token_id).reshape(-1).astype(np.int32),
+                    "value": _np(eff.value).reshape(-1).astype(np.float32),
+                }
+            )
+        )
+    return pl.concat(parts)
+
+
+def neighbor_rows(transcoder_id: str, nb: Neighbors, bank_ids: list[str]) -> pl.DataFrame:
+    n_feat, k = nb.feature.shape
+    return pl.DataFrame(
+        {
+            "transcoder_id": transcoder_id,
+            "feature": np.repeat(np.arange(n_feat, dtype=np.int32), k),
+            "rank": np.tile(np.arange(k, dtype=np.int32), n_feat),
+            "nb_transcoder_id": np.asarray(bank_ids, dtype=object)[_np(nb.bank).reshape(-1)].tolist(),
+            "nb_feature": _np(nb.feature).reshape(-1).astype(np.int32),
+            "cosine": _np(nb.cosine).reshape(-1).astype(np.float32),
+        }
+    )
+
+
+def write_weight_views(
+    transcoder_id: str, effects: dict[str, TokenEffects], nb: Neighbors, bank_ids: list[str]
+) -> dict[str, int]:
+    """Replace `feature_tokens` and `feature_neighbors` of `transcoder_id` (one transaction)."""
+    frames = {
+        "feature_tokens": token_effect_rows(transcoder_id, effects),
+        "feature_neighbors": neighbor_rows(transcoder_id, nb, bank_ids),
+    }
+    db.write_many([(t, f, {"transcoder_id": transcoder_id}) for t, f in frames.items()])
+    return {t: f.height for t, f in frames.items()}
+
+
+def clear_layer(model: str, layer: int, tables: tuple[str, ...]) -> int:
+    """Delete the rows of every transcoder of (model, layer) from `tables`; returns the transcoders cleared."""
+    ids = db.query("SELECT transcoder_id FROM transcoders WHERE model = ? AND layer = ?", [model, layer])
+    ids = ids["transcoder_id"].to_list()
+    if ids:
+        db.write_many([(t, pl.DataFrame(), {"transcoder_id": ids}) for t in tables])
+    return len(ids)
+
+
+def top_example_tokens(transcoder_id: str) -> pl.DataFrame:
+    """(feature, token_id, activation) of every 'top' example of `transcoder_id`."""
+    return db.query(
+        "SELECT feature, token_id, activation FROM feature_examples WHERE transcoder_id = ? AND kind = 'top'",
+        [transcoder_id],
+    )
+
+
+def coverage(transcoder_id: str, min_examples: int) -> dict[str, int]:
+    """Live features (firing in >= `min_examples` contexts, so that many top examples exist) and how many of them
+    lack `min_examples` top examples or any band example."""
+    row = db.query(
+        """
+        WITH counts AS (
+          SELECT feature, count(*) FILTER (WHERE kind = 'top') AS n_top, count(*) FILTER (WHERE kind <> 'top') AS n_band
+          FROM feature_examples WHERE transcoder_id = ? GROUP BY feature)
+        SELECT count(*) AS live,
+               count(*) FILTER (WHERE coalesce(n_top, 0) < ?) AS short_top,
+               count(*) FILTER (WHERE coalesce(n_band, 0) = 0) AS no_band
+        FROM features f LEFT JOIN counts USING (feature)
+        WHERE f.transcoder_id = ? AND f.n_contexts >= ?""",
+        [transcoder_id, min_examples, transcoder_id, min_examples],
+    )
+    return row.row(0, named=True)
