@@ -1,0 +1,91 @@
+"""An attribution graph as an SVG: token positions left to right, layers bottom (embeddings) to top (target).
+
+Feature nodes are links to their cards; every label and tooltip is escaped. Edge width is |weight| relative to
+the largest edge, blue for positive and red for negative contributions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import polars as pl
+
+from app.components import card_url, esc, show_token
+
+CELL_W, ROW_H, PAD, R_MAX = 130, 72, 40, 14
+COLORS = {
+    "feature": "#f28e2b",
+    "attn": "#59a14f",
+    "embed": "#4e79a7",
+    "target": "#b07aa1",
+    "error": "#9c9c9c",
+}
+
+
+def node_text(n: dict) -> str:
+    """Short raw label of a node (escape before rendering)."""
+    if n["kind"] == "feature":
+        return f"L{n['layer']}#{n['feature']}"
+    if n["kind"] == "attn":
+        return f"L{n['layer']}H{n['feature']}"
+    if n["kind"] == "embed":
+        return show_token(n["token_str"] if n["token_str"] is not None else str(n["feature"]))
+    return n["label"] or n["kind"]
+
+
+def _rows(nodes: list[dict]) -> dict[str, int]:
+    """Row of each node: 0 = embeddings, 1 + layer for layered nodes, top row = target."""
+    top = 2 + max((n["layer"] for n in nodes if n["layer"] is not None), default=0)
+    out = {}
+    for n in nodes:
+        if n["kind"] == "target":
+            out[n["node_id"]] = top
+        elif n["kind"] == "embed" or n["layer"] is None:
+            out[n["node_id"]] = 0
+        else:
+            out[n["node_id"]] = 1 + n["layer"]
+    return out
+
+
+def graph_svg(nodes: pl.DataFrame, edges: pl.DataFrame) -> str:
+    rows = nodes.to_dicts()
+    row_of = _rows(rows)
+    n_rows = max(row_of.values(), default=0) + 1
+    n_cols = 1 + max((n["position"] or 0 for n in rows), default=0)
+    cells: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for n in rows:
+        cells[(row_of[n["node_id"]], n["position"] or 0)].append(n)
+    xy = {}
+    for (r, c), members in cells.items():
+        for i, n in enumerate(members):
+            x = PAD + c * CELL_W + (i + 1) * CELL_W / (len(members) + 1)
+            xy[n["node_id"]] = (x, PAD + (n_rows - 1 - r) * ROW_H)
+    width, height = 2 * PAD + n_cols * CELL_W, 2 * PAD + (n_rows - 1) * ROW_H
+    infl = max((abs(n["influence"] or 0.0) for n in rows), default=0.0) or 1.0
+    wmax = max((abs(w) for w in edges["weight"]), default=0.0) or 1.0
+
+    parts = [
+        f'<svg class="atlas-graph" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
+    ]
+    for src, dst, w in edges.iter_rows():
+        if src in xy and dst in xy:
+            (x1, y1), (x2, y2) = xy[src], xy[dst]
+            color = "#3b6fb6" if w >= 0 else "#d1495b"
+            parts.append(
+                f'<line x1="{x1:.0f}" y1="{y1:.0f}" x2="{x2:.0f}" y2="{y2:.0f}" stroke="{color}" '
+                f'stroke-opacity="0.6" stroke-width="{0.5 + 4 * abs(w) / wmax:.2f}"><title>{w:+.4f}</title></line>'
+            )
+    for n in rows:
+        x, y = xy[n["node_id"]]
+        r = 5 + (R_MAX - 5) * abs(n["influence"] or 0.0) / infl
+        tip = f"{n['label'] or node_text(n)} | act {n['activation'] or 0:.3f} | influence {n['influence'] or 0:.3f}"
+        shape = (
+            f'<circle cx="{x:.0f}" cy="{y:.0f}" r="{r:.1f}" fill="{COLORS.get(n["kind"], "#bab0ac")}">'
+            f"<title>{esc(tip)}</title></circle>"
+            f'<text x="{x:.0f}" y="{y + r + 11:.0f}" font-size="11" text-anchor="middle">{esc(node_text(n))}</text>'
+        )
+        if n["kind"] == "feature" and n["transcoder_id"]:
+            shape = f'<a class="atlas-node" href="{esc(card_url(n["transcoder_id"], n["feature"]))}" target="_self">{shape}</a>'
+        parts.append(shape)
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,124 @@
+"""Feature card: statistics, activation histogram, shaded examples, token effects, connected features, neighbours.
+
+Deep link: `Feature_card?transcoder=<transcoder_id>&feature=<index>`.
+"""
+
+import time
+
+import polars as pl
+import streamlit as st
+
+from app import components
+from storage import queries
+
+st.set_page_config(page_title="Feature card · Transcoder Atlas", layout="wide")
+components.require_database()
+
+tcs = queries.transcoders()
+ids = tcs["transcoder_id"].to_list()
+url = (st.query_params.get("transcoder"), st.query_params.get("feature"))
+if st.session_state.get("_card_url") != url:  # a new deep link wins over the widgets' last state
+    st.session_state["_card_url"] = url
+    if url[0] in ids:
+        st.session_state["card_transcoder"] = url[0]
+    elif url[0] is not None:
+        st.warning(f"Unknown transcoder {url[0]!r} in the link; pick one below.")
+    if url[1] is not None and url[1].isdigit():
+        st.session_state["card_feature"] = int(url[1])
+
+c1, c2 = st.columns([3, 1])
+tid = c1.selectbox("Transcoder", ids, key="card_transcoder")
+d_sae = int(tcs.filter(pl.col("transcoder_id") == tid)["d_sae"][0])
+st.session_state["card_feature"] = min(st.session_state.get("card_feature", 0), d_sae - 1)
+feature = int(c2.number_input("Feature", 0, d_sae - 1, key="card_feature"))
+st.query_params.update(transcoder=tid, feature=str(feature))
+st.session_state["_card_url"] = (tid, str(feature))
+
+t0 = time.perf_counter()
+card = queries.feature_card(tid, feature)
+if card is None:
+    st.info(
+        f"Feature {feature} of {tid} has no statistics yet (materialize the `features` asset: `make atlas`)."
+    )
+    st.stop()
+s = card["stats"]
+components.html_block(
+    f"<h2 class='atlas-card-title'>L{s['layer']} #{feature} "
+    f"<span class='atlas-label'>{components.esc(s['label'] or '')}</span></h2>"
+    f"<div style='color:grey'>{components.esc(tid)}</div>"
+)
+m = st.columns(4)
+m[0].metric("density", f"{s['density']:.5f}")
+m[1].metric("mean act", f"{s['mean_act']:.3f}")
+m[2].metric("max act", f"{s['max_act']:.3f}")
+m[3].metric("active tokens", f"{s['n_active']:,}" if s["n_active"] is not None else "-")
+
+left, right = st.columns(2)
+if s["hist_counts"]:
+    edges = s["hist_edges"]
+    hist = pl.DataFrame(
+        {"activation": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])], "count": s["hist_counts"]}
+    )
+    left.caption("Activation histogram (active tokens)")
+    left.bar_chart(hist, x="activation", y="count", height=200)
+if s["quantiles"]:
+    right.caption("Activation quantiles")
+    right.dataframe(
+        pl.DataFrame({"level": s["quantile_levels"], "activation": s["quantiles"]}),
+        hide_index=True,
+        key="quantiles",
+    )
+
+st.subheader("Examples")
+scale = s["max_act"] or 1.0
+kinds = list(dict.fromkeys(e["kind"] for e in card["examples"]))
+if not kinds:
+    st.info("No stored examples for this feature.")
+for kind in kinds:
+    rows = [e for e in card["examples"] if e["kind"] == kind]
+    with st.expander(f"{kind} ({len(rows)})", expanded=kind == kinds[0]):
+        components.html_block(
+            "".join(
+                f"<div class='atlas-act'>{e['activation']:.3f}</div>"
+                + components.shaded_tokens(e["tokens"], e["acts"], scale, e["highlight"])
+                for e in rows
+            )
+        )
+
+st.subheader("Token effects")
+cols = st.columns(3)
+for col, kind, title in zip(
+    cols, ["deembed", "logit_top", "logit_bottom"], ["De-embedding (input tokens)", "Promotes", "Suppresses"]
+):
+    col.caption(title)
+    effects = card["token_effects"].get(kind, [])
+    col.dataframe(
+        pl.DataFrame(effects, schema=["token", "value"], orient="row"), hide_index=True, key=f"fx_{kind}"
+    )
+
+
+def links(title: str, rows: list[dict], value: str) -> None:
+    st.caption(title)
+    if not rows:
+        st.write("—")
+        return
+    components.html_block(
+        "<ul class='atlas-links'>"
+        + "".join(
+            f"<li>{components.feature_link(r['transcoder_id'], r['feature'], r['layer'], r['label'])} "
+            f"<code>{components.esc(r.get('via', '') or '')} {r[value]:+.3f}</code></li>"
+            for r in rows
+        )
+        + "</ul>"
+    )
+
+
+st.subheader("Connected features")
+up, down, nb = st.columns(3)
+with up:
+    links("Upstream (inputs)", card["upstream"], "weight")
+with down:
+    links("Downstream (reads this feature)", card["downstream"], "weight")
+with nb:
+    links("Nearest neighbours (decoder cosine)", card["neighbors"], "cosine")
+st.caption(f"Card queried in {1000 * (time.perf_counter() - t0):.0f} ms")

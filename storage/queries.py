@@ -1,0 +1,438 @@
+"""The read API of the Streamlit app: every query a page runs lives here, plus the sandboxed SQL console.
+
+Each function opens one short read-only connection (storage.db.reader, retried while a writer holds the file),
+runs its queries and returns plain Python or polars frames, so pages never hold a connection while rendering
+and keep serving while Dagster materializes into the same file. Token strings come back raw: the app escapes
+them when it renders (app/components.py).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from storage import db, layout
+
+MAX_SQL_ROWS = 1000  # rows the SQL console returns at most
+SQL_TIMEOUT_S = 20.0  # the console interrupts longer queries
+
+FEATURE_SORTS = ("density", "max_act", "mean_act", "feature", "token_act")
+
+
+def database_ready() -> str | None:
+    """None when the atlas database exists and has transcoders; otherwise what is missing (for the page)."""
+    path = layout.db_path()
+    if not Path(path).exists():
+        return f"No atlas database at `{path}`. Run `make atlas` (or point ATLAS_HOME at a built atlas)."
+    n = db.query("SELECT count(*) AS n FROM transcoders")["n"][0]
+    return None if n else f"The atlas database `{path}` has no transcoders yet. Run `make atlas`."
+
+
+def table_counts() -> dict[str, int]:
+    """Rows per public table (the overview's 'what is built' line)."""
+    from storage.schema import TABLES
+
+    sql = " UNION ALL ".join(f"SELECT '{t.name}' AS name, count(*) AS n FROM {t.name}" for t in TABLES)
+    return dict(db.query(sql).iter_rows())
+
+
+# ---- overview ------------------------------------------------------------------------------------------
+
+
+def transcoders() -> pl.DataFrame:
+    """Every transcoder with its held-out metrics (NULL metrics until evaluated), by model and layer."""
+    return db.query(
+        """
+        SELECT t.transcoder_id, t.model, t.layer, t.architecture, t.d_in, t.d_sae, t.train_tokens,
+               m.n_eval_tokens, m.l0, m.fvu, m.ce_clean, m.ce_spliced, m.ce_ablated, m.ce_recovered, m.kl,
+               m.dead_frac, m.dense_frac, m.gate_passed, t.created_at
+        FROM transcoders t LEFT JOIN transcoder_metrics m USING (transcoder_id)
+        ORDER BY t.model, t.layer, t.transcoder_id
+        """
+    )
+
+
+def lineage() -> list[dict[str, Any]]:
+    """What produced each transcoder: model, layer, weights path and its full training config/provenance."""
+    rows = db.query(
+        "SELECT transcoder_id, model, layer, weights_path, config FROM transcoders ORDER BY model, layer"
+    )
+    out = []
+    for r in rows.iter_rows(named=True):
+        r["config"] = json.loads(r["config"]) if r["config"] else {}
+        out.append(r)
+    return out
+
+
+def training_curves() -> pl.DataFrame:
+    return db.query(
+        "SELECT transcoder_id, step, tokens, loss, mse, sparsity_loss, l0, fvu, dead_frac, lr "
+        "FROM training_curves ORDER BY transcoder_id, step"
+    )
+
+
+def splice_metrics() -> pl.DataFrame:
+    return db.query(
+        "SELECT model, layers, n_eval_tokens, ce_clean, ce_spliced, ce_ablated, ce_recovered, kl "
+        "FROM splice_metrics ORDER BY model, layers"
+    )
+
+
+# ---- feature browser -----------------------------------------------------------------------------------
+
+
+def search_features(
+    layers: list[int] | None = None,
+    density: tuple[float, float] = (0.0, 1.0),
+    label: str = "",
+    token: str = "",
+    order_by: str = "max_act",
+    limit: int = 500,
+) -> pl.DataFrame:
+    """Features filtered by layer, density range, label substring and "fires on token" (token_features index).
+
+    `token` matches a vocab string ignoring case and surrounding whitespace; the result then has `token_act`, the
+    feature's mean activation on that token. Sorted descending by `order_by` (one of FEATURE_SORTS).
+    """
+    if order_by not in FEATURE_SORTS:
+        raise ValueError(f"order_by must be one of {FEATURE_SORTS}, got {order_by!r}")
+    where, params = ["f.density BETWEEN ? AND ?"], [float(density[0]), float(density[1])]
+    if layers:
+        where.append("t.layer IN (SELECT unnest(?::INTEGER[]))")
+        params.append(list(layers))
+    if label.strip():
+        where.append("f.label ILIKE ?")
+        params.append(f"%{label.strip()}%")
+    token_join, token_col = "", "NULL::REAL AS token_act"
+    if token.strip():
+        token_join = """
+        JOIN (SELECT tf.transcoder_id, tf.feature, max(tf.mean_act) AS token_act
+              FROM token_features tf JOIN transcoders tt USING (transcoder_id)
+              JOIN vocab v ON v.model = tt.model AND v.token_id = tf.token_id
+              WHERE lower(trim(v.token_str)) = lower(trim(?))
+              GROUP BY ALL) tok USING (transcoder_id, feature)"""
+        token_col = "tok.token_act"
+        params.insert(0, token)
+    if order_by == "token_act" and not token.strip():
+        order_by = "max_act"
+    sql = f"""
+        SELECT f.transcoder_id, t.layer, f.feature, f.label, f.density, f.mean_act, f.max_act, {token_col}
+        FROM features f JOIN transcoders t USING (transcoder_id) {token_join}
+        WHERE {" AND ".join(where)}
+        ORDER BY {order_by} DESC NULLS LAST, t.layer, f.feature
+        LIMIT ?"""
+    return db.query(sql, [*params, int(limit)])
+
+
+def layers() -> list[int]:
+    return db.query("SELECT DISTINCT layer FROM transcoders ORDER BY layer")["layer"].to_list()
+
+
+# ---- feature card --------------------------------------------------------------------------------------
+
+
+def _kind_order(kind: str) -> tuple[int, int]:
+    """'top' first, then quantile bands strongest first ('q9' before 'q0')."""
+    if kind == "top":
+        return (0, 0)
+    m = re.fullmatch(r"q(\d+)", kind)
+    return (1, -int(m.group(1))) if m else (2, 0)
+
+
+def _linked_features(con, side: str, tid: str, feature: int, limit: int) -> list[dict[str, Any]]:
+    """Upstream (side='src') or downstream (side='dst') features joined to their layer and label."""
+    other = "src" if side == "src" else "dst"
+    this = "dst" if side == "src" else "src"
+    return db.frame(
+        con,
+        f"""
+        SELECT e.{other}_transcoder_id AS transcoder_id, e.{other}_feature AS feature, t.layer, e.via, e.weight,
+               f.label
+        FROM feature_edges e
+        LEFT JOIN transcoders t ON t.transcoder_id = e.{other}_transcoder_id
+        LEFT JOIN features f ON f.transcoder_id = e.{other}_transcoder_id AND f.feature = e.{other}_feature
+        WHERE e.{this}_transcoder_id = ? AND e.{this}_feature = ?
+        ORDER BY abs(e.weight) DESC LIMIT ?""",
+        [tid, feature, limit],
+    ).to_dicts()
+
+
+def feature_card(transcoder_id: str, feature: int, n_links: int = 12) -> dict[str, Any] | None:
+    """Everything a feature card shows, in one read-only connection; None if the feature is unknown.
+
+    Keys: transcoder (row), stats (features row), examples (list: kind, rank, activation, position,
+    tokens [str], acts [float], highlight index), token_effects {kind: [(token_str, value)]}, upstream,
+    downstream (feature_edges; downstream lists the features that have this one among their top upstream),
+    neighbors.
+    """
+    with db.reader() as con:
+        head = db.frame(
+            con,
+            "SELECT t.model, t.layer, t.architecture, t.d_sae, f.* EXCLUDE (transcoder_id) "
+            "FROM features f JOIN transcoders t USING (transcoder_id) WHERE f.transcoder_id = ? AND f.feature = ?",
+            [transcoder_id, int(feature)],
+        )
+        if head.height == 0:
+            return None
+        stats = head.row(0, named=True)
+        model = stats["model"]
+        ex = db.frame(
+            con,
+            """
+            SELECT e.kind, e.rank, e.context_id, e.position, e.activation, e.window_start, e.token_acts,
+                   c.tokens[e.window_start + 1 : e.window_start + len(e.token_acts)] AS token_ids
+            FROM feature_examples e JOIN contexts c USING (context_id)
+            WHERE e.transcoder_id = ? AND e.feature = ?""",
+            [transcoder_id, int(feature)],
+        ).to_dicts()
+        effects = db.frame(
+            con,
+            "SELECT ft.kind, ft.rank, ft.token_id, ft.value FROM feature_tokens ft "
+            "WHERE ft.transcoder_id = ? AND ft.feature = ? ORDER BY ft.kind, ft.rank",
+            [transcoder_id, int(feature)],
+        ).to_dicts()
+        ids = sorted({i for e in ex for i in e["token_ids"]} | {t["token_id"] for t in effects})
+        vocab = dict(
+            db.frame(
+                con,
+                "SELECT token_id, token_str FROM vocab WHERE model = ? AND token_id IN (SELECT unnest(?::INTEGER[]))",
+                [model, ids],
+            ).iter_rows()
+        )
+        upstream = _linked_features(con, "src", transcoder_id, int(feature), n_links)
+        downstream = _linked_features(con, "dst", transcoder_id, int(feature), n_links)
+        neighbors = db.frame(
+            con,
+            """
+            SELECT n.nb_transcoder_id AS transcoder_id, n.nb_feature AS feature, t.layer, n.cosine, f.label
+            FROM feature_neighbors n
+            LEFT JOIN transcoders t ON t.transcoder_id = n.nb_transcoder_id
+            LEFT JOIN features f ON f.transcoder_id = n.nb_transcoder_id AND f.feature = n.nb_feature
+            WHERE n.transcoder_id = ? AND n.feature = ? ORDER BY n.rank LIMIT ?""",
+            [transcoder_id, int(feature), n_links],
+        ).to_dicts()
+
+    def tok(i: int) -> str:
+        return vocab.get(i, f"<{i}>")
+
+    examples = [
+        {
+            "kind": e["kind"],
+            "rank": e["rank"],
+            "context_id": e["context_id"],
+            "position": e["position"],
+            "activation": e["activation"],
+            "tokens": [tok(i) for i in e["token_ids"]],
+            "acts": list(e["token_acts"])[: len(e["token_ids"])],
+            "highlight": e["position"] - e["window_start"],
+        }
+        for e in sorted(ex, key=lambda e: (_kind_order(e["kind"]), e["rank"]))
+    ]
+    token_effects: dict[str, list[tuple[str, float]]] = {}
+    for t in effects:
+        token_effects.setdefault(t["kind"], []).append((tok(t["token_id"]), t["value"]))
+    return {
+        "transcoder_id": transcoder_id,
+        "feature": int(feature),
+        "stats": stats,
+        "examples": examples,
+        "token_effects": token_effects,
+        "upstream": upstream,
+        "downstream": downstream,
+        "neighbors": neighbors,
+    }
+
+
+def feature_labels(keys: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    """Labels of (transcoder_id, feature) pairs (features without a row are left out)."""
+    if not keys:
+        return {}
+    rows = db.query(
+        "SELECT f.transcoder_id, f.feature, f.label FROM features f "
+        "JOIN (SELECT unnest(?::VARCHAR[]) AS transcoder_id, unnest(?::INTEGER[]) AS feature) k "
+        "USING (transcoder_id, feature)",
+        [[k[0] for k in keys], [int(k[1]) for k in keys]],
+    )
+    return {(r[0], r[1]): r[2] or "" for r in rows.iter_rows()}
+
+
+# ---- circuits ------------------------------------------------------------------------------------------
+
+
+def graphs() -> pl.DataFrame:
+    return db.query(
+        "SELECT graph_id, model, prompt, target, target_value, created_at FROM graphs ORDER BY created_at"
+    )
+
+
+def graph(graph_id: str) -> dict[str, Any] | None:
+    """One attribution graph: its row, nodes (with token strings of embed nodes) and edges; None if unknown."""
+    with db.reader() as con:
+        head = db.frame(con, "SELECT * FROM graphs WHERE graph_id = ?", [graph_id])
+        if head.height == 0:
+            return None
+        row = head.row(0, named=True)
+        nodes = db.frame(
+            con,
+            """
+            SELECT n.node_id, n.kind, n.layer, n.position, n.feature, n.transcoder_id, n.activation, n.influence,
+                   n.label, v.token_str
+            FROM graph_nodes n LEFT JOIN vocab v ON n.kind = 'embed' AND v.model = ? AND v.token_id = n.feature
+            WHERE n.graph_id = ? ORDER BY n.layer NULLS FIRST, n.position, n.node_id""",
+            [row["model"], graph_id],
+        )
+        edges = db.frame(
+            con,
+            "SELECT src_node, dst_node, weight FROM graph_edges WHERE graph_id = ? ORDER BY abs(weight) DESC",
+            [graph_id],
+        )
+    return {"graph": row, "nodes": nodes, "edges": edges}
+
+
+@dataclass(frozen=True)
+class GraphPath:
+    nodes: tuple[str, ...]  # source first, target last
+    contribution: float  # signed share of the target's value carried along this path
+
+
+def top_paths(nodes: pl.DataFrame, edges: pl.DataFrame, k: int = 10) -> list[GraphPath]:
+    """The k paths (source node -> target node) with the largest |contribution| to the target.
+
+    Edge weights are attributions (src's contribution to dst's value), so a path a -> b -> ... -> target carries
+    w(last edge) * prod over earlier edges of w(e) / value(dst(e)): the part of each intermediate value that came
+    from its upstream node (value = `activation`; raw weights where it is missing or zero).
+    Steps: 1. order the DAG topologically from the target backwards; 2. for every node keep the k best partial
+    paths to the target by |product| (|.| is multiplicative, so the k best extend only from the k best);
+    3. return the k best paths that start at a node with no incoming edge.
+    """
+    targets = set(nodes.filter(pl.col("kind") == "target")["node_id"].to_list())
+    if not targets or edges.height == 0:
+        return []
+    value = {n: a for n, a in zip(nodes["node_id"], nodes["activation"]) if a}
+    incoming: dict[str, list[tuple[str, float]]] = {}
+    for src, dst, w in edges.iter_rows():
+        incoming.setdefault(dst, []).append((src, w))
+    # 1. nodes that reach a target, and how many of their out-edges lead to one (Kahn's order, backwards)
+    reach, stack = set(targets), list(targets)
+    while stack:
+        for src, _ in incoming.get(stack.pop(), []):
+            if src not in reach:
+                reach.add(src)
+                stack.append(src)
+    pending = dict.fromkeys(reach, 0)
+    for dst in reach:
+        for src, _ in incoming.get(dst, []):
+            pending[src] += 1
+    # 2. a node's best list is final once all its out-edges are processed
+    best: dict[str, list[tuple[float, tuple[str, ...]]]] = {t: [(1.0, (t,))] for t in targets}
+    ready = [n for n in reach if pending[n] == 0]
+    while ready:
+        dst = ready.pop()
+        for src, w in incoming.get(dst, []):
+            # the edge into the target carries its raw weight; deeper edges the share of dst's value
+            factor = w if dst in targets else w / value.get(dst, 1.0)
+            cand = [(s * factor, (src, *p)) for s, p in best.get(dst, [])]
+            best[src] = heapq.nlargest(k, best.get(src, []) + cand, key=lambda c: abs(c[0]))
+            pending[src] -= 1
+            if pending[src] == 0:
+                ready.append(src)
+    # 3. complete paths start at nodes nothing flows into
+    paths = [c for n, cs in best.items() if n not in incoming and n not in targets for c in cs]
+    return [GraphPath(p, s) for s, p in heapq.nlargest(k, paths, key=lambda c: abs(c[0]))]
+
+
+# ---- SQL console ---------------------------------------------------------------------------------------
+
+
+class SqlError(ValueError):
+    """A console query that failed (DuckDB's message included)."""
+
+
+class SqlRejected(SqlError):
+    """A console statement that is not a single read-only query (or that tried to touch files)."""
+
+
+_READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+def check_console_sql(sql: str) -> str:
+    """The one statement in `sql` if it is a read (SELECT/WITH/FROM/SHOW/DESCRIBE/SUMMARIZE/EXPLAIN)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise SqlRejected(f"Could not parse the query: {e}") from e
+    if len(statements) != 1:
+        raise SqlRejected(f"Run one statement at a time (got {len(statements)}).")
+    kind = statements[0].type
+    if kind not in _READ_ONLY:
+        raise SqlRejected(
+            f"The SQL console is read-only: {kind.name} statements are not allowed. "
+            "Use SELECT / WITH / SHOW / DESCRIBE / EXPLAIN; write to the atlas through Dagster assets."
+        )
+    return statements[0].query
+
+
+def run_console(
+    sql: str, max_rows: int = MAX_SQL_ROWS, timeout_s: float = SQL_TIMEOUT_S
+) -> tuple[pl.DataFrame, bool]:
+    """Run one read-only query in the sandbox; returns (at most `max_rows` rows, whether rows were cut off).
+
+    Defence in depth: the statement type is checked first, then the query runs on a connection that is
+    read_only, has enable_external_access=false (no files, no network) and a locked configuration.
+    """
+    query = check_console_sql(sql)
+    with db.reader(sandboxed=True) as con:
+        timer = threading.Timer(timeout_s, con.interrupt)
+        timer.start()
+        try:
+            batches = con.sql(query).to_arrow_reader(max(1, min(max_rows + 1, 10_000)))
+            rows, tables = 0, []
+            for batch in batches:
+                tables.append(batch)
+                rows += batch.num_rows
+                if rows > max_rows:
+                    break
+            table = pa.Table.from_batches(tables, schema=batches.schema)
+        except duckdb.PermissionException as e:
+            raise SqlRejected(
+                f"The SQL console cannot read or write files or reach the network ({e})."
+            ) from e
+        except duckdb.InterruptException as e:
+            raise SqlRejected(f"The query ran longer than {timeout_s:.0f} s and was stopped.") from e
+        except duckdb.Error as e:
+            raise SqlError(f"Query failed: {e}") from e
+        finally:
+            timer.cancel()
+    return pl.from_arrow(table.slice(0, max_rows)), rows > max_rows
+
+
+CONSOLE_EXAMPLES: dict[str, str] = {
+    "Tables and row counts": "SELECT table_name, estimated_size FROM duckdb_tables() ORDER BY table_name",
+    "Transcoder quality per layer": (
+        "SELECT t.layer, t.architecture, t.d_sae, m.l0, m.fvu, m.ce_recovered, m.dead_frac\n"
+        "FROM transcoders t JOIN transcoder_metrics m USING (transcoder_id)\nORDER BY t.layer"
+    ),
+    "Densest features": (
+        "SELECT transcoder_id, feature, density, max_act, label\nFROM features ORDER BY density DESC LIMIT 20"
+    ),
+    "Features firing on a token": (
+        "SELECT tf.transcoder_id, tf.feature, tf.mean_act, tf.count, f.label\n"
+        "FROM token_features tf JOIN transcoders t USING (transcoder_id)\n"
+        "JOIN vocab v ON v.model = t.model AND v.token_id = tf.token_id\n"
+        "LEFT JOIN features f USING (transcoder_id, feature)\n"
+        "WHERE trim(v.token_str) = 'the' ORDER BY tf.mean_act DESC LIMIT 20"
+    ),
+    "Strongest feature-to-feature edges": (
+        "SELECT src_transcoder_id, src_feature, dst_transcoder_id, dst_feature, via, weight\n"
+        "FROM feature_edges ORDER BY abs(weight) DESC LIMIT 20"
+    ),
+}

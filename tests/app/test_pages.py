@@ -1,0 +1,170 @@
+"""Every page of the app against the fixture atlas (Streamlit AppTest, no browser)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.components import card_url, esc
+from tests.app.fixture_db import HOSTILE_FEATURE, IMG, SCRIPT
+
+APP = Path(__file__).resolve().parents[2] / "app"
+PAGES = {
+    "home": APP / "Home.py",
+    "features": APP / "pages" / "1_Features.py",
+    "card": APP / "pages" / "2_Feature_card.py",
+    "circuits": APP / "pages" / "3_Circuits.py",
+    "live": APP / "pages" / "4_Live.py",
+    "sql": APP / "pages" / "5_SQL.py",
+}
+
+
+def run(page: str, **params: str) -> AppTest:
+    at = AppTest.from_file(str(PAGES[page]), default_timeout=120)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def html(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def assert_no_markup_from_tokens(text: str) -> None:
+    """Hostile token strings appear only escaped: never as a tag the browser would parse."""
+    assert "<script" not in text.lower() and "<img" not in text.lower()
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_stops_with_make_atlas_hint_without_database(atlas_home, page):
+    at = run(page)
+    assert any("make atlas" in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_home_shows_transcoders_metrics_curves_and_lineage(atlas_db):
+    at = run("home")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["transcoders"] == "2" and metrics["features"] == "32"
+    table = at.dataframe[0].value
+    assert list(table["layer"]) == [0, 1] and list(table["l0"]) == pytest.approx([12.0, 13.0])
+    assert at.selectbox(key="curve_metric").value == "fvu"
+    assert len(at.expander) == 2 and "corpus" in at.expander[0].json[0].value
+
+
+def test_feature_browser_filters_by_token_label_layer_and_density(atlas_db):
+    at = run("features")
+    assert len(at.dataframe[0].value) == 32
+    at.text_input(key="token").input("a").run()
+    rows = at.dataframe[0].value
+    # token_features: 'a' -> features 7 (mean 1.5) and 2 (mean 0.5) in both layers, sorted by max_act
+    assert sorted(zip(rows["layer"], rows["feature"])) == [(0, 2), (0, 7), (1, 2), (1, 7)]
+    at.text_input(key="token").input("").run()
+    at.text_input(key="label").input("SCRIPT").run()
+    at.multiselect(key="layers").select(1).run()
+    rows = at.dataframe[0].value
+    assert list(rows["feature"]) == [HOSTILE_FEATURE] and list(rows["layer"]) == [1]
+    assert rows["card"][0] == card_url(atlas_db["transcoders"][1], HOSTILE_FEATURE)
+    at.text_input(key="label").input("").run()
+    at.slider(key="density").set_range(0.9, 1.0).run()
+    assert any("No feature matches" in i.value for i in at.info)
+
+
+def test_feature_card_deep_link_renders_escaped_examples_effects_and_links(atlas_db):
+    tid = atlas_db["transcoders"][1]
+    at = run("card", transcoder=tid, feature=str(HOSTILE_FEATURE))
+    assert at.selectbox(key="card_transcoder").value == tid
+    assert at.number_input(key="card_feature").value == HOSTILE_FEATURE
+    page = html(at)
+    assert f"L1 #{HOSTILE_FEATURE} <span" in page
+    assert "&lt;script&gt;alert" in page and "&lt;img src=x onerror=alert" in page
+    assert_no_markup_from_tokens(page)
+    # every example token shaded, its value on hover; the top example's peak token carries 2.000
+    assert 'title="2.000"' in page and page.count("atlas-tok") == 7 * 8
+    # upstream edge L0 #3 and its neighbour link to their cards
+    l0 = atlas_db["transcoders"][0]
+    assert esc(card_url(l0, HOSTILE_FEATURE)) in page
+    # token effects are data frames of raw strings (rendered as text by the grid)
+    assert list(at.dataframe[1].value["token"])[:2] == [SCRIPT, IMG]
+    assert list(at.dataframe[0].value["activation"]) == pytest.approx([0.2, 0.5, 1.0])
+
+
+def test_feature_card_widgets_update_the_url(atlas_db):
+    at = run("card")
+    at.number_input(key="card_feature").set_value(5).run()
+    assert not at.exception
+    assert at.query_params["feature"] == ["5"] or at.query_params["feature"] == "5"
+    assert "feature 5 of layer 0" in html(at)
+
+
+def test_circuits_page_draws_graph_with_card_links_and_ranks_paths(atlas_db):
+    at = run("circuits")
+    page = html(at)
+    assert "<svg" in page and page.count("<circle") == 5
+    for tid in atlas_db["transcoders"]:
+        assert esc(card_url(tid, HOSTILE_FEATURE)) in page
+    assert_no_markup_from_tokens(page)
+    # contributions known by hand (fixture_db): e4->f0->f1->t 1.6, e4->f1->t 0.8, err->t 0.6
+    paths = page[page.index("atlas-paths") :]
+    assert paths.index("+1.6000") < paths.index("+0.8000") < paths.index("+0.6000")
+
+
+def test_live_page_lists_the_features_that_fire_on_each_token(atlas_db, tiny_model):
+    import torch
+
+    from interp.transcoder import Transcoder
+    from storage import layout
+
+    at = AppTest.from_file(str(PAGES["live"]), default_timeout=300)
+    at.run()
+    text = "a<script>"
+    at.slider(key="live_k").set_value(1).run()
+    at.text_area(key="live_text").input(text).run()
+    assert not at.exception, at.exception
+    page = html(at)
+    assert "&lt;" in page and "&gt;" in page
+    assert_no_markup_from_tokens(page)
+    # independent recomputation: the strongest layer-1 feature at the last token
+    tid = atlas_db["transcoders"][1]
+    tc = Transcoder.load(layout.transcoder_dir(tid))
+    store = {}
+
+    def keep(x, hook):
+        store["x"] = x.clone()
+
+    tiny_model.blocks[1].ln2.hook_normalized.add_hook(keep)
+    with torch.no_grad():
+        tiny_model(tiny_model.to_tokens(text))
+    tiny_model.reset_hooks()
+    z = tc.encode(store["x"][0, -1])
+    rows = page.split("<tr>")
+    assert esc(card_url(tid, int(z.argmax()))) in rows[-1] and f"<code>{z.max():.2f}</code>" in rows[-1]
+    assert len(rows) == 2 + len(text) + 1  # header + BOS + one row per character
+
+
+def test_sql_console_runs_examples_and_limits_rows(atlas_db):
+    at = run("sql")
+    assert len(at.dataframe[0].value) >= 10  # first example: the tables
+    at.text_area(key="sql").input("SELECT * FROM range(5000)").run()
+    assert len(at.dataframe[0].value) == 1000
+    assert any("cut at 1,000" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("CREATE TABLE x (a INTEGER)", "read-only: CREATE"),
+        ("COPY features TO 'out.csv'", "read-only: COPY"),
+        ("ATTACH 'other.duckdb'", "read-only: ATTACH"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "cannot read or write files"),
+    ],
+)
+def test_sql_console_rejects_writes_and_file_access_with_a_clear_message(atlas_db, sql, message):
+    at = run("sql")
+    at.text_area(key="sql").input(sql).run()
+    assert not at.exception
+    assert [e.value for e in at.error] and message in at.error[0].value
+    assert len(at.dataframe) == 0
