@@ -12,6 +12,7 @@ import dagster as dg
 STAGES = [
     "assets.corpus",
     "assets.activations",
+    "assets.features",
 ]
 
 _modules = [importlib.import_module(name) for name in STAGES]

@@ -175,19 +175,24 @@ def top_example_tokens(transcoder_id: str) -> pl.DataFrame:
     )
 
 
-def coverage(transcoder_id: str, min_examples: int) -> dict[str, int]:
-    """Live features (firing in >= `min_examples` contexts, so that many top examples exist) and how many of them
-    lack `min_examples` top examples or any band example."""
+def coverage(transcoder_id: str, min_examples: int = 20) -> dict[str, int]:
+    """Live features and how many of them lack top or band examples.
+
+    k = min(min_examples, top examples kept per feature); a feature is live when it fires in >= k contexts (so
+    at least k top examples exist); short_top counts live features with fewer than k, no_band those without any
+    band example.
+    """
     row = db.query(
         """
         WITH counts AS (
           SELECT feature, count(*) FILTER (WHERE kind = 'top') AS n_top, count(*) FILTER (WHERE kind <> 'top') AS n_band
-          FROM feature_examples WHERE transcoder_id = ? GROUP BY feature)
-        SELECT count(*) AS live,
-               count(*) FILTER (WHERE coalesce(n_top, 0) < ?) AS short_top,
-               count(*) FILTER (WHERE coalesce(n_band, 0) = 0) AS no_band
-        FROM features f LEFT JOIN counts USING (feature)
-        WHERE f.transcoder_id = ? AND f.n_contexts >= ?""",
-        [transcoder_id, min_examples, transcoder_id, min_examples],
+          FROM feature_examples WHERE transcoder_id = $tid GROUP BY feature),
+        k AS (SELECT least($min, coalesce(max(n_top), 0)) AS k FROM counts)
+        SELECT any_value(k.k) AS k, count(f.feature) AS live,
+               count(f.feature) FILTER (WHERE coalesce(n_top, 0) < k.k) AS short_top,
+               count(f.feature) FILTER (WHERE coalesce(n_band, 0) = 0) AS no_band
+        FROM k LEFT JOIN features f ON f.transcoder_id = $tid AND f.n_contexts >= k.k AND k.k > 0
+        LEFT JOIN counts USING (feature)""",
+        {"tid": transcoder_id, "min": min_examples},
     )
     return row.row(0, named=True)

@@ -1,0 +1,213 @@
+"""Assets `features` and `feature_tokens`: the feature database of every layer's transcoder.
+
+`features` mines the held-out activation shards in one streaming pass (interp.features), re-encodes the example
+contexts with a float32 forward pass (shards are float16) and labels each feature; `feature_tokens` computes
+de-embeddings, logit effects and decoder-cosine neighbours across all gated layers. A layer whose transcoder
+failed its quality gate is skipped: its old rows are removed and the reason is logged and put in the metadata.
+"""
+
+import time
+from collections import defaultdict
+
+import dagster as dg
+import polars as pl
+import torch
+
+from assets import resources, settings
+from assets.metadata import md_table
+from interp.features import MinerConfig, exact_examples, fresh_encoder, mine
+from interp.labels import label_from_tokens
+from interp.neighbors import decoder_neighbors
+from interp.token_effects import deembedding, logit_effects
+from storage import activations as act_store
+from storage import corpus as corpus_store
+from storage import features as feature_store
+from storage import transcoders as tc_store
+
+
+class FeaturesConfig(dg.Config):
+    n_top: int = 24  # top examples per feature (the coverage check wants >= 20)
+    examples_per_context: int = 2  # at most this many top examples from one context
+    n_bands: int = 4  # activation-quantile bands of weaker examples ('q0' weakest)
+    per_band: int = 5  # examples stored per band
+    n_reservoir: int = 64  # uniform sample of active tokens per feature, split into bands at the end
+    window: int = 24  # tokens of context stored around each example
+    window_left: int = 16  # of which before the example
+    token_index_top: int = 16  # features stored per token id in `token_features`
+    tokens_per_chunk: int = 4096  # rows encoded at once (memory ~ tokens_per_chunk x d_sae x 4 bytes)
+    exact_examples: bool = True  # re-encode example contexts in float32 so stored values equal a fresh pass
+
+
+class FeatureTokensConfig(dg.Config):
+    n_tokens: int = 12  # tokens per kind (deembed, logit_top, logit_bottom)
+    n_neighbors: int = 10  # decoder-cosine neighbours per feature, over all gated layers
+
+
+def _layer_gate(context: dg.AssetExecutionContext, layer: int, tables: tuple[str, ...]) -> tuple[str, str]:
+    """(transcoder id, '') of the layer's latest transcoder if it passed its quality gate, else (id, reason) after
+    removing the layer's rows from `tables` (a failed transcoder must not keep stale features)."""
+    model = settings.model_name()
+    rows = tc_store.list_transcoders(model).filter(pl.col("layer") == layer)
+    if rows.height == 0:
+        raise LookupError(
+            f"No transcoder for {model} layer {layer}; materialize `transcoders` for that layer."
+        )
+    tid = rows["transcoder_id"][0]
+    passed, reason = tc_store.gate_status(tid)
+    if passed:
+        return tid, ""
+    feature_store.clear_layer(model, layer, tables)
+    reason = f"transcoder {tid} failed its quality gate: {reason or 'no reason recorded'}"
+    context.log.warning(f"skipping layer {layer}: {reason}; its rows in {', '.join(tables)} were removed")
+    return tid, reason
+
+
+def _token_ids(tokens: torch.Tensor, context_ids: torch.Tensor):
+    """Adds token_id to shard batches (looked up from the `contexts` table by context_id and position)."""
+    row_of = torch.full((int(context_ids.max()) + 1,), -1, dtype=torch.long)
+    row_of[context_ids] = torch.arange(len(context_ids))
+
+    def add(batch: dict) -> dict:
+        rows = row_of[batch["context_id"]]
+        if (rows < 0).any():
+            raise LookupError(
+                "Activation shards reference contexts missing from `contexts`; re-materialize both."
+            )
+        return {**batch, "token_id": tokens[rows, batch["position"]]}
+
+    return add
+
+
+def _labels(stats, token_strs: list[str]) -> list[str]:
+    ex = stats.examples
+    toks, weights = defaultdict(list), defaultdict(list)
+    for f, k, t, a in zip(ex.feature.tolist(), ex.kind, ex.token_id.tolist(), ex.activation.tolist()):
+        if k == "top":
+            toks[f].append(token_strs[t] if t < len(token_strs) else f"<{t}>")
+            weights[f].append(a)
+    return [label_from_tokens(toks[f], weights[f]) for f in range(len(stats.n_active))]
+
+
+def _mine_layer(context, layer: int, tid: str, config: FeaturesConfig) -> dict:
+    model_name = settings.model_name()
+    tc = tc_store.load_transcoder(tid, device=settings.device())
+    tokens, context_ids = corpus_store.load_contexts("eval")
+    add_tokens = _token_ids(tokens, context_ids)
+    batches = (
+        add_tokens(b)
+        for b in act_store.iter_shards(model_name, layer, "eval", columns=("context_id", "position", "x"))
+    )
+    cfg = MinerConfig(
+        **{k: getattr(config, k) for k in MinerConfig.__dataclass_fields__ if hasattr(config, k)},
+    )
+    device = settings.device()
+
+    @torch.no_grad()
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return tc.encode(x.to(device)).cpu()
+
+    t0 = time.perf_counter()
+    stats = mine(encode, tc.d_sae, batches, cfg)
+    mine_s = time.perf_counter() - t0
+    n_exact = 0
+    if config.exact_examples:
+        which = torch.ones(len(stats.examples.kind), dtype=torch.bool)
+        row_of = {int(c): i for i, c in enumerate(context_ids)}
+
+        def tokens_of(ids: torch.Tensor) -> torch.Tensor:
+            return tokens[[row_of[int(i)] for i in ids]]
+
+        n_exact = exact_examples(
+            stats.examples, fresh_encoder(resources.model(), tc.encode, layer), tokens_of, which
+        )
+    exact_s = time.perf_counter() - t0 - mine_s
+    labels = _labels(stats, corpus_store.token_strings(model_name))
+    counts = feature_store.write_mined(tid, stats, labels)
+    cover = feature_store.coverage(tid)
+    context.log.info(
+        f"layer {layer}: mined {stats.n_tokens} tokens at {stats.n_tokens / mine_s:.0f} tok/s; "
+        f"{n_exact} contexts re-encoded exactly in {exact_s:.1f}s; coverage {cover}"
+    )
+    return {
+        "transcoder_id": tid,
+        "n_tokens": stats.n_tokens,
+        "mining_tokens_per_s": round(stats.n_tokens / mine_s),
+        "exact_contexts": n_exact,
+        "exact_seconds": round(exact_s, 1),
+        "live_features": int((stats.n_active > 0).sum()),
+        "coverage": cover,
+        "rows": counts,
+        "preview": pl.DataFrame({"feature": list(range(len(labels))), "label": labels})
+        .with_columns(density=pl.Series((stats.density).tolist()))
+        .sort("density", descending=True),
+    }
+
+
+@dg.asset(
+    partitions_def=settings.layer_partitions,
+    deps=["transcoders", "activations", "contexts"],
+    group_name="features",
+    kinds={"duckdb"},
+)
+def features(context: dg.AssetExecutionContext, config: FeaturesConfig) -> dg.MaterializeResult:
+    """Per-feature statistics, top and quantile-band examples, token -> feature index, labels (one mining pass)."""
+    metadata: dict = {}
+    for layer in settings.partition_layers(context):
+        tid, skipped = _layer_gate(context, layer, feature_store.MINED_TABLES)
+        if skipped:
+            metadata[f"L{layer}_skipped"] = skipped
+            continue
+        out = _mine_layer(context, layer, tid, config)
+        preview = out.pop("preview")
+        metadata.update({f"L{layer}_{k}": v for k, v in out.items()})
+        metadata[f"L{layer}_densest"] = md_table(preview, max_rows=10)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    partitions_def=settings.layer_partitions, deps=["transcoders"], group_name="features", kinds={"duckdb"}
+)
+def feature_tokens(context: dg.AssetExecutionContext, config: FeatureTokensConfig) -> dg.MaterializeResult:
+    """De-embeddings, logit effects (top/bottom tokens) and decoder-cosine neighbours across gated layers."""
+    model = resources.model()
+    W_E, W_U = model.W_E.detach().float().cpu(), model.W_U.detach().float().cpu()  # [vocab, d], [d, vocab]
+    listing = tc_store.list_transcoders(settings.model_name())
+    gated = [t for t in listing["transcoder_id"].to_list() if tc_store.gate_status(t)[0]]
+    banks = {t: tc_store.load_transcoder(t).W_dec.detach() for t in gated}  # [d_sae, d_model] each
+    metadata: dict = {}
+    for layer in settings.partition_layers(context):
+        tid, skipped = _layer_gate(context, layer, feature_store.WEIGHT_TABLES)
+        if skipped:
+            metadata[f"L{layer}_skipped"] = skipped
+            continue
+        tc = tc_store.load_transcoder(tid)
+        top, bottom = logit_effects(tc.W_dec.detach(), W_U, config.n_tokens)
+        effects = {
+            "deembed": deembedding(tc.W_enc.detach(), W_E, config.n_tokens),
+            "logit_top": top,
+            "logit_bottom": bottom,
+        }
+        ids = list(banks)
+        nb = decoder_neighbors(tc.W_dec.detach(), [banks[t] for t in ids], ids.index(tid), config.n_neighbors)
+        counts = feature_store.write_weight_views(tid, effects, nb, ids)
+        metadata[f"L{layer}_rows"] = counts
+        metadata[f"L{layer}_neighbor_banks"] = ids
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(
+    asset=features, description="Every live feature has enough top examples and some band examples."
+)
+def features_have_examples() -> dg.AssetCheckResult:
+    rows = []
+    for tid in tc_store.list_transcoders(settings.model_name())["transcoder_id"].to_list():
+        cover = feature_store.coverage(tid)
+        if cover["live"]:
+            rows.append({"transcoder_id": tid, **cover})
+    frame = pl.DataFrame(rows) if rows else pl.DataFrame({"transcoder_id": []})
+    bad = [r for r in rows if r["short_top"] or r["no_band"]]
+    return dg.AssetCheckResult(passed=not bad, metadata={"coverage": md_table(frame)})
+
+
+ASSETS = [features, feature_tokens]
+CHECKS = [features_have_examples]

@@ -1,0 +1,106 @@
+"""Assets `features` and `feature_tokens` on the tiny model: stored activations equal a fresh forward pass,
+re-runs replace rows, a layer whose transcoder failed its gate is skipped with its reason and its rows removed."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+import pytest
+import torch
+
+from assets.features import feature_tokens, features, features_have_examples
+from interp.model import mlp_hooks
+from storage import corpus as corpus_store
+from storage import db
+from storage import features as feature_store
+from storage import transcoders as tc_store
+from tests.storage.test_features import D_SAE, build_atlas
+
+SMALL = {"ops": {"features": {"config": {"n_top": 6, "window": 8, "window_left": 5}}}}
+
+
+@pytest.fixture
+def atlas(atlas_home, tiny_model, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ATLAS_MODEL", tiny_model_dir)
+    monkeypatch.setenv("ATLAS_DEVICE", "cpu")
+    return build_atlas(tiny_model, tiny_model_dir, {1: True, 2: False})
+
+
+def _run(assets, key: str, config: dict | None = None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(assets, partition_key=key, run_config=config or {}, raise_on_error=True)
+
+
+def _count(table: str, tid: str) -> int:
+    return db.query(f"SELECT count(*) AS n FROM {table} WHERE transcoder_id = ?", [tid])["n"][0]
+
+
+def test_top_examples_equal_a_fresh_forward_pass(atlas, tiny_model):
+    tid = atlas[1]
+    _run([features], "1", SMALL)
+    ex = db.query(
+        "SELECT feature, context_id, position, activation, window_start, token_acts FROM feature_examples "
+        "WHERE transcoder_id = ? AND kind = 'top' AND rank = 0 ORDER BY feature",
+        [tid],
+    )
+    assert ex.height > D_SAE // 2  # most random features fire somewhere
+    tc = tc_store.load_transcoder(tid)
+    tokens = corpus_store.contexts_by_id(ex["context_id"].to_list())  # [n, ctx_len]
+    hook = mlp_hooks(1)[0]
+    with torch.no_grad():  # independent fresh pass: one context at a time, full model, float32
+        z = torch.stack(
+            [tc.encode(tiny_model.run_with_cache(t[None], names_filter=hook)[1][hook][0]) for t in tokens]
+        )
+    for i, row in enumerate(ex.iter_rows(named=True)):
+        fresh = float(z[i, row["position"], row["feature"]])
+        assert row["activation"] == pytest.approx(fresh, rel=1e-3, abs=1e-6)
+        span = z[i, row["window_start"] : row["window_start"] + 8, row["feature"]]
+        assert torch.tensor(row["token_acts"]) == pytest.approx(span, rel=1e-3, abs=1e-5)
+        assert row["activation"] == pytest.approx(float(z[i, 1:, row["feature"]].max()), rel=1e-3)  # the max
+    labels = db.query("SELECT label FROM features WHERE transcoder_id = ? AND n_active > 0", [tid])["label"]
+    assert labels.str.len_chars().min() > 0
+    assert features_have_examples().passed
+
+
+def test_rerun_replaces_rows_and_failed_gate_skips_layer(atlas, tiny_model, tiny_model_dir):
+    tid1, tid2 = atlas[1], atlas[2]
+    _run([features], "1", SMALL)
+    first = {t: _count(t, tid1) for t in feature_store.MINED_TABLES}
+    _run([features], "1", SMALL)
+    assert {t: _count(t, tid1) for t in feature_store.MINED_TABLES} == first
+    # layer 2's transcoder failed its gate: skipped with the reason, nothing written
+    result = _run([features], "2", SMALL)
+    meta = result.asset_materializations_for_node("features")[0].metadata
+    assert "failed its quality gate" in meta["L2_skipped"].value and "fvu" in meta["L2_skipped"].value
+    assert _count("features", tid2) == 0
+    # a layer that had rows and is re-trained into a failing transcoder loses its rows
+    tc = tc_store.load_transcoder(tid1)
+    tc_store.save_transcoder(tc, tid1, {}, 0, pl.DataFrame(), {"gate_passed": False, "gate_reason": "dead"})
+    _run([features], "1", SMALL)
+    assert all(_count(t, tid1) == 0 for t in feature_store.MINED_TABLES)
+
+
+def test_feature_tokens_and_cross_layer_neighbors(atlas, tiny_model, tiny_model_dir):
+    tid1 = atlas[1]
+    build_atlas(tiny_model, tiny_model_dir, {0: True})  # a second gated layer to be neighbours with
+    tid0 = tc_store.transcoder_id(tiny_model_dir, 0, "relu", D_SAE)
+    _run([feature_tokens], "1", {"ops": {"feature_tokens": {"config": {"n_tokens": 5, "n_neighbors": 4}}}})
+    tok = db.query(
+        "SELECT kind, count(*) AS n FROM feature_tokens WHERE transcoder_id = ? GROUP BY kind", [tid1]
+    )
+    assert dict(tok.iter_rows()) == {"deembed": 5 * D_SAE, "logit_top": 5 * D_SAE, "logit_bottom": 5 * D_SAE}
+    nb = db.query("SELECT * FROM feature_neighbors WHERE transcoder_id = ?", [tid1])
+    assert nb.height == 4 * D_SAE and set(nb["nb_transcoder_id"]) <= {tid0, tid1}
+    assert not nb.filter((nb["nb_transcoder_id"] == tid1) & (nb["nb_feature"] == nb["feature"])).height
+    W = {t: tc_store.load_transcoder(t).W_dec for t in (tid0, tid1)}
+    for row in nb.head(20).iter_rows(named=True):  # stored cosines are real cosines
+        cos = torch.cosine_similarity(
+            W[tid1][row["feature"]], W[row["nb_transcoder_id"]][row["nb_feature"]], dim=0
+        )
+        assert row["cosine"] == pytest.approx(float(cos), abs=1e-5)
+    W_U = tiny_model.W_U.detach()
+    top = db.query(
+        "SELECT feature, token_id FROM feature_tokens WHERE transcoder_id = ? AND kind = 'logit_top' AND rank = 0",
+        [tid1],
+    )
+    for f, t in top.head(10).iter_rows():
+        assert t == int((W[tid1][f] @ W_U).argmax())
