@@ -1,7 +1,7 @@
 """The transcoder: a wide, sparsely-activating MLP trained to imitate one dense MLP layer.
 
     z     = act(x @ W_enc + b_enc)          # [.., d_sae]   act = ReLU | TopK(k) then ReLU
-    y_hat = z @ W_dec + b_dec (+ x @ W_skip) # [.., d_out]
+    y_hat = z @ W_dec + b_dec (+ x @ W_skip.T) # [.., d_out]
 
 x is the normalized MLP input (`blocks.L.ln2.hook_normalized`), y the MLP output (`blocks.L.hook_mlp_out`).
 The paper's ReLU + L1 transcoder penalizes sum_i |z_i| * ||W_dec[i]||, so decoder rows are free in norm
@@ -9,7 +9,9 @@ The paper's ReLU + L1 transcoder penalizes sum_i |z_i| * ||W_dec[i]||, so decode
 
 Training keeps an input-centering parameter b_pre (initialized to mean(x)); `fold_b_pre()` folds it into b_enc,
 which is the only form ever saved. Files are the SAELens layout: `cfg.json` + `sae_weights.safetensors`
-with W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out] (+ W_skip [d_in, d_out]).
+with W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out] (+ W_skip [d_out, d_in], as in
+SAELens' SkipTranscoder). SAELens 6.54 loads 'relu' as `transcoder` / `skip_transcoder` and 'topk' (d_in == d_out,
+no skip) as its `topk` SAE, which computes the same function; it has no TopK transcoder with a skip connection.
 """
 
 from __future__ import annotations
@@ -32,6 +34,34 @@ class TranscoderFileError(ValueError):
     pass
 
 
+class _GatherPreActs(torch.autograd.Function):
+    """pre[n, idx[n, j]] for pre = x @ W_enc + b_enc already computed, with a sparse backward pass.
+
+    The gradient reaches only the gathered columns: dW_enc[:, i] = sum_{n,j: idx[n,j]=i} dvals[n, j] x[n], one
+    sparse-dense matmul of n*k*d_in FLOPs instead of the dense n*d_sae*d_in. x is data (no gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(x, idx)
+        ctx.d_sae = W_enc.shape[1]
+        return pre.gather(-1, idx)  # [n, k]
+
+    @staticmethod
+    def backward(ctx, dvals: Tensor):  # dvals [n, k]
+        x, idx = ctx.saved_tensors
+        n, k = idx.shape
+        rows = torch.arange(n, device=idx.device).repeat_interleave(k)
+        sel = torch.sparse_coo_tensor(
+            torch.stack([idx.reshape(-1), rows]), dvals.reshape(-1).to(x.dtype), (ctx.d_sae, n)
+        )  # [d_sae, n]
+        d_w = torch.sparse.mm(sel, x).T  # [d_in, d_sae]
+        d_b = torch.zeros(ctx.d_sae, dtype=dvals.dtype, device=dvals.device).index_add_(
+            0, idx.reshape(-1), dvals.reshape(-1)
+        )
+        return None, d_w, d_b, None, None
+
+
 @dataclass
 class TranscoderConfig:
     d_in: int
@@ -48,7 +78,9 @@ class TranscoderConfig:
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"Unknown transcoder architecture {self.architecture!r}; use one of {ARCHITECTURES}.")
+            raise ValueError(
+                f"Unknown transcoder architecture {self.architecture!r}; use one of {ARCHITECTURES}."
+            )
         if self.architecture == "topk" and not (self.k and 0 < self.k <= self.d_sae):
             raise ValueError(f"TopK transcoder needs 0 < k <= d_sae, got k={self.k}, d_sae={self.d_sae}.")
 
@@ -62,7 +94,7 @@ class Transcoder(nn.Module):
         self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_out))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_out))
         self.b_pre = nn.Parameter(torch.zeros(cfg.d_in))
-        self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_out)) if cfg.skip else None
+        self.W_skip = nn.Parameter(torch.zeros(cfg.d_out, cfg.d_in)) if cfg.skip else None
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -74,7 +106,9 @@ class Transcoder(nn.Module):
             if self.cfg.d_in == self.cfg.d_out:
                 self.W_enc.copy_(w.T)
             else:
-                self.W_enc.copy_(torch.randn(self.cfg.d_in, self.cfg.d_sae, generator=generator) / self.cfg.d_in**0.5)
+                self.W_enc.copy_(
+                    torch.randn(self.cfg.d_in, self.cfg.d_sae, generator=generator) / self.cfg.d_in**0.5
+                )
             self.b_enc.zero_()
             self.b_dec.zero_()
             self.b_pre.zero_()
@@ -95,12 +129,38 @@ class Transcoder(nn.Module):
     def encode(self, x: Tensor) -> Tensor:  # [..., d_in] -> z [..., d_sae]
         return self.activation(self.pre_acts(x))
 
+    def encode_topk_sparse(self, x: Tensor, k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """TopK as (values [n, k], indices [n, k], all pre-activations [n, d_sae] without grad).
+
+        Same result as `encode` for 'topk', but backpropagates only through the k chosen pre-activations.
+        """
+        k = k or self.cfg.k
+        with torch.no_grad():
+            pre = self.pre_acts(x)  # [n, d_sae]
+            idx = pre.topk(k, dim=-1, sorted=False).indices  # [n, k]
+        return self.gather_pre_acts(x, pre, idx).relu(), idx, pre
+
+    def gather_pre_acts(self, x: Tensor, pre: Tensor, idx: Tensor) -> Tensor:
+        """pre.gather(-1, idx) [n, k] for pre = pre_acts(x), differentiable w.r.t. W_enc / b_enc (sparse backward)."""
+        return _GatherPreActs.apply(x - self.b_pre, self.W_enc, self.b_enc, pre, idx)
+
+    def decode_sparse(self, vals: Tensor, idx: Tensor, x: Tensor | None = None, bias: bool = True) -> Tensor:
+        """sum_j vals[n, j] W_dec[idx[n, j]] (+ b_dec, + x @ W_skip): a gather of k decoder rows per token."""
+        out = torch.nn.functional.embedding_bag(
+            idx, self.W_dec, per_sample_weights=vals, mode="sum"
+        )  # [n, d_out]
+        if bias:
+            out = out + self.b_dec
+        if self.W_skip is not None and x is not None:
+            out = out + x @ self.W_skip.T
+        return out
+
     def decode(self, z: Tensor, x: Tensor | None = None) -> Tensor:  # z [..., d_sae] -> [..., d_out]
         out = z @ self.W_dec + self.b_dec
         if self.W_skip is not None:
             if x is None:
                 raise ValueError("This transcoder has a skip connection; decode(z, x) needs the input x.")
-            out = out + x @ self.W_skip
+            out = out + x @ self.W_skip.T
         return out
 
     def forward(self, x: Tensor) -> Tensor:  # [..., d_in] -> y_hat [..., d_out]
@@ -109,9 +169,7 @@ class Transcoder(nn.Module):
     @torch.no_grad()
     def fold_b_pre(self) -> None:
         """Fold input centering into b_enc: (x - b_pre) W_enc + b_enc == x W_enc + (b_enc - b_pre W_enc)."""
-        self.b_enc -= self.b_pre @ self.W_enc
-        if self.W_skip is not None:
-            self.b_dec -= self.b_pre @ self.W_skip
+        self.b_enc -= self.b_pre @ self.W_enc  # the skip path reads x itself, so it needs no change
         self.b_pre.zero_()
 
     # ---- files -------------------------------------------------------------------------------------------
@@ -120,7 +178,9 @@ class Transcoder(nn.Module):
         folded = Transcoder(self.cfg)
         folded.load_state_dict(self.state_dict())
         folded.fold_b_pre()
-        tensors = {k: v.detach().contiguous().cpu().float() for k, v in folded.state_dict().items() if k != "b_pre"}
+        tensors = {
+            k: v.detach().contiguous().cpu().float() for k, v in folded.state_dict().items() if k != "b_pre"
+        }
         return tensors
 
     def save(self, directory: str) -> None:
@@ -136,27 +196,98 @@ class Transcoder(nn.Module):
         cfg_path, w_path = os.path.join(directory, CFG_FILE), os.path.join(directory, WEIGHTS_FILE)
         for p in (cfg_path, w_path):
             if not os.path.exists(p):
-                raise TranscoderFileError(f"Transcoder file {p} is missing; re-materialize the `transcoders` asset.")
+                raise TranscoderFileError(
+                    f"Transcoder file {p} is missing; re-materialize the `transcoders` asset."
+                )
         try:
             with open(cfg_path) as f:
                 cfg = config_from_saelens(json.load(f))
             tensors = load_file(w_path, device=str(device))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise TranscoderFileError(f"Transcoder config {cfg_path} is unreadable ({e}); re-train the layer.") from e
+            raise TranscoderFileError(
+                f"Transcoder config {cfg_path} is unreadable ({e}); re-train the layer."
+            ) from e
         except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise TranscoderFileError(f"Transcoder weights {w_path} are corrupt ({e}); re-train the layer.") from e
+            raise TranscoderFileError(
+                f"Transcoder weights {w_path} are corrupt ({e}); re-train the layer."
+            ) from e
         tc = cls(cfg).to(device)
         tensors.setdefault("b_pre", torch.zeros(cfg.d_in, device=device))
         missing = set(tc.state_dict()) - set(tensors)
         if missing:
-            raise TranscoderFileError(f"Transcoder weights {w_path} lack {sorted(missing)}; re-train the layer.")
-        tc.load_state_dict({k: tensors[k] for k in tc.state_dict()})
+            raise TranscoderFileError(
+                f"Transcoder weights {w_path} lack {sorted(missing)}; re-train the layer."
+            )
+        try:
+            tc.load_state_dict({k: tensors[k] for k in tc.state_dict()})
+        except RuntimeError as e:
+            raise TranscoderFileError(f"Transcoder weights {w_path} do not match {cfg_path} ({e}).") from e
+        bad = [k for k, v in tc.state_dict().items() if not torch.isfinite(v).all()]
+        if bad:
+            raise TranscoderFileError(
+                f"Transcoder weights {w_path} hold NaN/inf in {bad}; re-train the layer."
+            )
         return tc
+
+
+def load_paper_checkpoint(path: str, device: str | torch.device = "cpu") -> Transcoder:
+    """A transcoder released with Dunefsky et al. 2024 (transcoder_circuits): torch .pt of {'cfg', 'state_dict'}.
+
+    Their forward is z = ReLU((x - b_dec) @ W_enc + b_enc), y_hat = z @ W_dec + b_dec_out, so their input-side
+    b_dec [d_in] is our b_pre and b_dec_out [d_out] our b_dec. `cfg` may be a dict or an object with attributes
+    (hook_point, hook_point_layer, out_hook_point, model_name); sizes come from the weights.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        sd, raw = ckpt["state_dict"], ckpt.get("cfg", {})
+    except Exception as e:
+        raise TranscoderFileError(
+            f"{path} is not a readable transcoder checkpoint with 'cfg' and 'state_dict' ({e})."
+        ) from e
+    missing = {"W_enc", "b_enc", "W_dec", "b_dec", "b_dec_out"} - set(sd)
+    if missing:
+        raise TranscoderFileError(f"Transcoder checkpoint {path} lacks {sorted(missing)} in its state_dict.")
+
+    def get(name: str, default: Any = None) -> Any:
+        return raw.get(name, default) if isinstance(raw, dict) else getattr(raw, name, default)
+
+    d_in, d_sae = sd["W_enc"].shape
+    layer = get("hook_point_layer", -1)
+    cfg = TranscoderConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        d_out=sd["W_dec"].shape[1],
+        hook_name=get("hook_point", ""),
+        hook_name_out=get("out_hook_point", ""),
+        model_name=get("model_name", ""),
+        layer=layer if isinstance(layer, int) else -1,
+        provenance={"source": str(path), "format": "transcoder_circuits"},
+    )
+    tc = Transcoder(cfg)
+    with torch.no_grad():
+        for ours, theirs in (
+            ("W_enc", "W_enc"),
+            ("b_enc", "b_enc"),
+            ("W_dec", "W_dec"),
+            ("b_pre", "b_dec"),
+            ("b_dec", "b_dec_out"),
+        ):
+            getattr(tc, ours).copy_(sd[theirs].float())
+    return tc.to(device)
+
+
+def saelens_architecture(cfg: TranscoderConfig) -> str:
+    """The SAELens 6.54 architecture computing the same function (names starting 'atlas_' have none)."""
+    if cfg.architecture == "relu":
+        return "skip_transcoder" if cfg.skip else "transcoder"
+    if cfg.skip or cfg.d_in != cfg.d_out:
+        return "atlas_topk_skip" if cfg.skip else "atlas_topk_transcoder"
+    return "topk"
 
 
 def saelens_cfg(cfg: TranscoderConfig) -> dict[str, Any]:
     """cfg.json in the layout SAELens 6.x loads (`architecture: transcoder`), plus our own fields."""
-    arch = {"relu": "skip_transcoder" if cfg.skip else "transcoder", "topk": "topk_transcoder"}[cfg.architecture]
+    arch = saelens_architecture(cfg)
     out: dict[str, Any] = {
         "architecture": arch,
         "d_in": cfg.d_in,

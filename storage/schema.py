@@ -120,6 +120,9 @@ TABLES: tuple[Table, ...] = (
         ("kl", "REAL", "Mean per-token KL(clean || spliced) of next-token distributions (nats)."),
         ("dead_frac", "REAL", "Features that never fired on the eval tokens."),
         ("dense_frac", "REAL", "Features firing on more than 10% of eval tokens."),
+        ("gate_passed", "BOOLEAN", "Whether the transcoder passed the quality gate (FVU, dead fraction, CE recovered)."),
+        ("gate_reason", "VARCHAR", "Why the gate failed ('' when it passed), naming each metric and its threshold."),
+        ("thresholds", "JSON", "Gate thresholds used: max_fvu, max_dead_frac, min_ce_recovered."),
         ("created_at", "TIMESTAMP", "When evaluated."),
     ),
     _t(

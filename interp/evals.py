@@ -1,0 +1,189 @@
+"""Evaluating transcoders: reconstruction and sparsity on held-out activations, and next-token loss with the
+transcoders spliced into the model (DESIGN §2).
+
+Splicing replaces `blocks.L.hook_mlp_out` by transcoder(x), x stashed from `blocks.L.ln2.hook_normalized` in the
+same forward pass, for one layer or several at once (`spliced`). Loss metrics on held-out contexts:
+
+    ce_clean         the unmodified model
+    ce_spliced       every given MLP output replaced by its transcoder
+    ce_ablated       every given MLP output replaced by its train-split mean (mean ablation)
+    ce_zero_ablated  every given MLP output zeroed
+    ce_recovered     (ce_ablated - ce_spliced) / (ce_ablated - ce_clean)
+    kl               mean over predicted tokens of KL(clean || spliced)
+
+Reconstruction metrics over the same tokens: l0 (mean active features per token), fvu = sum||y - y_hat||^2 /
+sum||y - mean(y)||^2, mse (mean over tokens of ||y - y_hat||^2), dead_frac (never active), dense_frac (active on
+> 10% of tokens).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.model import mlp_hooks
+from interp.transcoder import Transcoder
+
+DENSE_THRESHOLD = 0.10
+
+MlpReplacement = Callable[
+    [Tensor, Tensor], Tensor
+]  # (x [b, p, d_in], y [b, p, d_out]) -> new y [b, p, d_out]
+
+
+@contextlib.contextmanager
+def replace_mlp_out(model, replacements: Mapping[int, MlpReplacement]) -> Iterator[None]:
+    """Within the block, layer L's MLP output y is replaced by replacements[L](x, y) in every forward pass."""
+    stash: dict[int, Tensor] = {}
+    hooks = []
+    for layer, fn in replacements.items():
+        hook_in, hook_out = mlp_hooks(layer)
+
+        def keep_x(act, hook, layer=layer):  # [batch, pos, d_in]
+            stash[layer] = act
+            return act
+
+        def swap_y(act, hook, layer=layer, fn=fn):  # [batch, pos, d_out]
+            return fn(stash.pop(layer), act).to(act.dtype)
+
+        hooks += [(hook_in, keep_x), (hook_out, swap_y)]
+    with model.hooks(fwd_hooks=hooks):
+        yield
+
+
+def spliced(model, transcoders: Mapping[int, Transcoder]) -> contextlib.AbstractContextManager[None]:
+    """Context manager: every layer L in `transcoders` runs transcoders[L](x) instead of its MLP."""
+    return replace_mlp_out(
+        model, {layer: (lambda x, y, tc=tc: tc(x.to(tc.W_enc.dtype))) for layer, tc in transcoders.items()}
+    )
+
+
+def mean_ablated(model, means: Mapping[int, Tensor]) -> contextlib.AbstractContextManager[None]:
+    """Context manager: layer L's MLP output is the constant means[L] [d_out]."""
+    return replace_mlp_out(
+        model, {layer: (lambda x, y, m=m: m.to(y).expand_as(y)) for layer, m in means.items()}
+    )
+
+
+def zero_ablated(model, layers) -> contextlib.AbstractContextManager[None]:
+    return replace_mlp_out(model, {layer: (lambda x, y: torch.zeros_like(y)) for layer in layers})
+
+
+class ReconstructionStats:
+    """Streaming L0 / FVU / MSE / feature firing counts over batches of (x, y)."""
+
+    def __init__(self, d_sae: int):
+        self.n = 0
+        self.l0_sum = 0.0
+        self.err_sum = 0.0
+        self.y_sum: Tensor | None = None
+        self.y_sq_sum = 0.0
+        self.fired = torch.zeros(d_sae, dtype=torch.long)
+
+    @torch.no_grad()
+    def update(self, tc: Transcoder, x: Tensor, y: Tensor) -> None:  # x [n, d_in], y [n, d_out]
+        x, y = x.to(tc.W_enc), y.to(tc.W_enc).double()
+        z = tc.encode(x)  # [n, d_sae]
+        y_hat = tc.decode(z, x).double()
+        active = z > 0
+        self.n += x.shape[0]
+        self.l0_sum += active.sum().item()
+        self.fired += active.sum(0).cpu()
+        self.err_sum += (y - y_hat).pow(2).sum().item()
+        ys = y.sum(0).cpu()
+        self.y_sum = ys if self.y_sum is None else self.y_sum + ys
+        self.y_sq_sum += y.pow(2).sum().item()
+
+    def result(self) -> dict[str, float]:
+        if self.n == 0:
+            raise ValueError("No evaluation tokens: the held-out set is empty.")
+        total_var = self.y_sq_sum - (self.y_sum.pow(2).sum().item() / self.n)  # sum ||y - mean y||^2
+        density = self.fired.double() / self.n
+        return {
+            "n_eval_tokens": self.n,
+            "l0": self.l0_sum / self.n,
+            "fvu": self.err_sum / max(total_var, 1e-12),
+            "mse": self.err_sum / self.n,
+            "dead_frac": (self.fired == 0).double().mean().item(),
+            "dense_frac": (density > DENSE_THRESHOLD).double().mean().item(),
+        }
+
+
+def _next_token_logprobs(model, tokens: Tensor) -> Tensor:  # tokens [b, p] -> [b, p-1, vocab] log-probs
+    logits = model(tokens, return_type="logits")  # [b, p, vocab]
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
+
+
+def _nll(logp: Tensor, tokens: Tensor) -> Tensor:  # -> [b, p-1]
+    return -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
+def ce_recovered(ce_clean: float, ce_spliced: float, ce_ablated: float) -> float:
+    denom = ce_ablated - ce_clean
+    return float("nan") if abs(denom) < 1e-9 else (ce_ablated - ce_spliced) / denom
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    transcoders: Mapping[int, Transcoder],
+    tokens: Tensor,  # [n_ctx, ctx_len] held-out contexts, BOS first
+    means: Mapping[int, Tensor],  # layer -> train-split mean MLP output [d_out]
+    batch_size: int = 8,
+    zero_ablation: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Loss metrics with all `transcoders` spliced at once, plus reconstruction metrics per layer.
+
+    Returns {'ce_clean', 'ce_spliced', 'ce_ablated', ['ce_zero_ablated'], 'ce_recovered', 'kl', 'n_eval_tokens',
+    'layers': {L: {'l0', 'fvu', 'mse', 'dead_frac', 'dense_frac', 'n_eval_tokens'}}}. Reconstruction uses each
+    layer's clean x, y (the transcoder alone), the losses use the spliced model.
+    """
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        raise ValueError(
+            f"Evaluation needs [n_ctx >= 1, ctx_len >= 2] tokens, got shape {tuple(tokens.shape)}."
+        )
+    layers = sorted(transcoders)
+    device = next(iter(transcoders.values())).W_enc.device
+    stats = {layer: ReconstructionStats(transcoders[layer].d_sae) for layer in layers}
+    names = {h for layer in layers for h in mlp_hooks(layer)}
+    sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_ablated": 0.0, "ce_zero_ablated": 0.0, "kl": 0.0}
+    n_pred = 0
+    for i in tqdm(range(0, tokens.shape[0], batch_size), desc="evaluating", disable=not progress):
+        batch = tokens[i : i + batch_size].to(device)  # [b, p]
+        logits, cache = model.run_with_cache(batch, names_filter=lambda n: n in names)
+        logp_clean = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [b, p-1, vocab]
+        for layer in layers:
+            hook_in, hook_out = mlp_hooks(layer)
+            x, y = cache[hook_in].flatten(0, 1), cache[hook_out].flatten(0, 1)  # [b*p, d_model]
+            stats[layer].update(transcoders[layer], x, y)
+        del cache
+        with spliced(model, transcoders):
+            logp_spliced = _next_token_logprobs(model, batch)
+        with mean_ablated(model, means):
+            sums["ce_ablated"] += _nll(_next_token_logprobs(model, batch), batch).sum().item()
+        if zero_ablation:
+            with zero_ablated(model, layers):
+                sums["ce_zero_ablated"] += _nll(_next_token_logprobs(model, batch), batch).sum().item()
+        sums["ce_clean"] += _nll(logp_clean, batch).sum().item()
+        sums["ce_spliced"] += _nll(logp_spliced, batch).sum().item()
+        sums["kl"] += (logp_clean.exp() * (logp_clean - logp_spliced)).sum().item()
+        n_pred += batch.shape[0] * (batch.shape[1] - 1)
+    out = {k: v / n_pred for k, v in sums.items()}
+    if not zero_ablation:
+        del out["ce_zero_ablated"]
+    out["ce_recovered"] = ce_recovered(out["ce_clean"], out["ce_spliced"], out["ce_ablated"])
+    out["n_eval_tokens"] = n_pred
+    out["layers"] = {layer: stats[layer].result() for layer in layers}
+    return out
+
+
+def evaluate_layer(model, tc: Transcoder, layer: int, tokens: Tensor, mean: Tensor, **kw) -> dict:
+    """One layer spliced alone: the flat metric dict of `transcoder_metrics` (without the gate)."""
+    res = evaluate(model, {layer: tc}, tokens, {layer: mean}, **kw)
+    per_layer = res.pop("layers")[layer]
+    return {**per_layer, **res}

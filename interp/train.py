@@ -1,0 +1,415 @@
+"""Training one transcoder on streamed (x, y) activation pairs: x = normalized MLP input, y = MLP output.
+
+Algorithm:
+  1. Statistics from the first `buffer_tokens` of the stream: b_pre <- mean(x), b_dec <- mean(y) / s, where
+     s^2 = E||y - mean(y)||^2. Targets are divided by s while training, so the MSE term is a fraction of variance
+     unexplained and lr / l1_coefficient transfer across layers; `finish` multiplies the decoder back by s.
+  2. The stream (a re-iterable of {'x': [n, d_in], 'y': [n, d_out]} chunks, cycled for several epochs) passes
+     through a seeded shuffle buffer; every chunk is checked for NaN/inf.
+  3. Each step, on a batch of `batch_size` tokens:
+       relu: loss = ||y/s - y_hat||^2 + lambda_t * sum_i z_i ||W_dec[i]||   (norm-weighted L1, decoder rows free;
+             lambda_t warms up linearly over `l1_warmup_steps`)
+       topk: loss = ||y/s - y_hat||^2 + aux_coefficient * AuxK, where AuxK reconstructs the residual from the
+             top `aux_k` dead features (Gao et al. 2024); the encoder backward and decoder are sparse (k of
+             d_sae columns/rows per token); decoder rows are kept unit norm (gradient projected, rows renormed).
+     Adam, lr warm-up over `lr_warmup_steps`, linear decay to 0 over the last `lr_decay_frac` of the steps.
+  4. Features that have not fired for `dead_window_tokens` are dead. relu: every `resample_every` steps dead
+     features are re-initialized towards badly reconstructed inputs (Anthropic's resampling); topk: AuxK.
+  5. Every `checkpoint_every` steps the full state (weights, Adam moments, dead-feature counters, curve) is saved
+     atomically; `train(..., checkpoint_path=p)` resumes from p by replaying the (cheap, seeded) data stream to the
+     saved step, so a killed and resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.transcoder import Transcoder, TranscoderConfig
+
+log = logging.getLogger(__name__)
+
+Chunks = Callable[
+    [], Iterable[Mapping[str, Tensor]]
+]  # re-iterable stream of {'x': [n, d_in], 'y': [n, d_out]}
+
+
+@dataclass
+class TrainConfig:
+    architecture: str = "topk"  # 'topk' (fast on CPU, no L1 tuning) or 'relu' (ReLU + L1, the paper)
+    d_sae: int = 4608  # features; 8 x d_model for SmolLM2
+    k: int = 32  # active features per token (topk)
+    skip: bool = False  # learn a linear skip connection W_skip too
+    l1_coefficient: float = 3e-3  # relu: weight of sum_i z_i ||W_dec[i]|| against the FVU-scaled MSE
+    l1_warmup_steps: int = 100  # relu: lambda ramps from 0 over these steps
+    lr: float = 1e-3
+    lr_warmup_steps: int = 20
+    lr_decay_frac: float = 0.2  # linear decay to 0 over this last fraction of the steps
+    batch_size: int = 4096  # tokens per step
+    train_tokens: int = 600_000  # token budget (steps = train_tokens // batch_size)
+    buffer_tokens: int = 65_536  # shuffle buffer
+    seed: int = 0
+    checkpoint_every: int = 50  # steps; 0 = never
+    log_every: int = 10  # steps between curve rows
+    dead_window_tokens: int = 200_000  # a feature silent this long is dead
+    aux_k: int = 256  # topk: dead features used by AuxK
+    aux_coefficient: float = 1 / 32
+    resample_every: int = 50  # relu: steps between dead-feature resampling (0 = never)
+    device: str = "cpu"
+    autocast_bf16: bool = True  # on CUDA only
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.train_tokens // self.batch_size)
+
+
+@dataclass
+class TrainResult:
+    transcoder: Transcoder  # decoder scale restored, b_pre folded: ready to save
+    curve: list[dict] = field(default_factory=list)  # rows of the `training_curves` table
+    train_tokens: int = 0
+    y_mean: Tensor | None = None  # [d_out] train-split mean MLP output (for mean ablation)
+    dead_frac: float = 0.0  # at the end of training
+
+
+class NonFiniteActivationsError(ValueError):
+    pass
+
+
+def _check_finite(chunk: Mapping[str, Tensor]) -> None:
+    for name in ("x", "y"):
+        t = chunk[name]
+        if not torch.isfinite(t).all():
+            bad = (~torch.isfinite(t)).any(-1).sum().item()
+            raise NonFiniteActivationsError(
+                f"Activations {name!r} contain NaN/inf in {bad} of {t.shape[0]} rows; the harvest is corrupt "
+                "(re-materialize `activations`, and check the model runs in float32)."
+            )
+
+
+def shuffled_batches(
+    data: Chunks, batch_size: int, buffer_tokens: int, seed: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless (x [batch, d_in], y [batch, d_out]) batches: chunks cycled, mixed in a seeded shuffle buffer."""
+    gen = torch.Generator().manual_seed(seed)
+    xs: list[Tensor] = []
+    ys: list[Tensor] = []
+    held = 0
+    while True:
+        seen = 0
+        for chunk in data():
+            _check_finite(chunk)
+            xs.append(chunk["x"].float())
+            ys.append(chunk["y"].float())
+            held += chunk["x"].shape[0]
+            seen += chunk["x"].shape[0]
+            if held < buffer_tokens:
+                continue
+            x, y = torch.cat(xs), torch.cat(ys)
+            perm = torch.randperm(held, generator=gen)
+            n_out = (held - buffer_tokens // 2) // batch_size * batch_size
+            for i in range(0, n_out, batch_size):
+                sel = perm[i : i + batch_size]
+                yield x[sel], y[sel]
+            keep = perm[n_out:]
+            xs, ys, held = [x[keep]], [y[keep]], len(keep)
+        if seen == 0:
+            raise ValueError("The activation stream is empty: no training tokens (harvest some first).")
+        if held >= batch_size and seen < buffer_tokens // 2:  # an epoch smaller than the buffer: flush it
+            x, y = torch.cat(xs), torch.cat(ys)
+            perm = torch.randperm(held, generator=gen)
+            n_out = held // batch_size * batch_size
+            for i in range(0, n_out, batch_size):
+                sel = perm[i : i + batch_size]
+                yield x[sel], y[sel]
+            xs, ys, held = [x[perm[n_out:]]], [y[perm[n_out:]]], held - n_out
+
+
+def _stream_stats(data: Chunks, n_tokens: int) -> tuple[Tensor, Tensor, float, Tensor]:
+    """mean(x) [d_in], mean(y) [d_out], s = sqrt(E||y - mean y||^2), and a sample of x [<= 4096, d_in] from the
+    first n_tokens of the stream."""
+    xs, ys, n = [], [], 0
+    for chunk in data():
+        _check_finite(chunk)
+        xs.append(chunk["x"].double())
+        ys.append(chunk["y"].double())
+        n += chunk["x"].shape[0]
+        if n >= n_tokens:
+            break
+    if n == 0:
+        raise ValueError("The activation stream is empty: no training tokens (harvest some first).")
+    x, y = torch.cat(xs)[:n_tokens], torch.cat(ys)[:n_tokens]
+    y_mean = y.mean(0)
+    scale = (y - y_mean).pow(2).sum(-1).mean().sqrt().item()
+    return x.mean(0).float(), y_mean.float(), max(scale, 1e-8), x[:4096].float()
+
+
+class Trainer:
+    """State of one training run (model, optimizer, counters); `step` consumes one batch."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        tc_cfg: TranscoderConfig,
+        x_mean: Tensor,
+        y_mean: Tensor,
+        scale: float,
+        x_sample: Tensor,
+    ):
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.tc = Transcoder(tc_cfg)
+        self.tc.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+        with torch.no_grad():
+            self.tc.b_pre.copy_(x_mean)
+            self.tc.b_dec.copy_(y_mean / scale)
+            if cfg.architecture == "topk":
+                self.tc.W_dec.div_(self.tc.W_dec.norm(dim=-1, keepdim=True))
+            # scale the encoder so the initial output has the target's (unit) spread: both activations are
+            # positively homogeneous, so this keeps which features fire
+            spread = (self.tc(x_sample) - self.tc.b_dec).pow(2).sum(-1).mean().sqrt().clamp_min(1e-8)
+            self.tc.W_enc.div_(spread)
+        self.tc.b_pre.requires_grad_(False)  # redundant with b_enc; kept at mean(x)
+        self.tc.to(self.device)
+        self.scale = scale
+        self.y_mean = y_mean
+        params = [p for p in self.tc.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
+        self.step_no = 0
+        self.tokens = 0
+        self.since_fired = torch.zeros(tc_cfg.d_sae, dtype=torch.long, device=self.device)
+        self.curve: list[dict] = []
+
+    # ---- schedule ---------------------------------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        warm = min(1.0, (step + 1) / max(1, c.lr_warmup_steps))
+        decay_start = int(c.steps * (1 - c.lr_decay_frac))
+        decay = 1.0 if step < decay_start else max(0.0, (c.steps - step) / max(1, c.steps - decay_start))
+        return c.lr * warm * decay
+
+    def l1_at(self, step: int) -> float:
+        return self.cfg.l1_coefficient * min(1.0, (step + 1) / max(1, self.cfg.l1_warmup_steps))
+
+    # ---- one step ---------------------------------------------------------------------------------------
+
+    def _forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict, Tensor]:
+        """Loss, logged scalars and the fired-feature mask [d_sae] of one batch (y already divided by s)."""
+        tc, c = self.tc, self.cfg
+        if c.architecture == "topk":
+            vals, idx, pre = tc.encode_topk_sparse(x)  # [n, k], [n, k], [n, d_sae]
+            y_hat = tc.decode_sparse(vals, idx, x)  # [n, d_out]
+            fired = torch.zeros(c.d_sae, dtype=torch.bool, device=x.device)
+            fired[idx[vals > 0]] = True
+            mse = (y - y_hat).pow(2).sum(-1).mean()
+            aux = self._auxk(x, y - y_hat.detach(), pre)
+            sparsity, l0 = aux, (vals > 0).sum(-1).float().mean()
+            loss = mse + c.aux_coefficient * aux
+        else:
+            z = tc.encode(x)  # [n, d_sae]
+            y_hat = tc.decode(z, x)  # [n, d_out]
+            fired = (z > 0).any(0)
+            mse = (y - y_hat).pow(2).sum(-1).mean()
+            sparsity = (z * tc.W_dec.norm(dim=-1)).sum(-1).mean()
+            l0 = (z > 0).sum(-1).float().mean()
+            loss = mse + self.l1_at(self.step_no) * sparsity
+        stats = {"mse": mse.detach(), "sparsity_loss": sparsity.detach(), "l0": l0.detach()}
+        return loss, stats, fired
+
+    def _auxk(self, x: Tensor, residual: Tensor, pre: Tensor) -> Tensor:
+        """AuxK: how well the top `aux_k` dead features reconstruct the residual, as a fraction of its variance."""
+        dead = self.since_fired > self.cfg.dead_window_tokens  # [d_sae]
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return torch.zeros((), device=x.device)
+        k_aux = min(self.cfg.aux_k, n_dead)
+        with torch.no_grad():
+            idx = (
+                pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False).indices
+            )  # [n, k_aux]
+        vals = self.tc.gather_pre_acts(x, pre, idx).relu()
+        e_hat = self.tc.decode_sparse(vals, idx, bias=False)  # [n, d_out]
+        var = (residual - residual.mean(0)).pow(2).sum()
+        return (e_hat - residual).pow(2).sum() / var.clamp_min(1e-12)
+
+    def step(self, x: Tensor, y: Tensor) -> dict | None:
+        """One optimizer step on x [n, d_in], y [n, d_out] (raw units); returns a curve row every log_every steps."""
+        c = self.cfg
+        x, y = x.to(self.device), (y / self.scale).to(self.device)
+        lr = self.lr_at(self.step_no)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        use_bf16 = c.autocast_bf16 and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, stats, fired = self._forward(x, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.architecture == "topk":
+            self._project_decoder_grad()
+        self.opt.step()
+        if c.architecture == "topk":
+            with torch.no_grad():
+                self.tc.W_dec.div_(self.tc.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+        self.since_fired += x.shape[0]
+        self.since_fired[fired] = 0
+        self.step_no += 1
+        self.tokens += x.shape[0]
+        if c.architecture == "relu" and c.resample_every and self.step_no % c.resample_every == 0:
+            self._resample(x, y)
+        if self.step_no % c.log_every and self.step_no != c.steps:
+            return None
+        mse = stats["mse"].item()
+        row = {
+            "step": self.step_no,
+            "tokens": self.tokens,
+            "loss": loss.item(),
+            "mse": mse * self.scale**2,
+            "sparsity_loss": stats["sparsity_loss"].item(),
+            "l0": stats["l0"].item(),
+            "fvu": mse / max(y.var(0, unbiased=False).sum().item(), 1e-12),
+            "dead_frac": self.dead_frac(),
+            "lr": lr,
+        }
+        if not math.isfinite(row["loss"]):
+            raise FloatingPointError(
+                f"Training diverged at step {self.step_no} (loss {row['loss']}); lower lr."
+            )
+        self.curve.append(row)
+        return row
+
+    def dead_frac(self) -> float:
+        return (self.since_fired > self.cfg.dead_window_tokens).float().mean().item()
+
+    @torch.no_grad()
+    def _project_decoder_grad(self) -> None:
+        """Remove the gradient component parallel to each (unit) decoder row, so steps rotate rows."""
+        w, g = self.tc.W_dec, self.tc.W_dec.grad
+        if g is not None:
+            g -= (g * w).sum(-1, keepdim=True) * w
+
+    @torch.no_grad()
+    def _resample(self, x: Tensor, y: Tensor) -> None:
+        """relu: point dead features at badly reconstructed inputs of this batch; reset their Adam moments."""
+        dead = (self.since_fired > self.cfg.dead_window_tokens).nonzero().squeeze(-1)
+        if dead.numel() == 0:
+            return
+        tc = self.tc
+        err = (y - tc(x)).pow(2).sum(-1)  # [n]
+        gen = torch.Generator(device=x.device).manual_seed(self.cfg.seed + self.step_no)
+        pick = torch.multinomial(err + 1e-12, dead.numel(), replacement=True, generator=gen)
+        xc = x[pick] - tc.b_pre  # [n_dead, d_in]
+        alive = self.since_fired <= self.cfg.dead_window_tokens
+        enc_norm = tc.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        tc.W_enc[:, dead] = (xc / xc.norm(dim=-1, keepdim=True).clamp_min(1e-8)).T * enc_norm * 0.2
+        tc.b_enc[dead] = 0.0
+        resid = y[pick] - tc(x[pick])  # [n_dead, d_out]
+        tc.W_dec[dead] = resid / resid.norm(dim=-1, keepdim=True).clamp_min(1e-8) * 0.1
+        for p, rows in ((tc.W_enc, (slice(None), dead)), (tc.b_enc, (dead,)), (tc.W_dec, (dead,))):
+            state = self.opt.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][rows] = 0.0
+        self.since_fired[dead] = 0
+        log.info("resampled %d dead features at step %d", dead.numel(), self.step_no)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step_no,
+            "tokens": self.tokens,
+            "model": self.tc.state_dict(),
+            "opt": self.opt.state_dict(),
+            "since_fired": self.since_fired,
+            "curve": self.curve,
+            "scale": self.scale,
+            "y_mean": self.y_mean,
+            "train_config": dataclasses.asdict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_no, self.tokens = state["step"], state["tokens"]
+        self.tc.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.since_fired = state["since_fired"].to(self.device)
+        self.curve, self.scale, self.y_mean = state["curve"], state["scale"], state["y_mean"]
+
+    def save_checkpoint(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def finish(self) -> Transcoder:
+        """A copy with the target scale folded into the decoder and b_pre into b_enc (the saved form)."""
+        out = Transcoder(self.tc.cfg)
+        out.load_state_dict(self.tc.state_dict())
+        with torch.no_grad():
+            out.W_dec.mul_(self.scale)
+            out.b_dec.mul_(self.scale)
+            if out.W_skip is not None:
+                out.W_skip.mul_(self.scale)
+            out.fold_b_pre()
+        return out.cpu().eval()
+
+
+def _comparable(cfg: TrainConfig) -> dict:
+    """Config fields that must match for a checkpoint to be resumed (device and logging may change)."""
+    return {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("device", "checkpoint_every", "log_every")
+    }
+
+
+def train(
+    data: Chunks,
+    cfg: TrainConfig,
+    tc_cfg: TranscoderConfig,
+    checkpoint_path: str | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a transcoder on `data` (see module docstring); resumes from `checkpoint_path` if it exists."""
+    k = cfg.k if cfg.architecture == "topk" else None
+    tc_cfg = dataclasses.replace(tc_cfg, d_sae=cfg.d_sae, architecture=cfg.architecture, skip=cfg.skip, k=k)
+    x_mean, y_mean, scale, x_sample = _stream_stats(data, cfg.buffer_tokens)
+    if x_mean.shape[0] != tc_cfg.d_in or y_mean.shape[0] != tc_cfg.d_out:
+        raise ValueError(
+            f"Activations are {x_mean.shape[0]} -> {y_mean.shape[0]} wide, transcoder expects {tc_cfg.d_in} -> {tc_cfg.d_out}."
+        )
+    trainer = Trainer(cfg, tc_cfg, x_mean, y_mean, scale, x_sample)
+    if checkpoint_path and os.path.exists(checkpoint_path):
+        state = torch.load(checkpoint_path, map_location=cfg.device, weights_only=False)
+        if _comparable(TrainConfig(**state["train_config"])) != _comparable(cfg):
+            log.warning("checkpoint %s was made with another config; starting over", checkpoint_path)
+        else:
+            trainer.load_state_dict(state)
+            log.info("resuming from %s at step %d", checkpoint_path, trainer.step_no)
+    batches = shuffled_batches(data, cfg.batch_size, cfg.buffer_tokens, cfg.seed)
+    for _ in range(trainer.step_no):  # replay the stream to where the checkpoint left it
+        next(batches)
+    bar = tqdm(
+        total=cfg.steps, initial=trainer.step_no, desc=f"training {tc_cfg.hook_name}", disable=not progress
+    )
+    while trainer.step_no < cfg.steps:
+        x, y = next(batches)
+        row = trainer.step(x, y)
+        bar.update(1)
+        if row is not None:
+            bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_frac']:.2f}")
+            if on_log:
+                on_log(row)
+        if checkpoint_path and cfg.checkpoint_every and trainer.step_no % cfg.checkpoint_every == 0:
+            trainer.save_checkpoint(checkpoint_path)
+    bar.close()
+    return TrainResult(trainer.finish(), trainer.curve, trainer.tokens, trainer.y_mean, trainer.dead_frac())
