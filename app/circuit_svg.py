@@ -51,22 +51,33 @@ def graph_svg(nodes: pl.DataFrame, edges: pl.DataFrame) -> str:
     rows = nodes.to_dicts()
     row_of = _rows(rows)
     n_rows = max(row_of.values(), default=0) + 1
-    n_cols = 1 + max((n["position"] or 0 for n in rows), default=0)
+    column = {
+        p: i for i, p in enumerate(sorted({n["position"] or 0 for n in rows}))
+    }  # positions with nodes only
     cells: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for n in rows:
-        cells[(row_of[n["node_id"]], n["position"] or 0)].append(n)
+        cells[(row_of[n["node_id"]], column[n["position"] or 0])].append(n)
     xy = {}
     for (r, c), members in cells.items():
         for i, n in enumerate(members):
-            x = PAD + c * CELL_W + (i + 1) * CELL_W / (len(members) + 1)
+            x = 2 * PAD + c * CELL_W + (i + 1) * CELL_W / (len(members) + 1)
             xy[n["node_id"]] = (x, PAD + (n_rows - 1 - r) * ROW_H)
-    width, height = 2 * PAD + n_cols * CELL_W, 2 * PAD + (n_rows - 1) * ROW_H
+    width, height = 3 * PAD + len(column) * CELL_W, 2 * PAD + (n_rows - 1) * ROW_H
     infl = max((abs(n["influence"] or 0.0) for n in rows), default=0.0) or 1.0
     wmax = max((abs(w) for w in edges["weight"]), default=0.0) or 1.0
 
     parts = [
         f'<svg class="atlas-graph" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
     ]
+    for r in range(n_rows):  # row names at the left, token positions at the bottom
+        name = "emb" if r == 0 else "out" if r == n_rows - 1 else f"L{r - 1}"
+        y = PAD + (n_rows - 1 - r) * ROW_H + 4
+        parts.append(f'<text x="4" y="{y:.0f}" font-size="11" fill="grey">{name}</text>')
+    for p, c in column.items():
+        x = 2 * PAD + (c + 0.5) * CELL_W
+        parts.append(
+            f'<text x="{x:.0f}" y="{height - 4}" font-size="10" fill="grey" text-anchor="middle">pos {p}</text>'
+        )
     for src, dst, w in edges.iter_rows():
         if src in xy and dst in xy:
             (x1, y1), (x2, y2) = xy[src], xy[dst]

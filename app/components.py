@@ -19,8 +19,10 @@ _MARKDOWN_SPECIALS = "\\`*_{}[]()#+-.!|~$:"
 
 def esc(text: object) -> str:
     """`text` safe to put inside HTML or markdown: tags, attributes and markdown syntax render as plain text."""
-    out = html.escape(str(text), quote=True)
-    return "".join(f"&#{ord(c)};" if c in _MARKDOWN_SPECIALS else c for c in out)
+    return "".join(
+        html.escape(c, quote=True) if c in "&<>\"'" else f"&#{ord(c)};" if c in _MARKDOWN_SPECIALS else c
+        for c in str(text)
+    )
 
 
 def show_token(token: str) -> str:
