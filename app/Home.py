@@ -7,7 +7,7 @@ from storage import queries
 
 st.set_page_config(page_title="Transcoder Atlas", layout="wide")
 st.title("Transcoder Atlas")
-components.require_database()
+tc = components.transcoders_or_stop()
 
 counts = queries.table_counts()
 cols = st.columns(5)
@@ -15,7 +15,6 @@ for col, name in zip(cols, ["transcoders", "features", "feature_examples", "feat
     col.metric(name, f"{counts.get(name, 0):,}")
 
 st.header("Transcoders")
-tc = queries.transcoders()
 st.dataframe(tc, key="transcoders_table", hide_index=True)
 evaluated = tc.filter(tc["ce_recovered"].is_not_null())
 if evaluated.height:

@@ -8,11 +8,13 @@ characters markdown or Streamlit's LaTeX would interpret become numeric entities
 from __future__ import annotations
 
 import html
+import os
 from urllib.parse import quote
 
+import polars as pl
 import streamlit as st
 
-from storage import queries
+from storage import layout, queries
 
 _MARKDOWN_SPECIALS = "\\`*_{}[]()#+-.!|~$:"
 
@@ -60,17 +62,50 @@ def shaded_tokens(tokens: list[str], acts: list[float], scale: float, highlight:
     )
 
 
+def histogram_svg(edges: list[float], counts: list[int], width: int = 420, height: int = 140) -> str:
+    """Bars of a histogram (bin edges may be log-spaced: bars are drawn per bin, range and count on hover)."""
+    top = max(counts, default=0) or 1
+    bar_w = width / max(len(counts), 1)
+    bars = "".join(
+        f'<rect x="{i * bar_w:.1f}" y="{height - height * c / top:.1f}" width="{max(bar_w - 1, 1):.1f}" '
+        f'height="{height * c / top:.1f}" fill="#f28e2b"><title>{lo:.3g} to {hi:.3g}: {c}</title></rect>'
+        for i, (lo, hi, c) in enumerate(zip(edges[:-1], edges[1:], counts))
+    )
+    axis = (
+        f'<text x="0" y="{height + 14}" font-size="11" fill="grey">{edges[0]:.3g}</text>'
+        f'<text x="{width}" y="{height + 14}" font-size="11" fill="grey" text-anchor="end">{edges[-1]:.3g}</text>'
+    )
+    return f'<svg class="atlas-hist" width="{width}" height="{height + 18}">{bars}{axis}</svg>'
+
+
 def html_block(markup: str) -> None:
     """Render trusted markup built from escaped pieces (the only place pages allow HTML)."""
     st.markdown(markup, unsafe_allow_html=True)
 
 
-def require_database() -> None:
-    """Stop the page with a helpful message when the atlas has not been built yet."""
+@st.cache_data(ttl=30, show_spinner=False)
+def _transcoders(path: str, version: tuple[float, ...]) -> pl.DataFrame:
+    return queries.transcoders()
+
+
+def _version(path: str) -> tuple[float, ...]:
+    """Modification times of the database and its WAL: a write anywhere invalidates the cached table."""
+    return tuple(os.path.getmtime(p) if os.path.exists(p) else 0.0 for p in (path, path + ".wal"))
+
+
+def transcoders_or_stop() -> pl.DataFrame:
+    """The transcoders with their metrics (cached until the database changes); stops the page with a helpful
+    message when the atlas has not been built yet."""
+    path = layout.db_path()
     try:
-        problem = queries.database_ready()
-    except Exception as e:  # a database from another version, a corrupt file, a lock held too long
-        problem = f"The atlas database cannot be read: {e}"
-    if problem:
-        st.info(problem)
+        tcs = _transcoders(path, _version(path))
+    except FileNotFoundError as e:
+        st.info(str(e))
         st.stop()
+    except Exception as e:  # a database from another version, a corrupt file, a lock held too long
+        st.info(f"The atlas database `{path}` cannot be read ({e}); run `make atlas`.")
+        st.stop()
+    if tcs.height == 0:
+        st.info(f"The atlas database `{path}` has no transcoders yet. Run `make atlas`.")
+        st.stop()
+    return tcs

@@ -13,28 +13,18 @@ import json
 import re
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import polars as pl
 import pyarrow as pa
 
-from storage import db, layout
+from storage import db
 
 MAX_SQL_ROWS = 1000  # rows the SQL console returns at most
 SQL_TIMEOUT_S = 20.0  # the console interrupts longer queries
 
 FEATURE_SORTS = ("density", "max_act", "mean_act", "feature", "token_act")
-
-
-def database_ready() -> str | None:
-    """None when the atlas database exists and has transcoders; otherwise what is missing (for the page)."""
-    path = layout.db_path()
-    if not Path(path).exists():
-        return f"No atlas database at `{path}`. Run `make atlas` (or point ATLAS_HOME at a built atlas)."
-    n = db.query("SELECT count(*) AS n FROM transcoders")["n"][0]
-    return None if n else f"The atlas database `{path}` has no transcoders yet. Run `make atlas`."
 
 
 def table_counts() -> dict[str, int]:

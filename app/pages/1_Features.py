@@ -8,7 +8,7 @@ from storage import queries
 
 st.set_page_config(page_title="Features · Transcoder Atlas", layout="wide")
 st.title("Features")
-components.require_database()
+components.transcoders_or_stop()
 
 c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
 layers = c1.multiselect("Layers", queries.layers(), key="layers")

@@ -12,9 +12,7 @@ from app import components
 from storage import queries
 
 st.set_page_config(page_title="Feature card · Transcoder Atlas", layout="wide")
-components.require_database()
-
-tcs = queries.transcoders()
+tcs = components.transcoders_or_stop()
 ids = tcs["transcoder_id"].to_list()
 url = (st.query_params.get("transcoder"), st.query_params.get("feature"))
 if st.session_state.get("_card_url") != url:  # a new deep link wins over the widgets' last state
@@ -55,12 +53,9 @@ m[3].metric("active tokens", f"{s['n_active']:,}" if s["n_active"] is not None e
 
 left, right = st.columns(2)
 if s["hist_counts"]:
-    edges = s["hist_edges"]
-    hist = pl.DataFrame(
-        {"activation": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])], "count": s["hist_counts"]}
-    )
     left.caption("Activation histogram (active tokens)")
-    left.bar_chart(hist, x="activation", y="count", height=200)
+    with left:
+        components.html_block(components.histogram_svg(s["hist_edges"], s["hist_counts"]))
 if s["quantiles"]:
     right.caption("Activation quantiles")
     right.dataframe(

@@ -8,7 +8,7 @@ from storage import queries
 
 st.set_page_config(page_title="Circuits · Transcoder Atlas", layout="wide")
 st.title("Circuits")
-components.require_database()
+components.transcoders_or_stop()
 
 graphs = queries.graphs()
 if graphs.height == 0:

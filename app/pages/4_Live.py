@@ -8,9 +8,7 @@ from storage import queries
 
 st.set_page_config(page_title="Live · Transcoder Atlas", layout="wide")
 st.title("Live text")
-components.require_database()
-
-tcs = queries.transcoders()
+tcs = components.transcoders_or_stop()
 model_name = st.selectbox("Model", tcs["model"].unique(maintain_order=True).to_list(), key="live_model")
 mine = tcs.filter(pl.col("model") == model_name)
 layers = st.multiselect("Layers", mine["layer"].to_list(), default=mine["layer"].to_list(), key="live_layers")

@@ -7,7 +7,7 @@ from storage import queries
 
 st.set_page_config(page_title="SQL · Transcoder Atlas", layout="wide")
 st.title("SQL console")
-components.require_database()
+components.transcoders_or_stop()
 st.caption(
     f"Read-only DuckDB over the atlas (tables documented in `docs/schema.md`). One SELECT/WITH/SHOW/DESCRIBE/"
     f"EXPLAIN statement at a time; at most {queries.MAX_SQL_ROWS:,} rows come back; files and network are off."

@@ -95,9 +95,7 @@ def test_card_and_circuit_pages_render_in_headless_chromium(server, atlas_db, tm
             page.wait_for_selector(".atlas-example .atlas-tok", timeout=120_000)
             timings[name] = time.perf_counter() - t0
         page.wait_for_selector("ul.atlas-links a", timeout=30_000)
-        page.wait_for_selector(
-            "[data-testid='stVegaLiteChart'] .role-mark path", timeout=30_000
-        )  # histogram bars
+        page.wait_for_selector("svg.atlas-hist rect", timeout=30_000)
         page.wait_for_selector("[data-testid='stDataFrame'] [data-testid='data-grid-canvas']", timeout=30_000)
         page.screenshot(path=str(tmp_path / "feature_card.png"), full_page=True)
         query_ms = page.inner_text("text=Card queried")

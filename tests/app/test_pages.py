@@ -45,6 +45,15 @@ def test_every_page_stops_with_make_atlas_hint_without_database(atlas_home, page
     assert any("make atlas" in i.value for i in at.info), [i.value for i in at.info]
 
 
+def test_pages_stop_with_a_hint_on_an_empty_database(atlas_home):
+    from storage import db
+
+    with db.writer():  # migrated, nothing materialized yet
+        pass
+    for page in ("home", "card"):
+        assert any("no transcoders yet" in i.value for i in run(page).info)
+
+
 def test_home_shows_transcoders_metrics_curves_and_lineage(atlas_db):
     at = run("home")
     metrics = {m.label: m.value for m in at.metric}

@@ -16,11 +16,9 @@ def atlas(atlas_home, tiny_model_dir):
     return fixture_db.build(tiny_model_dir)
 
 
-def test_database_ready_names_the_missing_piece(atlas_home):
-    assert "make atlas" in queries.database_ready()
-    with db.writer():  # migrated but empty
-        pass
-    assert "no transcoders" in queries.database_ready()
+def test_reading_a_missing_atlas_says_how_to_build_it(atlas_home):
+    with pytest.raises(FileNotFoundError, match="make atlas"):
+        queries.transcoders()
 
 
 def test_feature_card_examples_are_the_context_windows_with_their_activations(atlas):
