@@ -62,6 +62,12 @@ def shaded_tokens(tokens: list[str], acts: list[float], scale: float, highlight:
     )
 
 
+def value_table(rows: list[tuple[str, float]], name: str, css_class: str) -> str:
+    """A two-column HTML table (escaped name, value) — lighter than a data frame for a dozen rows."""
+    body = "".join(f"<tr><td><code>{esc(n)}</code></td><td>{v:+.3f}</td></tr>" for n, v in rows)
+    return f"<table class='{css_class}'><tr><th>{esc(name)}</th><th>value</th></tr>{body}</table>"
+
+
 def histogram_svg(edges: list[float], counts: list[int], width: int = 420, height: int = 140) -> str:
     """Bars of a histogram (bin edges may be log-spaced: bars are drawn per bin, range and count on hover)."""
     top = max(counts, default=0) or 1

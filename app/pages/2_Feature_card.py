@@ -11,6 +11,7 @@ import streamlit as st
 from app import components
 from storage import queries
 
+t_page = time.perf_counter()
 st.set_page_config(page_title="Feature card · Transcoder Atlas", layout="wide")
 tcs = components.transcoders_or_stop()
 ids = tcs["transcoder_id"].to_list()
@@ -34,6 +35,7 @@ st.session_state["_card_url"] = (tid, str(feature))
 
 t0 = time.perf_counter()
 card = queries.feature_card(tid, feature)
+query_s = time.perf_counter() - t0
 if card is None:
     st.info(
         f"Feature {feature} of {tid} has no statistics yet (materialize the `features` asset: `make atlas`)."
@@ -58,11 +60,14 @@ if s["hist_counts"]:
         components.html_block(components.histogram_svg(s["hist_edges"], s["hist_counts"]))
 if s["quantiles"]:
     right.caption("Activation quantiles")
-    right.dataframe(
-        pl.DataFrame({"level": s["quantile_levels"], "activation": s["quantiles"]}),
-        hide_index=True,
-        key="quantiles",
-    )
+    with right:
+        components.html_block(
+            components.value_table(
+                [(f"q{level:g}", value) for level, value in zip(s["quantile_levels"], s["quantiles"])],
+                "level",
+                "atlas-quantiles",
+            )
+        )
 
 st.subheader("Examples")
 scale = s["max_act"] or 1.0
@@ -81,15 +86,20 @@ for kind in kinds:
         )
 
 st.subheader("Token effects")
-cols = st.columns(3)
 for col, kind, title in zip(
-    cols, ["deembed", "logit_top", "logit_bottom"], ["De-embedding (input tokens)", "Promotes", "Suppresses"]
+    st.columns(3),
+    ["deembed", "logit_top", "logit_bottom"],
+    ["De-embedding (input tokens)", "Promotes", "Suppresses"],
 ):
     col.caption(title)
-    effects = card["token_effects"].get(kind, [])
-    col.dataframe(
-        pl.DataFrame(effects, schema=["token", "value"], orient="row"), hide_index=True, key=f"fx_{kind}"
-    )
+    with col:
+        components.html_block(
+            components.value_table(
+                [(components.show_token(t), v) for t, v in card["token_effects"].get(kind, [])],
+                "token",
+                f"atlas-fx-{kind}",
+            )
+        )
 
 
 def links(title: str, rows: list[dict], value: str) -> None:
@@ -116,4 +126,7 @@ with down:
     links("Downstream (reads this feature)", card["downstream"], "weight")
 with nb:
     links("Nearest neighbours (decoder cosine)", card["neighbors"], "cosine")
-st.caption(f"Card queried in {1000 * (time.perf_counter() - t0):.0f} ms")
+st.caption(
+    f"Card rendered in {1000 * (time.perf_counter() - t_page):.0f} ms (database {1000 * query_s:.0f} ms)",
+    help="Server-side time of this page run; the browser draws it after that.",
+)

@@ -96,9 +96,11 @@ def test_feature_card_deep_link_renders_escaped_examples_effects_and_links(atlas
     # upstream edge L0 #3 and its neighbour link to their cards
     l0 = atlas_db["transcoders"][0]
     assert esc(card_url(l0, HOSTILE_FEATURE)) in page
-    # token effects are data frames of raw strings (rendered as text by the grid)
-    assert list(at.dataframe[1].value["token"])[:2] == [SCRIPT, IMG]
-    assert list(at.dataframe[0].value["activation"]) == pytest.approx([0.2, 0.5, 1.0])
+    # token effects: escaped tokens in fixture order with their values; quantiles at their levels
+    fx = page[page.index("atlas-fx-deembed") : page.index("</table>", page.index("atlas-fx-deembed"))]
+    assert fx.index(esc(SCRIPT)) < fx.index(esc(IMG)) and "+1.000" in fx and "+0.900" in fx
+    assert "<td><code>q0&#46;5</code></td><td>+0.500</td>" in page
+    assert any("database" in c.value for c in at.caption)
 
 
 def test_feature_card_widgets_update_the_url(atlas_db):
