@@ -12,6 +12,7 @@ import dagster as dg
 STAGES = [
     "assets.corpus",
     "assets.activations",
+    "assets.transcoders",
     "assets.features",
 ]
 

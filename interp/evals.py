@@ -2,7 +2,9 @@
 transcoders spliced into the model (DESIGN §2).
 
 Splicing replaces `blocks.L.hook_mlp_out` by transcoder(x), x stashed from `blocks.L.ln2.hook_normalized` in the
-same forward pass, for one layer or several at once (`spliced`). Loss metrics on held-out contexts:
+same forward pass, for one layer or several at once (`spliced`). Position 0 (BOS, the attention sink) keeps the
+real MLP output, as in harvesting (interp.activations): transcoders are trained and spliced on positions 1.. only;
+the ablations below replace the same positions. Loss metrics on held-out contexts:
 
     ce_clean         the unmodified model
     ce_spliced       every given MLP output replaced by its transcoder
@@ -11,7 +13,7 @@ same forward pass, for one layer or several at once (`spliced`). Loss metrics on
     ce_recovered     (ce_ablated - ce_spliced) / (ce_ablated - ce_clean)
     kl               mean over predicted tokens of KL(clean || spliced)
 
-Reconstruction metrics over the same tokens: l0 (mean active features per token), fvu = sum||y - y_hat||^2 /
+Reconstruction metrics over the same tokens (positions 1..): l0 (mean active features per token), fvu = sum||y - y_hat||^2 /
 sum||y - mean(y)||^2, mse (mean over tokens of ||y - y_hat||^2), dead_frac (never active), dense_frac (active on
 > 10% of tokens).
 """
@@ -37,7 +39,7 @@ MlpReplacement = Callable[
 
 @contextlib.contextmanager
 def replace_mlp_out(model, replacements: Mapping[int, MlpReplacement]) -> Iterator[None]:
-    """Within the block, layer L's MLP output y is replaced by replacements[L](x, y) in every forward pass."""
+    """Within the block, layer L's MLP output y at positions 1.. is replaced by replacements[L](x, y)."""
     stash: dict[int, Tensor] = {}
     hooks = []
     for layer, fn in replacements.items():
@@ -48,7 +50,9 @@ def replace_mlp_out(model, replacements: Mapping[int, MlpReplacement]) -> Iterat
             return act
 
         def swap_y(act, hook, layer=layer, fn=fn):  # [batch, pos, d_out]
-            return fn(stash.pop(layer), act).to(act.dtype)
+            out = act.clone()
+            out[:, 1:] = fn(stash.pop(layer)[:, 1:], act[:, 1:]).to(act.dtype)
+            return out
 
         hooks += [(hook_in, keep_x), (hook_out, swap_y)]
     with model.hooks(fwd_hooks=hooks):
@@ -159,7 +163,10 @@ def evaluate(
         logp_clean = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [b, p-1, vocab]
         for layer in layers:
             hook_in, hook_out = mlp_hooks(layer)
-            x, y = cache[hook_in].flatten(0, 1), cache[hook_out].flatten(0, 1)  # [b*p, d_model]
+            x, y = (
+                cache[hook_in][:, 1:].flatten(0, 1),
+                cache[hook_out][:, 1:].flatten(0, 1),
+            )  # [b*(p-1), d_model]
             stats[layer].update(transcoders[layer], x, y)
         del cache
         with spliced(model, transcoders):
