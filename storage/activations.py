@@ -59,7 +59,9 @@ def read_shard(path: str, columns: tuple[str, ...] = ("x", "y"), dtype: torch.dt
     try:
         table = pq.read_table(layout.local_copy(path), columns=list(columns))
     except (OSError, pa.ArrowInvalid) as e:
-        raise OSError(f"Activation shard {path} is missing or corrupt ({e}); re-materialize `activations`.") from e
+        raise OSError(
+            f"Activation shard {path} is missing or corrupt ({e}); re-materialize `activations`."
+        ) from e
     out = {}
     for name in columns:
         column = table.column(name).combine_chunks()

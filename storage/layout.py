@@ -7,7 +7,7 @@ file itself must be local (DuckDB needs a real file lock); large tensors may liv
       atlas.duckdb                         the feature database (SQL contract: storage/schema.py)
       models/<model>/                      converted HF checkpoint of the embedded default
       corpora/<name>/                      fetched public-domain text
-      activations/<model>/L<layer>/<split>/shard-00000.parquet
+      activations/<model>/L<layer>/<split>/<run>/shard-00000.parquet   (one folder per harvest run)
       transcoders/<transcoder_id>/         cfg.json + sae_weights.safetensors (SAELens layout)
       checkpoints/<transcoder_id>/         resumable training state
       exports/                             Neuronpedia / circuit-tracer JSON
@@ -60,8 +60,8 @@ def corpora_dir() -> str:
     return os.environ.get("ATLAS_CORPORA", join(atlas_home(), "corpora"))
 
 
-def activation_shard_path(model: str, layer: int, split: str, shard: int) -> str:
-    return join(atlas_home(), "activations", safe_name(model), f"L{layer}", split, f"shard-{shard:05d}.parquet")
+def activation_shard_path(model: str, layer: int, split: str, run: str, shard: int) -> str:
+    return join(activation_dir(model, layer, split), run, f"shard-{shard:05d}.parquet")
 
 
 def activation_dir(model: str, layer: int, split: str) -> str:

@@ -11,6 +11,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Layer partitions are fixed when assets.settings is imported; the tiny model has 3 layers.
+os.environ.setdefault("ATLAS_LAYERS", "0,1,2")
 
 TINY_CHARS = list("abcdefghijklmnopqrstuvwxyz .,'!?\n<>/()=;:-\"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -67,14 +69,35 @@ def atlas_home(tmp_path, monkeypatch) -> str:
 
 
 @pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a non-local socket fails loudly."""
+def tiny_atlas(atlas_home, tiny_model_dir, monkeypatch) -> str:
+    """A private ATLAS_HOME whose atlas model is the tiny checkpoint, with a small text corpus."""
+    monkeypatch.setenv("ATLAS_MODEL", tiny_model_dir)
+    corpora = os.path.join(atlas_home, "corpora", "toy")
+    os.makedirs(corpora)
+    words = "the cat sat on the mat. a dog ran in the park, and the bird sang! ".split()
+    rng = __import__("random").Random(0)
+    for i in range(24):
+        with open(os.path.join(corpora, f"doc{i:02d}.txt"), "w") as f:
+            f.write(" ".join(rng.choice(words) for _ in range(400)))
+    return atlas_home
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Any attempt to open a non-local socket fails loudly; the attempts are returned for assertions."""
+    attempts: list = []
     real_connect = socket.socket.connect
 
     def guarded(self, address):
         host = address[0] if isinstance(address, tuple) else address
-        if isinstance(host, str) and host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("/"):
+        if (
+            isinstance(host, str)
+            and host not in ("127.0.0.1", "localhost", "::1")
+            and not host.startswith("/")
+        ):
+            attempts.append(address)
             raise OSError(f"network blocked in tests: {address}")
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
+    return attempts

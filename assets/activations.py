@@ -1,0 +1,161 @@
+"""Asset `activations`: MLP input/output of every atlas layer, harvested in one forward pass per batch.
+
+Partitioned by layer; a range of partitions runs as ONE run (single-run backfill), so
+`dagster asset materialize --select activations --partition-range 0...11` runs the model once for all layers,
+stopping after the highest. Shards go to a fresh run folder; the manifest is swapped in one transaction once every
+shard exists, then older run folders are deleted, so a failure leaves the previous activations usable.
+"""
+
+import resource
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import dagster as dg
+import polars as pl
+import torch
+from tqdm import tqdm
+
+from assets import resources, settings
+from assets.metadata import md_table
+from interp.activations import harvest
+from interp.model import mlp_hooks
+from storage import activations as act_store
+from storage import corpus as corpus_store
+from storage import layout
+
+
+class ActivationsConfig(dg.Config):
+    train_contexts: int = 2048  # 2048 x 127 = 260k training tokens per layer (~600 MB fp16 per layer)
+    eval_contexts: int = 256  # held-out contexts for evaluation and mining (32.5k tokens)
+    batch_size: int = 32  # contexts per forward pass
+    shard_tokens: int = 32768  # rows per Parquet shard, rounded up to whole batches (~75 MB at d_model 576)
+
+
+class _ShardWriter:
+    """Accumulates harvested rows per layer and writes full shards on a background thread."""
+
+    def __init__(self, model: str, layers: list[int], split: str, run: str, shard_tokens: int):
+        self.model, self.split, self.run, self.shard_tokens = model, split, run, shard_tokens
+        self.pending: dict[int, list] = {layer: [] for layer in layers}
+        self.futures: dict[int, list[Future]] = {layer: [] for layer in layers}
+        self.pool = ThreadPoolExecutor(max_workers=1)
+
+    def add(self, layer: int, context_id, position, x, y) -> None:
+        self.pending[layer].append((context_id, position, x, y))
+        if sum(len(p[0]) for p in self.pending[layer]) >= self.shard_tokens:
+            self._flush(layer)
+
+    def _flush(self, layer: int) -> None:
+        parts, self.pending[layer] = self.pending[layer], []
+        if not parts:
+            return
+        cid, pos, x, y = (torch.cat([p[i] for p in parts]) for i in range(4))
+        path = layout.activation_shard_path(self.model, layer, self.split, self.run, len(self.futures[layer]))
+        self.futures[layer].append(
+            self.pool.submit(act_store.write_shard, path, cid.numpy(), pos.numpy(), x, y)
+        )
+
+    def finish(self) -> dict[int, list[act_store.Shard]]:
+        for layer in self.pending:
+            self._flush(layer)
+        self.pool.shutdown(wait=True)
+        return {layer: [f.result() for f in futs] for layer, futs in self.futures.items()}
+
+
+def _harvest_split(
+    model, layers: list[int], split: str, n_contexts: int, config: ActivationsConfig, run: str
+):
+    tokens, context_ids = corpus_store.load_contexts(split, limit=n_contexts)
+    writer = _ShardWriter(settings.model_name(), layers, split, run, config.shard_tokens)
+    bar = tqdm(total=tokens.shape[0], desc=f"harvest {split} L{layers}", unit="ctx")
+    t0 = time.perf_counter()
+    try:
+        for batch in harvest(model, tokens, context_ids, layers, config.batch_size):
+            for layer, (x, y) in batch.acts.items():
+                writer.add(layer, batch.context_id, batch.position, x.cpu(), y.cpu())
+            bar.update(config.batch_size)
+    finally:
+        shards = writer.finish()
+        bar.close()
+    seconds = time.perf_counter() - t0
+    d_model = model.cfg.d_model
+    for layer, layer_shards in shards.items():
+        ids = [act_store.read_shard(s.path, ("context_id",))["context_id"] for s in layer_shards]
+        hook_in, hook_out = mlp_hooks(layer)
+        act_store.record_manifest(
+            settings.model_name(),
+            layer,
+            split,
+            layer_shards,
+            {
+                "first_context_ids": [int(i.min()) for i in ids],
+                "last_context_ids": [int(i.max()) for i in ids],
+                "hook_in": hook_in,
+                "hook_out": hook_out,
+                "d_model": d_model,
+            },
+        )
+    n_tok = tokens.shape[0] * (tokens.shape[1] - 1)
+    return n_tok, seconds, shards
+
+
+def _remove_old_runs(layers: list[int], keep: str) -> None:
+    for layer in layers:
+        for split in ("train", "eval"):
+            folder = layout.activation_dir(settings.model_name(), layer, split)
+            fs = layout.fs_for(folder)
+            if fs.exists(folder):
+                for entry in fs.ls(folder, detail=False):
+                    if not entry.rstrip("/").endswith(keep):
+                        fs.rm(entry, recursive=True)
+
+
+@dg.asset(
+    partitions_def=settings.layer_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=["contexts"],
+    group_name="activations",
+    kinds={"parquet", "duckdb"},
+)
+def activations(context: dg.AssetExecutionContext, config: ActivationsConfig) -> dg.MaterializeResult:
+    """x = blocks.L.ln2.hook_normalized and y = blocks.L.hook_mlp_out (fp16 Parquet shards + manifest rows)."""
+    layers = settings.partition_layers(context)
+    model = resources.model()
+    run = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    stats = {}
+    for split, n in (("train", config.train_contexts), ("eval", config.eval_contexts)):
+        n_tok, seconds, shards = _harvest_split(model, layers, split, n, config, run)
+        stats[split] = (n_tok, seconds, shards)
+        context.log.info(
+            f"harvested {n_tok} {split} tokens x {len(layers)} layers at {n_tok / seconds:.0f} tok/s"
+        )
+    _remove_old_runs(layers, keep=run)
+    n_bytes = sum(
+        layout.fs_for(s.path).size(s.path) for _, _, sh in stats.values() for ls in sh.values() for s in ls
+    )
+    preview = act_store.read_shard(stats["eval"][2][layers[0]][0].path, ("x", "y"))
+    norms = pl.DataFrame(
+        {
+            "layer": [layers[0]],
+            "mean_norm_x": [preview["x"].norm(dim=-1).mean().item()],
+            "mean_norm_y": [preview["y"].norm(dim=-1).mean().item()],
+        }
+    )
+    train_tok, train_s, _ = stats["train"]
+    return dg.MaterializeResult(
+        metadata={
+            "layers": str(layers),
+            "rows_per_layer": {s: v[0] for s, v in stats.items()},
+            "bytes": n_bytes,
+            "storage_dtype": act_store.STORAGE_DTYPE,
+            "tokens_per_s": round(train_tok / train_s),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "preview": md_table(norms),
+            "run": run,
+        }
+    )
+
+
+ASSETS = [activations]
+CHECKS: list = []

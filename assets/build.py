@@ -1,0 +1,98 @@
+"""`make atlas`: materialize every asset of the atlas, in dependency order, through the Dagster CLI.
+
+Each step is an ordinary Dagster run recorded in $DAGSTER_HOME, so the UI (`make ui`) shows the lineage and
+metadata of the build afterwards. Steps whose assets are not defined are skipped; layer-partitioned steps run
+either as one run over the whole partition range (activations: one forward pass for all layers) or one run per
+layer (training, mining). Usage: python -m assets.build [--from STEP] [--only STEP ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from assets import settings
+
+log = logging.getLogger("atlas.build")
+
+# (step name, asset selection, how partitions run: None | 'range' | 'each')
+STEPS: list[tuple[str, str, str | None]] = [
+    ("corpus", "contexts,vocab", None),
+    ("activations", "activations", "range"),
+    ("transcoders", "transcoders", "each"),
+    ("splice", "splice_metrics", None),
+    ("features", "features,feature_tokens", "each"),
+    ("edges", "feature_edges", None),
+    ("graphs", "attribution_graphs", None),
+]
+
+
+def _defined_assets() -> set[str]:
+    from assets.definitions import defs
+
+    return {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+
+
+def _materialize(select: str, partition_args: list[str]) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "assets.definitions",
+        "--select",
+        select,
+    ]
+    cmd += partition_args
+    log.info("$ %s", " ".join(cmd))
+    subprocess.run(cmd, check=True, env=os.environ)
+
+
+def run_step(select: str, partitions: str | None) -> None:
+    layers = [str(x) for x in settings.layers()]
+    if partitions is None:
+        _materialize(select, [])
+    elif partitions == "range":
+        _materialize(select, ["--partition-range", f"{layers[0]}...{layers[-1]}"])
+    else:
+        for layer in layers:
+            _materialize(select, ["--partition", layer])
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--from", dest="start", choices=[s[0] for s in STEPS], help="skip the steps before this one"
+    )
+    parser.add_argument("--only", nargs="*", choices=[s[0] for s in STEPS], help="run just these steps")
+    args = parser.parse_args(argv)
+    defined = _defined_assets()
+    names = [s[0] for s in STEPS]
+    first = names.index(args.start) if args.start else 0
+    t0 = time.perf_counter()
+    for i, (name, select, partitions) in enumerate(STEPS):
+        if i < first or (args.only and name not in args.only):
+            continue
+        missing = [a for a in select.split(",") if a not in defined]
+        if missing:
+            log.warning("skipping step %s: assets %s are not defined in this build", name, missing)
+            continue
+        t = time.perf_counter()
+        run_step(select, partitions)
+        log.info("step %s done in %.0f s", name, time.perf_counter() - t)
+    log.info(
+        "atlas built in %.0f s (ATLAS_HOME=%s)",
+        time.perf_counter() - t0,
+        os.environ.get("ATLAS_HOME", "data"),
+    )
+
+
+if __name__ == "__main__":
+    main()

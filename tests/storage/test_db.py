@@ -1,0 +1,87 @@
+import multiprocessing as mp
+
+import duckdb
+import polars as pl
+import pytest
+
+from storage import db, schema
+
+
+def _vocab(strings):
+    return pl.DataFrame({"model": "m", "token_id": list(range(len(strings))), "token_str": strings})
+
+
+def test_replace_is_idempotent_and_scoped(atlas_home):
+    db.write("vocab", _vocab(["a", "b"]), {"model": "m"})
+    db.write(
+        "vocab", pl.DataFrame({"model": "other", "token_id": [0], "token_str": ["z"]}), {"model": "other"}
+    )
+    db.write("vocab", _vocab(["a", "c"]), {"model": "m"})
+    rows = db.query("SELECT model, token_id, token_str FROM vocab ORDER BY model, token_id")
+    assert rows.rows() == [("m", 0, "a"), ("m", 1, "c"), ("other", 0, "z")]
+
+
+def test_failed_write_leaves_previous_rows(atlas_home):
+    db.write("vocab", _vocab(["a", "b"]), {"model": "m"})
+    duplicate_keys = pl.DataFrame({"model": "m", "token_id": [0, 0], "token_str": ["x", "y"]})
+    with pytest.raises(duckdb.ConstraintException):
+        db.write("vocab", duplicate_keys, {"model": "m"})
+    assert db.query("SELECT token_str FROM vocab ORDER BY token_id")["token_str"].to_list() == ["a", "b"]
+
+
+def test_unknown_column_names_the_table(atlas_home):
+    with pytest.raises(db.SchemaError, match=r"\['colour'\] are not in table vocab"):
+        db.write("vocab", _vocab(["a"]).with_columns(colour=pl.lit(1)), {"model": "m"})
+
+
+def test_schema_version_recorded_and_newer_database_refused(atlas_home):
+    db.write("vocab", _vocab(["a"]), {"model": "m"})
+    assert db.query("SELECT max(version) v FROM schema_version")["v"][0] == schema.SCHEMA_VERSION
+    with db.writer() as con:
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [schema.SCHEMA_VERSION + 1])
+    with pytest.raises(db.SchemaError, match="newer than this code"):
+        with db.writer():
+            pass
+
+
+def test_every_table_and_column_is_documented():
+    for table in schema.TABLES:
+        assert table.doc and all(c.doc for c in table.columns), table.name
+        assert set(table.key) <= {c.name for c in table.columns}
+    doc = schema.markdown()
+    assert all(f"`{t.name}`" in doc for t in schema.TABLES)
+
+
+def test_reader_on_missing_database_says_what_to_do(atlas_home):
+    with pytest.raises(FileNotFoundError, match="make atlas"):
+        db.query("SELECT 1")
+
+
+def _hold_lock(path, ready, release):
+    con = duckdb.connect(path)
+    ready.set()
+    release.wait(30)
+    con.close()
+
+
+def test_locked_database_is_retried_then_reported(atlas_home, monkeypatch):
+    db.write("vocab", _vocab(["a"]), {"model": "m"})
+    monkeypatch.setenv("ATLAS_DB_LOCK_TIMEOUT", "0.5")
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(db.layout.db_path(), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(db.DatabaseLockedError, match="stayed locked by another process"):
+            db.query("SELECT 1")
+    finally:
+        release.set()
+        holder.join(30)
+    assert db.query("SELECT count(*) n FROM vocab")["n"][0] == 1  # usable again once released
+
+
+def test_sandboxed_reader_blocks_files(atlas_home):
+    db.write("vocab", _vocab(["a"]), {"model": "m"})
+    with db.reader(sandboxed=True) as con, pytest.raises(duckdb.PermissionException):
+        con.execute("SELECT * FROM read_csv('/etc/passwd')")
