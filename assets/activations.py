@@ -9,11 +9,9 @@ shard exists, then older run folders are deleted, so a failure leaves the previo
 import resource
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import dagster as dg
 import polars as pl
-import torch
 from tqdm import tqdm
 
 from assets import resources, settings
@@ -32,42 +30,11 @@ class ActivationsConfig(dg.Config):
     shard_tokens: int = 32768  # rows per Parquet shard, rounded up to whole batches (~75 MB at d_model 576)
 
 
-class _ShardWriter:
-    """Accumulates harvested rows per layer and writes full shards on a background thread."""
-
-    def __init__(self, model: str, layers: list[int], split: str, run: str, shard_tokens: int):
-        self.model, self.split, self.run, self.shard_tokens = model, split, run, shard_tokens
-        self.pending: dict[int, list] = {layer: [] for layer in layers}
-        self.futures: dict[int, list[Future]] = {layer: [] for layer in layers}
-        self.pool = ThreadPoolExecutor(max_workers=1)
-
-    def add(self, layer: int, context_id, position, x, y) -> None:
-        self.pending[layer].append((context_id, position, x, y))
-        if sum(len(p[0]) for p in self.pending[layer]) >= self.shard_tokens:
-            self._flush(layer)
-
-    def _flush(self, layer: int) -> None:
-        parts, self.pending[layer] = self.pending[layer], []
-        if not parts:
-            return
-        cid, pos, x, y = (torch.cat([p[i] for p in parts]) for i in range(4))
-        path = layout.activation_shard_path(self.model, layer, self.split, self.run, len(self.futures[layer]))
-        self.futures[layer].append(
-            self.pool.submit(act_store.write_shard, path, cid.numpy(), pos.numpy(), x, y)
-        )
-
-    def finish(self) -> dict[int, list[act_store.Shard]]:
-        for layer in self.pending:
-            self._flush(layer)
-        self.pool.shutdown(wait=True)
-        return {layer: [f.result() for f in futs] for layer, futs in self.futures.items()}
-
-
 def _harvest_split(
     model, layers: list[int], split: str, n_contexts: int, config: ActivationsConfig, run: str
 ):
     tokens, context_ids = corpus_store.load_contexts(split, limit=n_contexts)
-    writer = _ShardWriter(settings.model_name(), layers, split, run, config.shard_tokens)
+    writer = act_store.ShardWriter(settings.model_name(), layers, split, run, config.shard_tokens)
     bar = tqdm(total=tokens.shape[0], desc=f"harvest {split} L{layers}", unit="ctx")
     t0 = time.perf_counter()
     try:

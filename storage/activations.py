@@ -9,6 +9,7 @@ transaction after all its shards exist, so a failed harvest never leaves a manif
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,35 @@ def write_shard(
     with layout.atomic_local_path(path) as tmp:
         pq.write_table(table, tmp, compression="lz4")
     return Shard(path, len(context_id))
+
+
+class ShardWriter:
+    """Accumulates harvested rows per layer and writes full shards on a background thread."""
+
+    def __init__(self, model: str, layers: list[int], split: str, run: str, shard_tokens: int):
+        self.model, self.split, self.run, self.shard_tokens = model, split, run, shard_tokens
+        self.pending: dict[int, list] = {layer: [] for layer in layers}
+        self.futures: dict[int, list[Future]] = {layer: [] for layer in layers}
+        self.pool = ThreadPoolExecutor(max_workers=1)
+
+    def add(self, layer: int, context_id, position, x, y) -> None:
+        self.pending[layer].append((context_id, position, x, y))
+        if sum(len(p[0]) for p in self.pending[layer]) >= self.shard_tokens:
+            self._flush(layer)
+
+    def _flush(self, layer: int) -> None:
+        parts, self.pending[layer] = self.pending[layer], []
+        if not parts:
+            return
+        cid, pos, x, y = (torch.cat([p[i] for p in parts]) for i in range(4))
+        path = layout.activation_shard_path(self.model, layer, self.split, self.run, len(self.futures[layer]))
+        self.futures[layer].append(self.pool.submit(write_shard, path, cid.numpy(), pos.numpy(), x, y))
+
+    def finish(self) -> dict[int, list[Shard]]:
+        for layer in self.pending:
+            self._flush(layer)
+        self.pool.shutdown(wait=True)
+        return {layer: [f.result() for f in futs] for layer, futs in self.futures.items()}
 
 
 def read_shard(path: str, columns: tuple[str, ...] = ("x", "y"), dtype: torch.dtype = torch.float32):

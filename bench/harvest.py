@@ -1,0 +1,57 @@
+"""Harvest throughput against a bare truncated forward pass on the same batches, plus peak memory.
+
+Both loops run the embedded model on the same real-text contexts, stopping after the highest default layer;
+the harvest loop also caches x/y of every default layer and writes fp16 Parquet shards (to a temp folder)
+exactly as the `activations` asset does. Ratio = harvest tokens/s / bare tokens/s (goal >= 0.85).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+
+import torch
+
+from assets.settings import DEFAULT_LAYERS
+from interp.activations import harvest
+from interp.corpus import make_contexts, read_documents
+from interp.model import DEFAULT_MODEL, load_model
+from storage import activations as act_store
+from storage import layout
+
+N_CONTEXTS, BATCH = 128, 32
+
+
+def _contexts(model) -> torch.Tensor:  # [N_CONTEXTS, 128]
+    docs = read_documents([layout.corpora_dir()])
+    ctxs = [c.tokens for _, c in zip(range(N_CONTEXTS), make_contexts(docs, model.tokenizer, 128, 0.05))]
+    return torch.tensor(ctxs)
+
+
+def main() -> None:
+    layers = [int(x) for x in DEFAULT_LAYERS.split(",")]
+    model = load_model(DEFAULT_MODEL, cache_dir=layout.models_dir())
+    tokens = _contexts(model)
+    ids = torch.arange(tokens.shape[0])
+    n_tok = tokens.shape[0] * (tokens.shape[1] - 1)
+    with torch.inference_mode():
+        model(tokens[:BATCH], stop_at_layer=max(layers) + 1)  # warm-up
+        t0 = time.perf_counter()
+        for i in range(0, tokens.shape[0], BATCH):
+            model(tokens[i : i + BATCH], stop_at_layer=max(layers) + 1)
+        bare = n_tok / (time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["ATLAS_HOME"] = home
+        t0 = time.perf_counter()
+        writer = act_store.ShardWriter(DEFAULT_MODEL, layers, "train", "bench", shard_tokens=8192)
+        for batch in harvest(model, tokens, ids, layers, BATCH):
+            for layer, (x, y) in batch.acts.items():
+                writer.add(layer, batch.context_id, batch.position, x, y)
+        writer.finish()
+        harvested = n_tok / (time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"   bare truncated forward (to layer {max(layers)}): {bare:,.0f} tokens/s")
+    print(f"   harvest {len(layers)} layers + fp16 shards:     {harvested:,.0f} tokens/s")
+    print(f"   ratio harvest / bare: {harvested / bare:.2f} (goal >= 0.85); peak RSS {peak:,.0f} MB")
