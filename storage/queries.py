@@ -8,11 +8,9 @@ them when it renders (app/components.py).
 
 from __future__ import annotations
 
-import heapq
 import json
 import re
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -265,7 +263,8 @@ def graphs() -> pl.DataFrame:
 
 
 def graph(graph_id: str) -> dict[str, Any] | None:
-    """One attribution graph: its row, nodes (with token strings of embed nodes) and edges; None if unknown."""
+    """One attribution graph: its row, nodes (with token strings of embed nodes), edges and the prompt's token
+    strings by position; None if unknown."""
     with db.reader() as con:
         head = db.frame(con, "SELECT * FROM graphs WHERE graph_id = ?", [graph_id])
         if head.height == 0:
@@ -285,59 +284,20 @@ def graph(graph_id: str) -> dict[str, Any] | None:
             "SELECT src_node, dst_node, weight FROM graph_edges WHERE graph_id = ? ORDER BY abs(weight) DESC",
             [graph_id],
         )
-    return {"graph": row, "nodes": nodes, "edges": edges}
-
-
-@dataclass(frozen=True)
-class GraphPath:
-    nodes: tuple[str, ...]  # source first, target last
-    contribution: float  # signed share of the target's value carried along this path
-
-
-def top_paths(nodes: pl.DataFrame, edges: pl.DataFrame, k: int = 10) -> list[GraphPath]:
-    """The k paths (source node -> target node) with the largest |contribution| to the target.
-
-    Edge weights are attributions (src's contribution to dst's value), so a path a -> b -> ... -> target carries
-    w(last edge) * prod over earlier edges of w(e) / value(dst(e)): the part of each intermediate value that came
-    from its upstream node (value = `activation`; raw weights where it is missing or zero).
-    Steps: 1. order the DAG topologically from the target backwards; 2. for every node keep the k best partial
-    paths to the target by |product| (|.| is multiplicative, so the k best extend only from the k best);
-    3. return the k best paths that start at a node with no incoming edge.
-    """
-    targets = set(nodes.filter(pl.col("kind") == "target")["node_id"].to_list())
-    if not targets or edges.height == 0:
-        return []
-    value = {n: a for n, a in zip(nodes["node_id"], nodes["activation"]) if a}
-    incoming: dict[str, list[tuple[str, float]]] = {}
-    for src, dst, w in edges.iter_rows():
-        incoming.setdefault(dst, []).append((src, w))
-    # 1. nodes that reach a target, and how many of their out-edges lead to one (Kahn's order, backwards)
-    reach, stack = set(targets), list(targets)
-    while stack:
-        for src, _ in incoming.get(stack.pop(), []):
-            if src not in reach:
-                reach.add(src)
-                stack.append(src)
-    pending = dict.fromkeys(reach, 0)
-    for dst in reach:
-        for src, _ in incoming.get(dst, []):
-            pending[src] += 1
-    # 2. a node's best list is final once all its out-edges are processed
-    best: dict[str, list[tuple[float, tuple[str, ...]]]] = {t: [(1.0, (t,))] for t in targets}
-    ready = [n for n in reach if pending[n] == 0]
-    while ready:
-        dst = ready.pop()
-        for src, w in incoming.get(dst, []):
-            # the edge into the target carries its raw weight; deeper edges the share of dst's value
-            factor = w if dst in targets else w / value.get(dst, 1.0)
-            cand = [(s * factor, (src, *p)) for s, p in best.get(dst, [])]
-            best[src] = heapq.nlargest(k, best.get(src, []) + cand, key=lambda c: abs(c[0]))
-            pending[src] -= 1
-            if pending[src] == 0:
-                ready.append(src)
-    # 3. complete paths start at nodes nothing flows into
-    paths = [c for n, cs in best.items() if n not in incoming and n not in targets for c in cs]
-    return [GraphPath(p, s) for s, p in heapq.nlargest(k, paths, key=lambda c: abs(c[0]))]
+        tokens = row.get("tokens") or []
+        vocab = dict(
+            db.frame(
+                con,
+                "SELECT token_id, token_str FROM vocab WHERE model = ? AND token_id IN (SELECT unnest(?::INTEGER[]))",
+                [row["model"], tokens],
+            ).iter_rows()
+        )
+    return {
+        "graph": row,
+        "nodes": nodes,
+        "edges": edges,
+        "token_strs": [vocab.get(t, str(t)) for t in tokens],
+    }
 
 
 # ---- SQL console ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app import components
-from app.circuit_svg import graph_svg, node_text
+from app.circuits import graph_svg, node_text, top_paths
 from storage import queries
 
 st.set_page_config(page_title="Circuits · Transcoder Atlas", layout="wide")
@@ -28,7 +28,7 @@ components.html_block(
     f"<b>Target</b> <code>{components.esc(row['target'])}</code> = {row['target_value'] or 0:.4f} · "
     f"{nodes.height} nodes, {edges.height} edges</div>"
 )
-components.html_block(f"<div style='overflow-x:auto'>{graph_svg(nodes, edges)}</div>")
+components.html_block(f"<div style='overflow-x:auto'>{graph_svg(nodes, edges, g['token_strs'])}</div>")
 
 st.subheader("Top paths")
 k = st.slider("Paths", 1, 50, 10, key="n_paths")
@@ -42,14 +42,14 @@ def node_html(node_id: str) -> str:
     return components.esc(node_text(n) if n["kind"] != "?" else node_id)
 
 
-paths = queries.top_paths(nodes, edges, k)
+paths = top_paths(nodes, edges, k)
 if not paths:
-    st.info("This graph has no complete path to its target.")
+    st.info("Nothing flows into this graph's target.")
 components.html_block(
     "<ol class='atlas-paths'>"
     + "".join(
-        f"<li><code>{p.contribution:+.4f}</code> " + " &rarr; ".join(node_html(n) for n in p.nodes) + "</li>"
-        for p in paths
+        f"<li><code>{attr:+.4f}</code> " + " &rarr; ".join(node_html(n) for n in path) + "</li>"
+        for attr, path in paths
     )
     + "</ol>"
 )

@@ -204,13 +204,14 @@ def build(model_dir: str, d_model: int = 32) -> dict:
         },
     )
     graph_id = "g0"
-    # embed(pos 4) -> L0#3 -> L1#3 -> target, plus a weaker embed -> L1#3 edge and an error node
+    # embed(pos 4) -> L0#3 -> L1#3 -> target, plus a weaker embed -> L1#3 edge and an error node (node ids as
+    # interp.attribution writes them: the target is 'target')
     nodes = [
         ("e4", "embed", None, 4, SCRIPT_ID, None, 1.0, 0.1, "embed"),
         ("f0", "feature", 0, 4, HOSTILE_FEATURE, tids[0], 2.0, 0.6, f"L0 {SCRIPT}"),
         ("f1", "feature", 1, 5, HOSTILE_FEATURE, tids[1], 1.5, 0.8, "L1 feature"),
         ("err", "error", 1, 5, None, None, 0.2, 0.1, IMG),
-        ("t", "target", None, 5, None, None, 3.0, 1.0, "target"),
+        ("target", "target", None, 5, None, None, 3.0, 1.0, "target"),
     ]
     node_cols = [
         "node_id",
@@ -225,7 +226,13 @@ def build(model_dir: str, d_model: int = 32) -> dict:
     ]
     gnodes = pl.DataFrame(nodes, schema=node_cols, orient="row").with_columns(graph_id=pl.lit(graph_id))
     gedges = pl.DataFrame(
-        [("e4", "f0", 2.0), ("f0", "f1", 1.0), ("e4", "f1", 0.5), ("f1", "t", 2.4), ("err", "t", 0.6)],
+        [
+            ("e4", "f0", 2.0),
+            ("f0", "f1", 1.0),
+            ("e4", "f1", 0.5),
+            ("f1", "target", 2.4),
+            ("err", "target", 0.6),
+        ],
         schema=["src_node", "dst_node", "weight"],
         orient="row",
     ).with_columns(graph_id=pl.lit(graph_id))
@@ -235,6 +242,7 @@ def build(model_dir: str, d_model: int = 32) -> dict:
             "graph_id": [graph_id],
             "model": [model_dir],
             "prompt": [f"The tag {SCRIPT} appears"],
+            "tokens": [contexts[0][:6].tolist()],
             "target": [f"feature:{tids[1]}:{HOSTILE_FEATURE}@5"],
             "target_value": [3.0],
             "config": [json.dumps({"top_n": 5})],

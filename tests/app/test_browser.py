@@ -131,7 +131,7 @@ def test_card_and_circuit_pages_render_in_headless_chromium(server, atlas_db, tm
         page.wait_for_selector("ol.atlas-paths li", timeout=30_000)
         page.screenshot(path=str(tmp_path / "circuits.png"), full_page=True)
         assert page.locator("svg.atlas-graph circle").count() == 5
-        assert page.locator("ol.atlas-paths li").count() == 3
+        assert page.locator("ol.atlas-paths li").count() == 5
 
         # graph nodes are links: clicking the layer-0 node opens its card
         page.locator("svg.atlas-graph a.atlas-node").first.click()

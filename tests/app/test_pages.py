@@ -118,9 +118,14 @@ def test_circuits_page_draws_graph_with_card_links_and_ranks_paths(atlas_db):
     for tid in atlas_db["transcoders"]:
         assert esc(card_url(tid, HOSTILE_FEATURE)) in page
     assert_no_markup_from_tokens(page)
-    # contributions known by hand (fixture_db): e4->f0->f1->t 1.6, e4->f1->t 0.8, err->t 0.6
-    paths = page[page.index("atlas-paths") :]
-    assert paths.index("+1.6000") < paths.index("+0.8000") < paths.index("+0.6000")
+    # path attributions by hand (fixture_db; interp.attribution's rule: an edge's weight times the share of
+    # each feature's activation it explains): f1->t 2.4; f0->f1->t 2.4*1.0/1.5; e4->f0->f1->t 1.6*2.0/2.0;
+    # e4->f1->t 2.4*0.5/1.5; err->t 0.6
+    items = page[page.index("atlas-paths") :].split("<li>")[1:]
+    assert [float(i.split("<code>")[1].split("</code>")[0]) for i in items] == [2.4, 1.6, 1.6, 0.8, 0.6]
+    assert items[0].count("&rarr;") == 1 and items[2].count("&rarr;") == 3 and "error" not in items[1]
+    svg = page[page.index("<svg") : page.index("</svg>")]
+    assert f'text-anchor="middle">{esc(IMG)}</text>' in svg  # prompt token (position 5) under its column
 
 
 def test_live_page_lists_the_features_that_fire_on_each_token(atlas_db, tiny_model):

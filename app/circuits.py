@@ -1,4 +1,5 @@
-"""An attribution graph as an SVG: token positions left to right, layers bottom (embeddings) to top (target).
+"""Views of a stored attribution graph: an SVG (token positions left to right, layers bottom to top) and its
+top paths (interp.attribution's own path search, run on the stored rows).
 
 Feature nodes are links to their cards; every label and tooltip is escaped. Edge width is |weight| relative to
 the largest edge, blue for positive and red for negative contributions.
@@ -11,6 +12,7 @@ from collections import defaultdict
 import polars as pl
 
 from app.components import card_url, esc, show_token
+from interp.attribution import AttributionGraph, GraphNode
 
 CELL_W, ROW_H, PAD, R_MAX = 130, 72, 40, 14
 COLORS = {
@@ -47,7 +49,31 @@ def _rows(nodes: list[dict]) -> dict[str, int]:
     return out
 
 
-def graph_svg(nodes: pl.DataFrame, edges: pl.DataFrame) -> str:
+def top_paths(nodes: pl.DataFrame, edges: pl.DataFrame, n: int) -> list[tuple[float, list[str]]]:
+    """The n strongest chains (source first, target last) with their path attribution to the target."""
+    graph = AttributionGraph(
+        tokens=[],
+        target=None,
+        target_value=0.0,
+        nodes={
+            r["node_id"]: GraphNode(
+                r["node_id"],
+                r["kind"],
+                r["layer"],
+                r["position"],
+                r["feature"],
+                r["activation"],
+                r["influence"] or 0.0,
+            )
+            for r in nodes.iter_rows(named=True)
+        },
+        edges={(src, dst): w for src, dst, w in edges.iter_rows()},
+        config={},
+    )
+    return [(attr, path[::-1]) for attr, path in graph.top_paths(n)]
+
+
+def graph_svg(nodes: pl.DataFrame, edges: pl.DataFrame, token_strs: list[str]) -> str:
     rows = nodes.to_dicts()
     row_of = _rows(rows)
     n_rows = max(row_of.values(), default=0) + 1
@@ -75,8 +101,9 @@ def graph_svg(nodes: pl.DataFrame, edges: pl.DataFrame) -> str:
         parts.append(f'<text x="4" y="{y:.0f}" font-size="11" fill="grey">{name}</text>')
     for p, c in column.items():
         x = 2 * PAD + (c + 0.5) * CELL_W
+        name = esc(show_token(token_strs[p])) if 0 <= p < len(token_strs) else f"pos {p}"
         parts.append(
-            f'<text x="{x:.0f}" y="{height - 4}" font-size="10" fill="grey" text-anchor="middle">pos {p}</text>'
+            f'<text x="{x:.0f}" y="{height - 4}" font-size="10" fill="grey" text-anchor="middle">{name}</text>'
         )
     for src, dst, w in edges.iter_rows():
         if src in xy and dst in xy:
