@@ -1,0 +1,124 @@
+"""Transcoder training throughput against this machine's own matmul rate, measured in the same run.
+
+  matmul FLOP/s      the three GEMM shapes of one dense training step ([n, d] @ [d, d_sae] and friends), timed bare
+  dense ReLU + L1    tokens/s of interp.train's step at d_sae = 16 x d_model; MFU = tokens/s x 12 d d_sae / FLOP/s
+                     (forward 4 d d_sae per token, backward twice that)
+  TopK k=32 sparse   tokens/s of the sparse step (gathered decoder rows, sparse encoder gradient); ratio to dense
+  from shards        when $ATLAS_HOME holds train activation shards: TopK training tokens/s reading them (fp16
+                     Parquet -> shuffle buffer -> step), i.e. the pipeline as the `transcoders` asset runs it
+
+Synthetic activations with d_model 576 (SmolLM2) unless ATLAS_BENCH_D says otherwise; ATLAS_BENCH_STEPS sets the
+timed steps per measurement (default 4).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from interp.train import TrainConfig, Trainer, shuffled_batches
+from interp.transcoder import TranscoderConfig
+
+D = int(os.environ.get("ATLAS_BENCH_D", "576"))
+STEPS = int(os.environ.get("ATLAS_BENCH_STEPS", "4"))
+BATCH = 4096
+
+
+def _matmul_flops(n: int, d: int, d_sae: int) -> float:
+    """FLOP/s of the dense step's GEMMs: x@W_enc, z@W_dec and their two backward products each."""
+    a, w_enc, z, w_dec = (
+        torch.randn(n, d),
+        torch.randn(d, d_sae),
+        torch.randn(n, d_sae),
+        torch.randn(d_sae, d),
+    )
+    gy = torch.randn(n, d)
+    ops = [lambda: a @ w_enc, lambda: z @ w_dec, lambda: gy @ w_dec.T, lambda: z.T @ gy, lambda: a.T @ z]
+    for op in ops:
+        op()
+    t0 = time.perf_counter()
+    for _ in range(STEPS):
+        for op in ops:
+            op()
+    seconds = time.perf_counter() - t0
+    return STEPS * 5 * 2 * n * d * d_sae / seconds
+
+
+def _trainer(architecture: str, d_sae: int) -> Trainer:
+    cfg = TrainConfig(architecture=architecture, d_sae=d_sae, k=32, batch_size=BATCH, train_tokens=10**9)
+    tc_cfg = TranscoderConfig(
+        d_in=D, d_sae=d_sae, d_out=D, architecture=architecture, k=32 if architecture == "topk" else None
+    )
+    return Trainer(cfg, tc_cfg, torch.zeros(D), torch.zeros(D), 1.0, torch.randn(256, D))
+
+
+def _tokens_per_s(trainer: Trainer, batches) -> float:
+    trainer.step(*next(batches))  # warm-up (allocations, Adam state)
+    t0 = time.perf_counter()
+    for _ in range(STEPS):
+        trainer.step(*next(batches))
+    return STEPS * BATCH / (time.perf_counter() - t0)
+
+
+def _synthetic():
+    g = torch.Generator().manual_seed(0)
+    while True:
+        yield torch.randn(BATCH, D, generator=g), torch.randn(BATCH, D, generator=g)
+
+
+def _from_shards() -> float | None:
+    from storage import activations as act_store
+
+    try:
+        from assets import settings
+
+        paths = act_store.shard_paths(settings.model_name(), settings.layers()[0], "train")
+    except Exception:  # no database or no shards: skip this line
+        return None
+
+    def chunks():
+        for p in paths:
+            yield act_store.read_shard(p)
+
+    first = act_store.read_shard(paths[0])
+    d = first["x"].shape[1]
+    cfg = TrainConfig(architecture="topk", d_sae=8 * d, k=32, batch_size=BATCH, train_tokens=10**9)
+    trainer = Trainer(
+        cfg,
+        TranscoderConfig(d, 8 * d, d, "topk", 32),
+        first["x"].mean(0),
+        first["y"].mean(0),
+        1.0,
+        first["x"][:256],
+    )
+    t0 = time.perf_counter()
+    batches = shuffled_batches(chunks, BATCH, cfg.buffer_tokens, 0)
+    n = 0
+    for _ in range(STEPS + 1):
+        trainer.step(*next(batches))
+        n += BATCH
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    d_sae = 16 * D
+    print(
+        f"   threads {torch.get_num_threads()}, d_model {D}, d_sae {d_sae}, batch {BATCH} tokens, {STEPS} timed steps"
+    )
+    flops = _matmul_flops(BATCH, D, d_sae)
+    print(f"   matmul rate (dense step GEMM shapes): {flops / 1e9:.1f} GFLOP/s")
+    dense = _tokens_per_s(_trainer("relu", d_sae), _synthetic())
+    mfu = dense * 12 * D * d_sae / flops
+    print(f"   dense ReLU+L1 d_sae={d_sae}: {dense:,.0f} tokens/s, MFU {mfu:.2f}")
+    sparse = _tokens_per_s(_trainer("topk", d_sae), _synthetic())
+    print(f"   TopK k=32 sparse d_sae={d_sae}: {sparse:,.0f} tokens/s = {sparse / dense:.2f}x dense")
+    shards = _from_shards()
+    if shards is None:
+        print("   from shards: no activation shards under $ATLAS_HOME (run `make atlas` first)")
+    else:
+        print(
+            f"   TopK k=32 d_sae=8*d_model from fp16 shards (read + shuffle + step): {shards:,.0f} tokens/s"
+        )
