@@ -26,15 +26,17 @@ from storage import transcoders as tc_store
 
 
 class FeaturesConfig(dg.Config):
-    n_top: int = 24  # top examples per feature (the coverage check wants >= 20)
-    examples_per_context: int = 2  # at most this many top examples from one context
-    n_bands: int = 4  # activation-quantile bands of weaker examples ('q0' weakest)
-    per_band: int = 5  # examples stored per band
-    n_reservoir: int = 64  # uniform sample of active tokens per feature, split into bands at the end
-    window: int = 24  # tokens of context stored around each example
-    window_left: int = 16  # of which before the example
-    token_index_top: int = 16  # features stored per token id in `token_features`
-    tokens_per_chunk: int = 4096  # rows encoded at once (memory ~ tokens_per_chunk x d_sae x 4 bytes)
+    """Mining settings; defaults and meanings are those of interp.features.MinerConfig."""
+
+    n_top: int = MinerConfig.n_top
+    examples_per_context: int = MinerConfig.examples_per_context
+    n_bands: int = MinerConfig.n_bands
+    per_band: int = MinerConfig.per_band
+    n_reservoir: int = MinerConfig.n_reservoir
+    window: int = MinerConfig.window
+    window_left: int = MinerConfig.window_left
+    token_index_top: int = MinerConfig.token_index_top
+    tokens_per_chunk: int = MinerConfig.tokens_per_chunk
     exact_examples: bool = True  # re-encode example contexts in float32 so stored values equal a fresh pass
 
 
@@ -98,7 +100,7 @@ def _mine_layer(context, layer: int, tid: str, config: FeaturesConfig) -> dict:
         for b in act_store.iter_shards(model_name, layer, "eval", columns=("context_id", "position", "x"))
     )
     cfg = MinerConfig(
-        **{k: getattr(config, k) for k in MinerConfig.__dataclass_fields__ if hasattr(config, k)},
+        **{k: getattr(config, k) for k in MinerConfig.__dataclass_fields__ if hasattr(config, k)}
     )
     device = settings.device()
 

@@ -5,17 +5,20 @@ rows grouped by context with all positions of a context contiguous and consecuti
 batches). Memory is bounded by the chunk size and the per-feature state, never by the number of tokens: no
 tokens x features matrix is kept.
 
-Algorithm, per chunk of C complete contexts of L positions each:
-  1. z = encode(x)                                           # [C*L, d_sae]
-  2. sparse view of z: (row, feature, value) of every active (> 0) entry;
-     n_active, sum, min and max per feature; a fixed log-spaced histogram per feature (HIST_BINS_PER_OCTAVE bins
-     per octave, from 2^HIST_MIN_LOG2 to 2^HIST_MAX_LOG2, plus an underflow and an overflow bin);
-     token -> feature sums and counts (sparse, compacted as they grow).
-  3. top examples: the `examples_per_context` largest positions of each (context, feature) are candidates; a
-     running top-k per feature keeps the best `n_top`, each with its window of activations (`token_acts`).
-  4. band examples: every active (context, feature) draws a random priority for one uniformly chosen active
-     position; a running top-`n_reservoir` by priority is a uniform random sample of active tokens (at most one
-     per context, priority sampling). Windows are gathered only for features whose kept set changed.
+Algorithm, per chunk of C complete contexts of L positions each (L < 65536):
+  1. z = encode(x)                                           # [C*L, d_sae], >= 0
+  2. sparse view of z: (row, feature, value) of every active entry (z.nonzero(), the only dense pass besides the
+     encoder); from it: n_active, sum, min and max per feature; a fixed log-spaced histogram per feature
+     (HIST_BINS_PER_OCTAVE bins per octave, 2^HIST_MIN_LOG2..2^HIST_MAX_LOG2, plus under- and overflow bins);
+     token -> feature sums and counts (buffered, merged by sorting when the buffer doubles).
+  3. top examples: in each (context, feature) cell, the `examples_per_context` best positions (scatter-max over
+     the sparse entries of (float bits << 16 | position)) are candidates; a running top-k per feature keeps the
+     best `n_top`, each with its window of activations (`token_acts`).
+  4. band examples: each active cell draws one uniformly random active position with a random priority (the
+     same scatter-max trick); a running top-`n_reservoir` by priority is a uniform random sample of active
+     tokens, at most one per context (priority sampling).
+  Only entries that enter a running top-k get their window, read from the chunk's sparse entries sorted by
+  (feature, row): a binary search per window instead of a cache miss per value of z.
 Finish:
   5. quantiles are read off the log histogram (interpolated geometrically inside a bin, clamped to the exact
      min/max), so their relative error is below one bin width (2^(1/8) - 1 = 9%); the exact alternative would need
@@ -52,7 +55,7 @@ N_HIST = (HIST_MAX_LOG2 - HIST_MIN_LOG2) * HIST_BINS_PER_OCTAVE + 2  # + underfl
 class MinerConfig:
     n_top: int = 24  # top examples per feature (cards want >= 20)
     examples_per_context: int = 2  # at most this many top examples from one context (diversity vs coverage)
-    n_reservoir: int = 64  # random active examples kept per feature, split into bands at the end
+    n_reservoir: int = 32  # random active examples kept per feature, split into bands at the end
     n_bands: int = 4  # activation-quantile bands of band examples ('q0' weakest .. 'q3' strongest)
     per_band: int = 5  # band examples stored per band
     window: int = 24  # tokens in each example's token_acts
@@ -60,7 +63,7 @@ class MinerConfig:
     quantile_levels: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
     display_bins: int = 40  # at most this many histogram bins stored per feature (adjacent log bins merged)
     token_index_top: int = 16  # features stored per token id in the token -> features index
-    tokens_per_chunk: int = 4096  # rows encoded at once (memory: tokens_per_chunk x d_sae floats)
+    tokens_per_chunk: int = 8192  # rows encoded at once (memory: tokens_per_chunk x d_sae floats)
     seed: int = 0
 
 
@@ -133,31 +136,75 @@ def _as_chunk(rows: dict) -> Chunk:
 # ---- running top-k per feature ------------------------------------------------------------------------------
 
 
+class _SparseChunk:
+    """The active entries of one chunk's z, sorted by (feature, row), for window look-ups without touching z.
+
+    Gathering windows from dense z costs a cache miss per value (d_sae floats apart); here a window is a
+    binary search plus the few active entries inside it.
+    """
+
+    def __init__(self, rows: Tensor, feats: Tensor, vals: Tensor, n_rows: int, length: int):
+        self.n_rows, self.length = n_rows, length
+        self.key, order = (feats * n_rows + rows).sort()  # [m]
+        self.vals = vals[order]
+
+    def windows(self, c: Tensor, start: Tensor, f: Tensor, width: int) -> Tensor:
+        """Activations of features f [n] at positions start..start+width-1 of contexts c [n] -> [n, width]."""
+        lo = f * self.n_rows + c * self.length + start  # [n]
+        i0 = torch.searchsorted(self.key, lo)
+        counts = torch.searchsorted(self.key, lo + width) - i0
+        owner = torch.repeat_interleave(torch.arange(len(lo)), counts)  # [hits]
+        first = torch.cumsum(counts, 0) - counts
+        idx = i0[owner] + torch.arange(len(owner)) - first[owner]
+        out = torch.zeros(len(lo), width)
+        out[owner, self.key[idx] - lo[owner]] = self.vals[idx]
+        return out
+
+
 class _RunningTopK:
-    """The k best (score, payload) of every feature, merged chunk by chunk (scores [k, d_sae], payload [k, .., d_sae])."""
+    """The k best (score, example) of every feature, merged chunk by chunk; feature-major state.
 
-    def __init__(
-        self, k: int, d_sae: int, empty: float, fields: dict[str, tuple[tuple[int, ...], torch.dtype]]
-    ):
-        self.k, self.empty = k, empty
+    score [d_sae, k] (`empty` = no example); per example: context_id, position, token_id, window_start,
+    activation [d_sae, k] and token_acts [d_sae, k, W]. A merge gathers windows only for the entries that
+    enter the kept set, so its cost is (number of new entries x W), not chunk x d_sae x W.
+    """
+
+    FIELDS = ("context_id", "position", "token_id", "window_start", "activation", "token_acts")
+
+    def __init__(self, k: int, d_sae: int, width: int, left: int, empty: float):
+        self.k, self.width, self.left, self.empty = k, width, left, empty
         dtype = torch.int64 if isinstance(empty, int) else torch.float32
-        self.score = torch.full((k, d_sae), empty, dtype=dtype)
-        self.data = {name: torch.zeros((k, *tail, d_sae), dtype=dt) for name, (tail, dt) in fields.items()}
+        self.score = torch.full((d_sae, k), empty, dtype=dtype)
+        ints = {name: torch.zeros((d_sae, k), dtype=torch.int64) for name in self.FIELDS[:4]}
+        self.data = {**ints, "activation": torch.zeros(d_sae, k), "token_acts": torch.zeros(d_sae, k, width)}
 
-    def merge(self, score: Tensor, payload: Callable[[Tensor], dict[str, Tensor]]) -> None:
-        """score [C, d_sae] (self.empty = no candidate); payload(cols) gives each field [C, .., len(cols)]."""
-        both = torch.cat([self.score, score])  # [k + C, d_sae]
-        best, idx = both.topk(self.k, dim=0)  # [k, d_sae]
-        changed = ((idx >= self.k) & (best != self.empty)).any(0).nonzero().squeeze(1)  # [n_changed]
-        if len(changed) == 0:
+    def merge(self, chunk: Chunk, z: _SparseChunk, score: Tensor, local_pos: Tensor, group: int = 1) -> None:
+        """Candidates score [C*group, d_sae] (self.empty = none) at local positions local_pos [C*group, d_sae];
+        candidate row i belongs to context i // group of the chunk. Kept slots are unordered: each entering
+        candidate overwrites a slot that dropped out."""
+        both = torch.cat([self.score, score.T], dim=1)  # [d_sae, k + C*group]
+        best, idx = both.topk(self.k, dim=1, sorted=False)  # [d_sae, k]
+        entering = idx >= self.k
+        if not entering.any():
             return
-        self.score[:, changed] = best[:, changed]
-        cand = payload(changed)
-        sel = idx[:, changed]  # [k, n_changed]
-        for name, old in self.data.items():
-            merged = torch.cat([old[..., changed], cand[name]])  # [k + C, .., n_changed]
-            view = sel.view(self.k, *([1] * (merged.dim() - 2)), -1).expand(self.k, *merged.shape[1:])
-            old[..., changed] = merged.gather(0, view)
+        kept = torch.zeros_like(both, dtype=torch.bool).scatter_(1, idx, True)  # [d_sae, k + C*group]
+        f, j = entering.nonzero(as_tuple=True)  # both in feature order, with equal counts per feature
+        _, slot = (~kept[:, : self.k]).nonzero(as_tuple=True)  # the old slots that dropped out
+        valid = best[f, j] != self.empty
+        f, j, slot = f[valid], j[valid], slot[valid]
+        cand = idx[f, j] - self.k
+        c, p = cand // group, local_pos[cand, f]
+        start = (p - self.left).clamp(0, z.length - self.width)  # [n_new]
+        acts = z.windows(c, start, f, self.width)  # [n_new, W]
+        flat = f * self.k + slot  # [n_new] index into the flattened [d_sae * k] state
+        d = self.data
+        self.score.view(-1)[flat] = best[f, j]
+        d["context_id"].view(-1)[flat] = chunk.context_id[c]
+        d["position"].view(-1)[flat] = chunk.position[c, p]
+        d["token_id"].view(-1)[flat] = chunk.token_id[c, p]
+        d["window_start"].view(-1)[flat] = chunk.position[c, start]
+        d["activation"].view(-1)[flat] = acts.gather(1, (p - start).unsqueeze(1)).squeeze(1)
+        d["token_acts"].view(-1, self.width).index_copy_(0, flat, acts)
 
 
 # ---- the miner ------------------------------------------------------------------------------------------------
@@ -213,43 +260,33 @@ class FeatureMiner:
         self.min = torch.full((d_sae,), math.inf)
         self.hist = torch.zeros(d_sae * N_HIST, dtype=torch.int64)
         self.token_count = torch.zeros(0, dtype=torch.int64)  # occurrences per token id
-        self.pairs: list[
-            tuple[Tensor, Tensor, Tensor]
-        ] = []  # (token*d_sae + feature, sum, count), sorted unique
-        self.n_pairs_compacted = 0
+        # token -> feature sums: (token * d_sae + feature, sum, count) parts, merged when the buffer doubles
+        self.pairs: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.n_pairs_compacted = self.n_buffered = 0
         self.width: int | None = None
         self.top: _RunningTopK | None = None
         self.reservoir: _RunningTopK | None = None
-
-    @staticmethod
-    def _fields(w: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        return {
-            "context_id": ((), torch.int64),
-            "position": ((), torch.int64),
-            "token_id": ((), torch.int64),
-            "activation": ((), torch.float32),
-            "window_start": ((), torch.int64),
-            "token_acts": ((w,), torch.float32),
-        }
 
     @torch.no_grad()
     def update(self, chunk: Chunk) -> None:
         c, length = chunk.position.shape
         if self.width is None:
             self.width = min(self.cfg.window, length)
-            fields = self._fields(self.width)
-            self.top = _RunningTopK(self.cfg.n_top, self.d_sae, -math.inf, fields)
-            self.reservoir = _RunningTopK(self.cfg.n_reservoir, self.d_sae, -1, fields)
-        z = self.encode(chunk.x).float()  # [C*L, d_sae]
+            w, left = self.width, self.cfg.window_left
+            self.top = _RunningTopK(self.cfg.n_top, self.d_sae, w, left, -math.inf)
+            self.reservoir = _RunningTopK(self.cfg.n_reservoir, self.d_sae, w, left, -1)
+        z = self.encode(chunk.x).float()  # [C*L, d_sae], >= 0 (ReLU / TopK)
         self.n_tokens += len(z)
-        rows, feats = (z > 0).nonzero(as_tuple=True)  # [m] active entries
+        rows, feats = z.nonzero().unbind(1)  # [m] active entries: the only dense pass besides encode
         vals = z[rows, feats]  # [m]
-        tokens = chunk.token_id.view(-1)  # [C*L]
         self._update_stats(feats, vals)
-        self._update_token_index(tokens, rows, feats, vals)
-        z3 = z.view(c, length, self.d_sae)  # [C, L, d_sae]
-        self._update_top(chunk, z3)
-        self._update_reservoir(chunk, z3, rows, feats)
+        self._update_token_index(chunk.token_id.view(-1), rows, feats, vals)
+        del z
+        sparse = _SparseChunk(rows, feats, vals, c * length, length)
+        cell = (rows // length) * self.d_sae + feats  # [m] (context, feature) cell of each entry
+        pos = rows % length
+        self._update_top(chunk, sparse, cell, pos, vals)
+        self._update_reservoir(chunk, sparse, cell, pos)
 
     def _update_stats(self, feats: Tensor, vals: Tensor) -> None:
         self.n_active += torch.bincount(feats, minlength=self.d_sae)
@@ -261,57 +298,49 @@ class FeatureMiner:
     def _update_token_index(self, tokens: Tensor, rows: Tensor, feats: Tensor, vals: Tensor) -> None:
         counts = torch.bincount(tokens)
         if len(counts) > len(self.token_count):
-            self.token_count = torch.cat(
-                [self.token_count, self.token_count.new_zeros(len(counts) - len(self.token_count))]
-            )
+            grow = self.token_count.new_zeros(len(counts) - len(self.token_count))
+            self.token_count = torch.cat([self.token_count, grow])
         self.token_count[: len(counts)] += counts
         keys = tokens[rows] * self.d_sae + feats
-        self.pairs.append(_sum_by_key(keys, vals.double(), torch.ones_like(keys)))
-        n_buffered = sum(len(p[0]) for p in self.pairs)
-        if n_buffered > 2 * max(self.n_pairs_compacted, 1 << 20):
+        self.pairs.append((keys, vals.double(), torch.ones_like(keys)))
+        self.n_buffered += len(keys)
+        if self.n_buffered > max(2 * self.n_pairs_compacted, 1 << 22):
             self._compact_pairs()
 
     def _compact_pairs(self) -> None:
         keys, sums, counts = (torch.cat(t) for t in zip(*self.pairs))
         self.pairs = [_sum_by_key(keys, sums, counts)]
-        self.n_pairs_compacted = len(self.pairs[0][0])
+        self.n_pairs_compacted = self.n_buffered = len(self.pairs[0][0])
 
-    def _windows(self, chunk: Chunk, z3: Tensor, local_pos: Tensor, cols: Tensor) -> dict[str, Tensor]:
-        """Payload of candidates at local positions local_pos [C, n] of features cols [n]."""
-        c, length, _ = z3.shape
-        w = self.width
-        start = (local_pos - self.cfg.window_left).clamp(0, length - w)  # [C, n]
-        offsets = torch.arange(w).view(1, w, 1)
-        zc = z3[:, :, cols]  # [C, L, n]
-        acts = zc.gather(1, start.unsqueeze(1) + offsets)  # [C, W, n]
-        ctx = chunk.context_id.view(c, 1).expand_as(local_pos)
-        return {
-            "context_id": ctx,
-            "position": chunk.position.gather(1, local_pos),
-            "token_id": chunk.token_id.gather(1, local_pos),
-            "activation": zc.gather(1, local_pos.unsqueeze(1)).squeeze(1),
-            "window_start": chunk.position.gather(1, start),
-            "token_acts": acts,
-        }
+    def _best_per_cell(self, n_cells: int, cell: Tensor, packed: Tensor) -> Tensor:
+        """[n_cells] max of packed values per cell (-1 where a cell has no entry)."""
+        best = torch.full((n_cells,), -1, dtype=torch.int64)
+        return best.scatter_reduce_(0, cell, packed, "amax")
 
-    def _update_top(self, chunk: Chunk, z3: Tensor) -> None:
-        m = min(self.cfg.examples_per_context, z3.shape[1])
-        vals, pos = z3.topk(m, dim=1) if m > 1 else z3.max(dim=1, keepdim=True)  # [C, m, d_sae]
-        for j in range(m):  # j-th best position of every (context, feature)
-            score = torch.where(vals[:, j] > 0, vals[:, j], -math.inf)  # [C, d_sae]
-            self.top.merge(score, lambda cols, j=j: self._windows(chunk, z3, pos[:, j][:, cols], cols))
+    def _update_top(self, chunk: Chunk, z: _SparseChunk, cell: Tensor, pos: Tensor, vals: Tensor) -> None:
+        # the j-th best position of every (context, feature) cell: max of packed (float bits << 16 | position);
+        # positive float32 bit patterns order like the values
+        c, length = chunk.position.shape
+        m = min(self.cfg.examples_per_context, length)
+        packed = (vals.view(torch.int32).long() << 16) | pos
+        scores, where = [], []
+        for _ in range(m):
+            best = self._best_per_cell(c * self.d_sae, cell, packed)
+            value = (best >> 16).to(torch.int32).view(torch.float32)
+            scores.append(torch.where(best >= 0, value, -math.inf).view(c, self.d_sae))
+            where.append((best & 0xFFFF).clamp(max=length - 1).view(c, self.d_sae))
+            rest = packed != best[cell]  # drop each cell's winner, go again
+            cell, packed = cell[rest], packed[rest]
+        score = torch.stack(scores, 1).view(c * m, self.d_sae)  # [C*m, d_sae], row = context * m + j
+        self.top.merge(chunk, z, score, torch.stack(where, 1).view(c * m, self.d_sae), group=m)
 
-    def _update_reservoir(self, chunk: Chunk, z3: Tensor, rows: Tensor, feats: Tensor) -> None:
-        c, length, _ = z3.shape
-        # one random active position per (context, feature): max of packed (random priority << 16 | position)
-        prio = torch.randint(0, 1 << 40, (len(rows),), generator=self.gen)
-        packed = (prio << 16) | (rows % length)
-        best = torch.full((c * self.d_sae,), -1, dtype=torch.int64)
-        best.scatter_reduce_(0, (rows // length) * self.d_sae + feats, packed, "amax")
-        best = best.view(c, self.d_sae)  # [C, d_sae], -1 = inactive in that context
+    def _update_reservoir(self, chunk: Chunk, z: _SparseChunk, cell: Tensor, pos: Tensor) -> None:
+        # one uniformly random active position per cell: max of packed (random priority << 16 | position)
+        c, length = chunk.position.shape
+        prio = torch.randint(0, 1 << 40, (len(cell),), generator=self.gen)
+        best = self._best_per_cell(c * self.d_sae, cell, (prio << 16) | pos).view(c, self.d_sae)
         self.n_contexts += (best >= 0).sum(0)
-        local_pos = (best & 0xFFFF).clamp(max=length - 1)
-        self.reservoir.merge(best, lambda cols: self._windows(chunk, z3, local_pos[:, cols], cols))
+        self.reservoir.merge(chunk, z, best, (best & 0xFFFF).clamp(max=length - 1))
 
     # ---- finish -----------------------------------------------------------------------------------------
 
@@ -366,9 +395,11 @@ class FeatureMiner:
 
 
 def _sum_by_key(keys: Tensor, sums: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    uniq, inv = torch.unique(keys, return_inverse=True)
-    s = torch.zeros(len(uniq), dtype=sums.dtype).index_add_(0, inv, sums)
-    n = torch.zeros(len(uniq), dtype=counts.dtype).index_add_(0, inv, counts)
+    """Sorted unique keys with their summed sums and counts."""
+    keys, order = keys.sort()
+    uniq, inv = torch.unique_consecutive(keys, return_inverse=True)
+    s = torch.zeros(len(uniq), dtype=sums.dtype).index_add_(0, inv, sums[order])
+    n = torch.zeros(len(uniq), dtype=counts.dtype).index_add_(0, inv, counts[order])
     return uniq, s, n
 
 
@@ -411,30 +442,23 @@ def display_histogram(counts: Tensor, lo: float, hi: float, max_bins: int) -> tu
 
 def _long_form(state: _RunningTopK, kind: str, band: tuple[Tensor, int, int] | None) -> Examples:
     """Examples of one kind in long form; for a band, the strongest `per_band` reservoir samples inside it."""
-    acts = state.data["activation"]  # [k, d_sae]
+    acts = state.data["activation"]  # [d_sae, k]
     valid = state.score != state.empty
     if band is None:
-        score = torch.where(valid, acts, -math.inf)
-        k = state.k
+        score, k = torch.where(valid, acts, -math.inf), state.k
     else:
         edges, b, k = band  # edges [d_sae, n_bands - 1]
-        which = torch.searchsorted(edges.contiguous(), acts.T.contiguous(), side="right").T  # [k_res, d_sae]
-        score = torch.where(valid & (which == b), acts, -math.inf)
-        k = min(k, state.k)
-    best, idx = score.topk(k, dim=0)  # [k, d_sae]
-    rank, feature = (best > -math.inf).nonzero(as_tuple=True)
-    slot = idx[rank, feature]
+        which = torch.searchsorted(edges.contiguous(), acts.contiguous(), side="right")  # [d_sae, k_res]
+        score, k = torch.where(valid & (which == b), acts, -math.inf), min(k, state.k)
+    best, idx = score.topk(k, dim=1)  # [d_sae, k]
+    feature, rank = (best > -math.inf).nonzero(as_tuple=True)
+    slot = idx[feature, rank]
     d = state.data
     return Examples(
         feature=feature,
         kind=[kind] * len(feature),
         rank=rank,
-        context_id=d["context_id"][slot, feature],
-        position=d["position"][slot, feature],
-        token_id=d["token_id"][slot, feature],
-        activation=d["activation"][slot, feature],
-        window_start=d["window_start"][slot, feature],
-        token_acts=d["token_acts"][slot, :, feature],
+        **{name: d[name][feature, slot] for name in _RunningTopK.FIELDS},
     )
 
 

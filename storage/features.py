@@ -69,20 +69,25 @@ def feature_rows(
 
 
 def example_rows(transcoder_id: str, stats: FeatureStats) -> pl.DataFrame:
+    """`feature_examples` rows in feature order, so DuckDB's per-row-group min/max let a card read skip the rest."""
     ex = stats.examples
-    return pl.DataFrame(
-        {
-            "transcoder_id": transcoder_id,
-            "feature": _np(ex.feature).astype(np.int32),
-            "kind": ex.kind,
-            "rank": _np(ex.rank).astype(np.int32),
-            "context_id": _np(ex.context_id).astype(np.int32),
-            "position": _np(ex.position).astype(np.int32),
-            "token_id": _np(ex.token_id).astype(np.int32),
-            "activation": _np(ex.activation),
-            "window_start": _np(ex.window_start).astype(np.int32),
-        }
-    ).with_columns(_list_column("token_acts", _np(ex.token_acts).astype(np.float32)))
+    return (
+        pl.DataFrame(
+            {
+                "transcoder_id": transcoder_id,
+                "feature": _np(ex.feature).astype(np.int32),
+                "kind": ex.kind,
+                "rank": _np(ex.rank).astype(np.int32),
+                "context_id": _np(ex.context_id).astype(np.int32),
+                "position": _np(ex.position).astype(np.int32),
+                "token_id": _np(ex.token_id).astype(np.int32),
+                "activation": _np(ex.activation),
+                "window_start": _np(ex.window_start).astype(np.int32),
+            }
+        )
+        .with_columns(_list_column("token_acts", _np(ex.token_acts).astype(np.float32)))
+        .sort("feature", "kind", "rank")
+    )
 
 
 def token_index_rows(transcoder_id: str, stats: FeatureStats) -> pl.DataFrame:
