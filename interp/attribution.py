@@ -31,6 +31,9 @@ Algorithm:
   5. Influence (attribution flowing to the target): the target's is its value; every other node's is
      Σ over its out-edges weight · μ_dst, computed in decreasing stage order.
 
+Position 0 (BOS, the attention sink) is never split into features: transcoders are trained on positions 1..
+only, so there the whole MLP output is an error node.
+
 Node ids: 'target', 'feat:L<l>:<pos>:<i>', 'attn:L<m>.H<h>:<s>><t>|<dst id>', 'embed:<pos>',
 'err:L<l>:<pos>', 'bias:<dec|attn|enc|unembed>:L<l>:<pos>', 'skip:L<l>:<pos>', 'pruned|<dst id>'.
 """
@@ -232,7 +235,7 @@ def decompose(pc: PromptCache, stage: int, t: int, w: Tensor) -> _Decomposition:
     layers, indices, weights = [], [], []
     for layer in range(stage // 2):  # MLPs whose output is already in the stream
         tc = pc.transcoders.get(layer)
-        if tc is None:
+        if tc is None or t == 0:  # no transcoder, or BOS (transcoders are trained on positions 1.. only)
             leaves[f"err:L{layer}:{t}"] = float(pc.mlp_out[layer, t] @ w)
             continue
         z = pc.z[layer][t]  # [d_sae]
@@ -489,7 +492,12 @@ def attribute(
             mult[dst] = mult[dst.split("|", 1)[1]]
         for src, w in incoming[dst]:
             b.nodes[src].influence += w * mult[dst]
-    config = {"n_paths": n_paths, "n_steps": n_steps, "layers": sorted(pc.transcoders)}
+    config = {
+        "n_paths": n_paths,
+        "n_steps": n_steps,
+        "layers": sorted(pc.transcoders),
+        "n_layers": pc.n_layers,
+    }
     log.info("attribution graph: %d nodes, %d edges, target %.4g", len(b.nodes), len(edges), value)
     return AttributionGraph(tokens.tolist(), target, value, b.nodes, edges, config)
 
@@ -509,8 +517,10 @@ def ablation_effects(
 ) -> Tensor:
     """Change of the target when each feature is zero-ablated (z_i f_dec,i removed from that MLP's output).
 
-    The model runs for real (every MLP downstream recomputes), with the attention patterns and/or norm scales
-    named in `freeze` held at their clean values. Returns [len(ablations)]: ablated minus clean target value.
+    The model runs for real, with what `freeze` names held at its clean value: 'pattern' (attention patterns),
+    'scale' (every norm's 1/rms), 'mlp' (every MLP output, so only the ablated feature's own removal and the
+    linear attention paths carry the change: the graph's linear model). Returns [len(ablations)]: ablated minus
+    clean target value.
     """
     n_pos = len(tokens)
     t = target.position % n_pos
@@ -520,10 +530,11 @@ def ablation_effects(
     if "scale" in freeze:
         clean_names += [f"blocks.{m}.ln{k}.hook_scale" for m in range(model.cfg.n_layers) for k in (1, 2)]
         clean_names.append("ln_final.hook_scale")
+    mlp_names = [f"blocks.{m}.hook_mlp_out" for m in range(model.cfg.n_layers)] if "mlp" in freeze else []
     layers = sorted({a[0] for a in ablations})
     x_names = [f"blocks.{layer}.ln2.hook_normalized" for layer in layers]
     _, cache = model.run_with_cache(
-        tokens[None], names_filter=lambda name: name in set(clean_names + x_names)
+        tokens[None], names_filter=lambda name: name in set(clean_names + x_names + mlp_names)
     )
     z = {
         layer: transcoders[layer].encode(cache[f"blocks.{layer}.ln2.hook_normalized"][0]) for layer in layers
@@ -533,8 +544,15 @@ def ablation_effects(
         batch = next(iter(delta.values())).shape[0]
         captured = {}
         hooks = [(name, lambda act, hook: cache[hook.name].expand_as(act)) for name in clean_names]
-        hooks += [(f"blocks.{layer}.hook_mlp_out", lambda act, hook: act - delta[int(hook.name.split(".")[1])])
-                  for layer in delta]  # fmt: skip
+
+        def mlp_out(act: Tensor, hook) -> Tensor:
+            base = cache[hook.name].expand_as(act) if mlp_names else act
+            layer = int(hook.name.split(".")[1])
+            return base - delta[layer] if layer in delta else base
+
+        hooks += [
+            (name, mlp_out) for name in mlp_names or [f"blocks.{layer}.hook_mlp_out" for layer in delta]
+        ]
         if isinstance(target, FeatureTarget):
             name = f"blocks.{target.layer}.ln2.hook_normalized"
             hooks.append((name, lambda act, hook: captured.__setitem__("x", act)))

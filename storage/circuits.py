@@ -1,0 +1,208 @@
+"""Circuits in the database: input-invariant `feature_edges`, and attribution `graphs` with their `graph_nodes` and
+`graph_edges`. The one place that turns interp.edges / interp.attribution objects into rows and back.
+
+Writes are delete-then-insert in one transaction: `write_feature_edges` replaces every edge into the model's
+transcoders (old transcoder ids of the model included), `write_graph` replaces one graph's three tables' rows.
+Graph ids are stable: a hash of (model, prompt, target), so re-running a configured prompt replaces its graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from interp.attribution import AttributionGraph
+from interp.edges import TopEdges
+from storage import db
+
+
+def graph_id(model: str, prompt: str, target: str) -> str:
+    """Stable id of the graph of `target` on `prompt` under `model` (16 hex digits)."""
+    return hashlib.sha256(f"{model}\x00{prompt}\x00{target}".encode()).hexdigest()[:16]
+
+
+# ---- feature_edges -------------------------------------------------------------------------------------------
+
+
+def edges_frame(top: TopEdges, transcoder_ids: Mapping[int, str]) -> pl.DataFrame:
+    """Rows of `feature_edges` for one (downstream transcoder, via): d_sae_dst × k rows."""
+    d_dst, k = top.weight.shape
+    layers = sorted(transcoder_ids)
+    src_ids = np.array([transcoder_ids[layer] for layer in layers])[
+        np.searchsorted(layers, top.src_layer.numpy())
+    ]
+    return pl.DataFrame(
+        {
+            "src_transcoder_id": src_ids.reshape(-1),
+            "src_feature": top.src_feature.numpy().reshape(-1).astype(np.int32),
+            "dst_transcoder_id": transcoder_ids[top.dst_layer],
+            "dst_feature": np.repeat(np.arange(d_dst, dtype=np.int32), k),
+            "via": top.via,
+            "weight": top.weight.numpy().reshape(-1).astype(np.float32),
+            "rank": np.tile(np.arange(k, dtype=np.int32), d_dst),
+        }
+    )
+
+
+def write_feature_edges(model: str, frames: Iterable[pl.DataFrame], transcoder_ids: Iterable[str]) -> int:
+    """Replace all edges into `model`'s transcoders (and into `transcoder_ids`) with `frames`, atomically."""
+    frames = list(frames)
+    rows = pl.concat(frames) if frames else pl.DataFrame()
+    ids = sorted(set(transcoder_ids))
+    with db.writer() as con:
+        con.execute("BEGIN")
+        try:
+            con.execute(
+                "DELETE FROM feature_edges WHERE dst_transcoder_id IN "
+                "(SELECT transcoder_id FROM transcoders WHERE model = ?)",
+                [model],
+            )
+            n = db.replace_rows(con, "feature_edges", rows, {"dst_transcoder_id": ids})
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    return n
+
+
+def upstream(transcoder_id: str, feature: int, via: str | None = None, limit: int = 20) -> pl.DataFrame:
+    """Strongest input-invariant inputs of one feature (all vias, or one), by |weight|."""
+    sql = "SELECT * FROM feature_edges WHERE dst_transcoder_id = ? AND dst_feature = ?"
+    params: list[Any] = [transcoder_id, feature]
+    if via is not None:
+        sql += " AND via = ?"
+        params.append(via)
+    return db.query(sql + f" ORDER BY abs(weight) DESC LIMIT {int(limit)}", params)
+
+
+def downstream(transcoder_id: str, feature: int, limit: int = 20) -> pl.DataFrame:
+    """Features this feature writes into most strongly (among the stored top-k upstream lists)."""
+    sql = "SELECT * FROM feature_edges WHERE src_transcoder_id = ? AND src_feature = ?"
+    return db.query(sql + f" ORDER BY abs(weight) DESC LIMIT {int(limit)}", [transcoder_id, feature])
+
+
+# ---- attribution graphs --------------------------------------------------------------------------------------
+
+
+def graph_frames(
+    gid: str, graph: AttributionGraph, model: str, prompt: str, target: str, transcoder_ids: Mapping[int, str]
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(graphs row, graph_nodes rows, graph_edges rows) of one attribution graph."""
+    meta = pl.DataFrame(
+        {
+            "graph_id": [gid],
+            "model": [model],
+            "prompt": [prompt],
+            "tokens": [graph.tokens],
+            "target": [target],
+            "target_value": [graph.target_value],
+            "config": [
+                json.dumps({**graph.config, "transcoder_ids": {str(k): v for k, v in transcoder_ids.items()}})
+            ],
+        },
+        schema_overrides={"tokens": pl.List(pl.Int32), "target_value": pl.Float32},
+    ).with_columns(created_at=pl.lit(np.datetime64("now", "us")))
+    nodes = list(graph.nodes.values())
+    node_rows = pl.DataFrame(
+        {
+            "graph_id": gid,
+            "node_id": [n.node_id for n in nodes],
+            "kind": [n.kind for n in nodes],
+            "layer": [n.layer for n in nodes],
+            "position": [n.position for n in nodes],
+            "feature": [n.feature for n in nodes],
+            "transcoder_id": [transcoder_ids.get(n.layer) if n.kind == "feature" else None for n in nodes],
+            "activation": [n.activation for n in nodes],
+            "influence": [n.influence for n in nodes],
+            "label": [n.label for n in nodes],
+        },
+        schema_overrides={
+            "layer": pl.Int32,
+            "position": pl.Int32,
+            "feature": pl.Int32,
+            "transcoder_id": pl.Utf8,
+            "activation": pl.Float32,
+            "influence": pl.Float32,
+        },
+    )
+    if isinstance(getattr(graph.target, "feature", None), int):  # a feature target: its transcoder
+        node_rows = node_rows.with_columns(
+            transcoder_id=pl.when(pl.col("node_id") == "target")
+            .then(pl.lit(transcoder_ids.get(graph.target.layer)))
+            .otherwise(pl.col("transcoder_id"))
+        )
+    edge_rows = pl.DataFrame(
+        {
+            "graph_id": gid,
+            "src_node": [s for s, _ in graph.edges],
+            "dst_node": [d for _, d in graph.edges],
+            "weight": list(graph.edges.values()),
+        },
+        schema_overrides={"weight": pl.Float32},
+    )
+    return meta, node_rows, edge_rows
+
+
+def write_graph(
+    graph: AttributionGraph, model: str, prompt: str, target: str, transcoder_ids: Mapping[int, str]
+) -> str:
+    """Store one graph (replacing any graph with the same id); returns its id."""
+    gid = graph_id(model, prompt, target)
+    meta, nodes, edges = graph_frames(gid, graph, model, prompt, target, transcoder_ids)
+    where = {"graph_id": gid}
+    db.write_many([("graphs", meta, where), ("graph_nodes", nodes, where), ("graph_edges", edges, where)])
+    return gid
+
+
+def delete_graphs_except(model: str, keep: Iterable[str]) -> None:
+    """Remove `model`'s graphs not in `keep` (prompts dropped from the config), with their nodes and edges."""
+    keep = list(keep)
+    with db.writer() as con:
+        con.execute("BEGIN")
+        stale = (
+            "SELECT graph_id FROM graphs WHERE model = ? AND graph_id NOT IN (SELECT unnest(?::VARCHAR[]))"
+        )
+        for table in ("graph_edges", "graph_nodes", "graphs"):
+            con.execute(f"DELETE FROM {table} WHERE graph_id IN ({stale})", [model, keep])
+        con.execute("COMMIT")
+
+
+def list_graphs(model: str | None = None) -> pl.DataFrame:
+    sql = "SELECT graph_id, model, prompt, target, target_value, created_at FROM graphs"
+    params = []
+    if model is not None:
+        sql += " WHERE model = ?"
+        params.append(model)
+    return db.query(sql + " ORDER BY created_at, graph_id", params)
+
+
+def read_graph(gid: str) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame]:
+    """(graphs row with config parsed, nodes by |influence| desc, edges by |weight| desc) of one graph."""
+    with db.reader() as con:
+        meta = db.frame(con, "SELECT * FROM graphs WHERE graph_id = ?", [gid])
+        if meta.height == 0:
+            raise LookupError(f"No attribution graph {gid!r}; materialize `attribution_graphs`.")
+        nodes = db.frame(
+            con, "SELECT * FROM graph_nodes WHERE graph_id = ? ORDER BY abs(influence) DESC", [gid]
+        )
+        edges = db.frame(con, "SELECT * FROM graph_edges WHERE graph_id = ? ORDER BY abs(weight) DESC", [gid])
+    row = meta.row(0, named=True)
+    row["config"] = json.loads(row["config"]) if row["config"] else {}
+    return row, nodes, edges
+
+
+def token_strings(model: str, token_ids: list[int]) -> list[str]:
+    """Token strings of `token_ids` from the `vocab` table (the id itself where the vocab has no row)."""
+    if not token_ids:
+        return []
+    found = db.query(
+        "SELECT token_id, token_str FROM vocab WHERE model = ? AND token_id IN (SELECT unnest(?::INTEGER[]))",
+        [model, sorted(set(token_ids))],
+    )
+    strs = dict(zip(found["token_id"].to_list(), found["token_str"].to_list()))
+    return [strs.get(t, str(t)) for t in token_ids]

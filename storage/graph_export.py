@@ -1,0 +1,129 @@
+"""Export a stored attribution graph as circuit-tracer / Neuronpedia graph JSON (`metadata`, `qParams`, `nodes`,
+`links`), the one place that converts our graph rows to that frontend format.
+
+Mapping: feature nodes -> 'cross layer transcoder' (node_id '<layer>_<feature>_<pos>'), error and skip nodes ->
+'mlp reconstruction error' ('<layer>_-1_<pos>'), embeddings -> 'embedding' ('E_<token>_<pos>'), a logit target
+-> 'logit' ('<n_layers+1>_<token>_<pos>'). circuit-tracer has no attention nodes: with patterns frozen a head's
+contribution is linear, so each attention node is folded into direct links (src -> attention node -> dst becomes
+src -> dst with the same weight, summed over heads and sources), exactly as circuit-tracer's own edges are.
+Bias and pruned-remainder nodes have no counterpart and are left out (they stay in the database).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from storage import circuits, layout
+
+SCHEMA_VERSION = 1
+
+
+def _js_id(kind: str, layer: int | None, feature: int | None, pos: int) -> str:
+    if kind == "feature":
+        return f"{layer}_{feature}-0"
+    if kind == "embed":
+        return f"E_{feature}-{pos}"
+    return f"{layer}_-1-{pos}"
+
+
+def graph_json(gid: str, token_strs: list[str] | None = None) -> dict[str, Any]:
+    """The graph `gid` in the circuit-tracer / Neuronpedia JSON layout."""
+    meta, nodes, edges = circuits.read_graph(gid)
+    cfg = meta["config"]
+    n_layers = int(cfg.get("n_layers", 0))
+    tokens = list(meta["tokens"] or [])
+    if token_strs is None:
+        token_strs = circuits.token_strings(meta["model"], tokens)
+    rows = {r["node_id"]: r for r in nodes.iter_rows(named=True)}
+    target = rows["target"]
+    logit_target = meta["target"].startswith("logit:")
+
+    def export_id(node_id: str) -> str | None:
+        r = rows[node_id]
+        kind, layer, pos, f = r["kind"], r["layer"], r["position"], r["feature"]
+        if kind == "target":
+            return f"{n_layers + 1}_{f}_{pos}" if logit_target else f"{layer}_{f}_{pos}"
+        if kind == "feature":
+            return f"{layer}_{f}_{pos}"
+        if kind in ("error", "skip"):
+            return f"{layer}_-1_{pos}"
+        if kind == "embed":
+            return f"E_{f}_{pos}"
+        return None  # bias, pruned
+
+    # fold attention nodes into direct links: an attention node's only out-link goes to the node it feeds
+    feeds = {n: n.split("|", 1)[1] for n, r in rows.items() if r["kind"] == "attn"}
+
+    def sink(node_id: str) -> str:
+        while node_id in feeds:
+            node_id = feeds[node_id]
+        return node_id
+
+    links: dict[tuple[str, str], float] = defaultdict(float)
+    for e in edges.iter_rows(named=True):
+        src, dst = e["src_node"], sink(e["dst_node"])
+        if src in feeds or export_id(src) is None:
+            continue
+        links[(export_id(src), export_id(dst))] += e["weight"]
+    out_nodes: dict[str, dict[str, Any]] = {}
+    for node_id, r in rows.items():
+        eid = export_id(node_id)
+        if eid is None or eid in out_nodes:
+            continue
+        kind = r["kind"]
+        ftype = {
+            "feature": "cross layer transcoder",
+            "error": "mlp reconstruction error",
+            "skip": "mlp reconstruction error",
+            "embed": "embedding",
+            "target": "logit" if logit_target else "cross layer transcoder",
+        }[kind]
+        is_logit = kind == "target" and logit_target
+        layer = "E" if kind == "embed" else str(n_layers + 1 if is_logit else r["layer"])
+        pos = r["position"]
+        out_nodes[eid] = {
+            "node_id": eid,
+            "feature": r["feature"] if r["feature"] is not None else -1,
+            "layer": layer,
+            "ctx_idx": pos,
+            "feature_type": ftype,
+            "token_prob": 0.0,
+            "is_target_logit": is_logit,
+            "run_idx": 0,
+            "reverse_ctx_idx": 0,
+            "jsNodeId": f"L_{r['feature']}-{pos}"
+            if is_logit
+            else _js_id(kind, r["layer"], r["feature"], pos),
+            "clerp": r["label"] or "",
+            "influence": r["influence"],
+            "activation": r["activation"],
+        }
+    return {
+        "metadata": {
+            "slug": gid,
+            "scan": meta["model"],
+            "transcoder_list": sorted(set(cfg.get("transcoder_ids", {}).values())),
+            "prompt_tokens": token_strs,
+            "prompt": meta["prompt"],
+            "node_threshold": None,
+            "schema_version": SCHEMA_VERSION,
+            "info": {
+                "target": meta["target"],
+                "target_value": meta["target_value"],
+                "target_node": target["label"],
+            },
+        },
+        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "nodes": list(out_nodes.values()),
+        "links": [{"source": s, "target": d, "weight": w} for (s, d), w in links.items()],
+    }
+
+
+def export_graph(gid: str, path: str | None = None, token_strs: list[str] | None = None) -> str:
+    """Write the graph's JSON to `path` (default $ATLAS_HOME/exports/graph-<id>.json) atomically; returns the path."""
+    path = path or layout.join(layout.exports_dir(), f"graph-{gid}.json")
+    with layout.atomic_local_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(graph_json(gid, token_strs), f)
+    return path

@@ -1,0 +1,95 @@
+"""Circuit tables: feature_edges and attribution graphs round-trip through DuckDB, replace idempotently, and export
+to circuit-tracer JSON with attention nodes folded into links without losing attribution."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from interp.attribution import LogitTarget, attribute
+from interp.edges import feature_edges
+from storage import circuits, db, graph_export
+from tests.interp.test_edges import make_transcoders
+
+TOKENS = torch.tensor([1, 20, 31, 15, 22, 9, 40, 41])
+IDS = {0: "tiny/L0/relu-48", 1: "tiny/L1/relu-48", 2: "tiny/L2/relu-48"}
+
+
+@pytest.fixture(scope="module")
+def graph(tiny_model):
+    tcs = make_transcoders([0, 1, 2], tiny_model.cfg.d_model, d_sae=48, seed=3)
+    with torch.no_grad():
+        for tc in tcs.values():
+            tc.b_enc.fill_(-0.3)
+            tc.W_dec.mul_(0.01)
+    return attribute(tiny_model, TOKENS, tcs, LogitTarget(25, 30, -1), n_paths=24, n_steps=3)
+
+
+def test_graph_round_trip_and_idempotent_rewrite(atlas_home, graph):
+    target = "logit:25-30@7"
+    gid = circuits.write_graph(graph, "tiny", "some prompt", target, IDS)
+    assert (
+        gid == circuits.graph_id("tiny", "some prompt", target) != circuits.graph_id("tiny", "other", target)
+    )
+    circuits.write_graph(graph, "tiny", "some prompt", target, IDS)  # same id: replaced, not duplicated
+    meta, nodes, edges = circuits.read_graph(gid)
+    assert meta["tokens"] == TOKENS.tolist() and meta["config"]["transcoder_ids"]["1"] == IDS[1]
+    assert nodes.height == len(graph.nodes) and edges.height == len(graph.edges)
+    assert db.query("SELECT count(*) AS n FROM graphs")["n"][0] == 1
+    feats = nodes.filter(nodes["kind"] == "feature")
+    assert feats.height and all(t == IDS[layer] for t, layer in zip(feats["transcoder_id"], feats["layer"]))
+    # bookkeeping survives storage: incoming weights of the target sum to the target value
+    into_target = edges.filter(edges["dst_node"] == "target")["weight"].sum()
+    assert into_target == pytest.approx(meta["target_value"], rel=1e-4)
+    circuits.delete_graphs_except("tiny", [])
+    assert (
+        circuits.list_graphs("tiny").height == 0
+        and db.query("SELECT count(*) n FROM graph_edges")["n"][0] == 0
+    )
+
+
+def test_graph_export_folds_attention_exactly(atlas_home, graph):
+    gid = circuits.write_graph(graph, "tiny", "p", "logit:25-30@7", IDS)
+    path = graph_export.export_graph(gid)
+    data = json.loads(open(path).read())
+    assert set(data) == {"metadata", "qParams", "nodes", "links"}
+    ids = {n["node_id"] for n in data["nodes"]}
+    assert all(link["source"] in ids and link["target"] in ids for link in data["links"])
+    assert not any("attn" in n["node_id"] for n in data["nodes"])
+    target_id = next(n["node_id"] for n in data["nodes"] if n["is_target_logit"])
+    assert target_id == f"4_25_{len(TOKENS) - 1}"  # n_layers + 1
+    # links into the target + the bias/pruned weight left out along folded attention nodes == the target value
+    dropped = 0.0
+    stack = ["target"]
+    while stack:
+        dst = stack.pop()
+        for src, w in graph.incoming(dst).items():
+            kind = graph.nodes[src].kind
+            if kind in ("bias", "pruned"):
+                dropped += w
+            elif kind == "attn":
+                stack.append(src)
+    into = sum(link["weight"] for link in data["links"] if link["target"] == target_id)
+    assert into + dropped == pytest.approx(graph.target_value, rel=1e-4, abs=1e-6)
+    assert len(data["metadata"]["prompt_tokens"]) == len(TOKENS)
+
+
+def test_feature_edges_rows_and_replace(atlas_home):
+    tcs = make_transcoders([0, 2], d_model=8, d_sae=10)
+    W_V, W_O = torch.randn(3, 2, 8, 4), torch.randn(3, 2, 4, 8)
+    tops = list(feature_edges(tcs, W_V, W_O, k=3))
+    ids = {0: "tiny/L0/relu-10", 2: "tiny/L2/relu-10"}
+    frames = [circuits.edges_frame(t, ids) for t in tops]
+    n = circuits.write_feature_edges("tiny", frames, ids.values())
+    assert n == 10 * 3 * (1 + 2 * 2)  # resid + 2 heads in each of layers 1, 2
+    assert circuits.write_feature_edges("tiny", frames, ids.values()) == n
+    assert db.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == n
+    up = circuits.upstream("tiny/L2/relu-10", 4, via="resid")
+    expected = (tcs[0].W_dec @ tcs[2].W_enc[:, 4]).detach()
+    assert up["src_feature"].to_list() == expected.abs().topk(3).indices.tolist()
+    assert up["weight"].to_list() == pytest.approx(expected[up["src_feature"].to_list()].tolist(), rel=1e-5)
+    assert up["rank"].to_list() == [0, 1, 2] and set(up["src_transcoder_id"]) == {"tiny/L0/relu-10"}
+    down = circuits.downstream("tiny/L0/relu-10", int(up["src_feature"][0]))
+    assert "tiny/L2/relu-10" in down["dst_transcoder_id"].to_list()
