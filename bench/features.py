@@ -46,7 +46,9 @@ def _transcoder() -> Transcoder:
     tc = Transcoder(TranscoderConfig(d_in=D_MODEL, d_sae=d_sae, d_out=D_MODEL))
     tc.reset_parameters(torch.Generator().manual_seed(0))
     with torch.no_grad():
-        tc.b_enc.fill_(-2.7)  # unit-norm encoder rows, N(0, I) inputs: P(z > 0) = 0.35%, L0 ~ 32 (the issue-3 goal)
+        tc.b_enc.fill_(
+            -2.7
+        )  # unit-norm encoder rows, N(0, I) inputs: P(z > 0) = 0.35%, L0 ~ 32 (the issue-3 goal)
     return tc
 
 
@@ -80,8 +82,6 @@ def bench_mining() -> None:
 
 def _synthetic_db(path: str) -> int:
     """CARD_LAYERS transcoders x CARD_FEATURES features, CARD_EXAMPLES examples each, in feature order."""
-    import duckdb
-
     from storage import db
 
     with db.writer(path) as con:
@@ -90,7 +90,7 @@ def _synthetic_db(path: str) -> int:
         con.execute(f"INSERT INTO vocab SELECT 'm', i, 'tok' || i FROM range({vocab}) t(i)")
         con.execute(
             f"INSERT INTO contexts SELECT i, 'eval', 'synthetic', "
-            f"list_transform(range({CTX_LEN}), j -> ((i * 7919 + j * 104729) % {vocab})::INTEGER), 'text' "
+            f"list_transform(range({CTX_LEN}), lambda j: ((i * 7919 + j * 104729) % {vocab})::INTEGER), 'text' "
             f"FROM range({n_ctx}) t(i)"
         )
         for layer in range(CARD_LAYERS):
@@ -102,13 +102,13 @@ def _synthetic_db(path: str) -> int:
             con.execute(
                 f"INSERT INTO features (transcoder_id, feature, density, mean_act, max_act, n_active, label, "
                 f"quantiles, hist_counts) SELECT '{tid}', f, 0.001, 1.0, 5.0, 30, 'label ' || f, "
-                f"[0.1, 0.5, 1, 2, 3, 4], list_transform(range(40), j -> j::BIGINT) FROM range({CARD_FEATURES}) t(f)"
+                f"[0.1, 0.5, 1, 2, 3, 4], list_transform(range(40), lambda j: j::BIGINT) FROM range({CARD_FEATURES}) t(f)"
             )
             con.execute(
                 f"""INSERT INTO feature_examples
                 SELECT '{tid}', f, CASE WHEN r < 30 THEN 'top' ELSE 'q' || ((r - 30) // 5) END,
                        CASE WHEN r < 30 THEN r ELSE (r - 30) % 5 END, (f * 31 + r * 17) % {n_ctx}, 20, 0, 3.0 - r * 0.05,
-                       4, list_transform(range(24), j -> (j * 0.1)::REAL)
+                       4, list_transform(range(24), lambda j: (j * 0.1)::REAL)
                 FROM range({CARD_FEATURES}) a(f), range({CARD_EXAMPLES}) b(r) ORDER BY f, r"""
             )
             for kind in ("deembed", "logit_top", "logit_bottom"):
@@ -122,7 +122,6 @@ def _synthetic_db(path: str) -> int:
                 f"FROM range({CARD_FEATURES}) a(f), range(10) b(r) ORDER BY f, r"
             )
         con.execute("CHECKPOINT")
-        assert isinstance(con, duckdb.DuckDBPyConnection)
     return CARD_LAYERS * CARD_FEATURES
 
 

@@ -73,7 +73,9 @@ def build_atlas(model, model_name: str, layers: dict[int, bool], seed: int = 0) 
             tc.b_enc.fill_(-0.1)  # sparse: each feature fires on a fraction of tokens
         tid = tc_store.transcoder_id(model_name, layer, "relu", D_SAE)
         reason = "" if passed else "fvu 0.9 > max_fvu 0.5"
-        tc_store.save_transcoder(tc, tid, {}, 0, pl.DataFrame(), {"gate_passed": passed, "gate_reason": reason})
+        tc_store.save_transcoder(
+            tc, tid, {}, 0, pl.DataFrame(), {"gate_passed": passed, "gate_reason": reason}
+        )
         out[layer] = tid
     return out
 
@@ -112,7 +114,9 @@ def test_write_mined_rows_replace_and_clear(atlas, tiny_model_dir):
     live = f.filter(pl.col("n_active") > 0)
     assert (live["hist_counts"].list.sum() == live["n_active"]).all()  # histograms hold every active token
     assert all(e[0] <= q[0] and q[-1] <= e[-1] for e, q in zip(live["hist_edges"], live["quantiles"]))
-    ex = db.query("SELECT * FROM feature_examples WHERE transcoder_id = ? AND kind = 'top' AND rank = 0", [tid])
+    ex = db.query(
+        "SELECT * FROM feature_examples WHERE transcoder_id = ? AND kind = 'top' AND rank = 0", [tid]
+    )
     best = ex.sort("feature")
     assert best["activation"].to_numpy() == pytest.approx(stats.max_act[best["feature"].to_numpy()].numpy())
     assert all(len(a) == 8 for a in best["token_acts"])

@@ -1,0 +1,72 @@
+"""Every example query runs on a small real atlas (tiny model, mined by the assets) and returns what an
+independent recomputation in Python says it should."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from assets.features import feature_tokens, features
+from storage import corpus as corpus_store
+from storage import db
+from storage import example_queries as eq
+from tests.storage.test_features import build_atlas
+
+
+@pytest.fixture
+def atlas(atlas_home, tiny_model, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ATLAS_MODEL", tiny_model_dir)
+    monkeypatch.setenv("ATLAS_DEVICE", "cpu")
+    ids = build_atlas(tiny_model, tiny_model_dir, {1: True, 2: True})
+    config = {"ops": {"features": {"config": {"n_top": 6, "window": 8, "window_left": 5}}}}
+    for key in ("1", "2"):
+        dg.materialize([features, feature_tokens], partition_key=key, run_config=config, raise_on_error=True)
+    return ids
+
+
+def test_every_example_query_runs_and_answers_its_question(atlas):
+    vocab = corpus_store.token_strings(db.query("SELECT model FROM transcoders LIMIT 1")["model"][0])
+    a = vocab.index("A")  # the token planted at position 5 of every context
+
+    got = eq.run("features_by_density_and_token", layer=1, min_density=0.0, max_density=0.5, token="A")
+    ex = db.query(
+        "SELECT e.feature, e.window_start, len(e.token_acts) AS w, c.tokens, f.density FROM feature_examples e "
+        "JOIN contexts c USING (context_id) JOIN features f USING (transcoder_id, feature) "
+        "WHERE e.transcoder_id = ? AND e.kind = 'top'",
+        [atlas[1]],
+    )
+    expected: dict[int, int] = {}
+    for f, start, w, tokens, density in ex.iter_rows():
+        if density <= 0.5 and a in tokens[start : start + w]:
+            expected[f] = expected.get(f, 0) + 1
+    assert expected and dict(zip(got["feature"], got["n_examples"])) == expected
+
+    fire = eq.run("features_firing_on_token", token="A", limit=5)
+    assert fire.height == 5 and fire["mean_act"].is_sorted(descending=True)
+    index = db.query(
+        "SELECT mean_act FROM token_features WHERE token_id = ? ORDER BY mean_act DESC LIMIT 5", [a]
+    )
+    assert fire["mean_act"].to_list() == index["mean_act"].to_list()
+
+    promo = eq.run("features_promoting_token", token="A", limit=3)
+    assert promo["value"].is_sorted(descending=True) and (promo["value"] > 0).all()
+
+    health = eq.run("feature_health_by_layer")
+    assert health["layer"].to_list() == [1, 2] and (health["n_features"] == 64).all()
+
+    twins = eq.run("cross_layer_twins", min_cosine=-1.0, limit=10)
+    assert twins.height == 10 and (twins["layer"] != twins["nb_layer"]).all()
+
+    top = db.query(
+        "SELECT feature FROM feature_examples WHERE transcoder_id = ? AND kind = 'top' AND rank = 0 LIMIT 1",
+        [atlas[1]],
+    )["feature"][0]
+    text = eq.run("strongest_examples_of_feature", layer=1, feature=int(top))
+    assert text["rank"].to_list() == list(range(text.height)) and (text["text"].str.len_chars() == 8).all()
+    assert text["activation"].is_sorted(descending=True)
+
+
+def test_unknown_parameter_is_a_clear_error():
+    with pytest.raises(ValueError, match="parameters"):
+        eq.run("cross_layer_twins", min_cos=0.5)
+    assert "## features_by_density_and_token" in eq.markdown()
