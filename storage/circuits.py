@@ -4,6 +4,7 @@
 Writes are delete-then-insert in one transaction: `write_feature_edges` replaces every edge into the model's
 transcoders (old transcoder ids of the model included), `write_graph` replaces one graph's three tables' rows.
 Graph ids are stable: a hash of (model, prompt, target), so re-running a configured prompt replaces its graph.
+Reads live in storage.queries (feature cards' upstream/downstream, `graph()`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -68,22 +68,6 @@ def write_feature_edges(model: str, frames: Iterable[pl.DataFrame], transcoder_i
             con.execute("ROLLBACK")
             raise
     return n
-
-
-def upstream(transcoder_id: str, feature: int, via: str | None = None, limit: int = 20) -> pl.DataFrame:
-    """Strongest input-invariant inputs of one feature (all vias, or one), by |weight|."""
-    sql = "SELECT * FROM feature_edges WHERE dst_transcoder_id = ? AND dst_feature = ?"
-    params: list[Any] = [transcoder_id, feature]
-    if via is not None:
-        sql += " AND via = ?"
-        params.append(via)
-    return db.query(sql + f" ORDER BY abs(weight) DESC LIMIT {int(limit)}", params)
-
-
-def downstream(transcoder_id: str, feature: int, limit: int = 20) -> pl.DataFrame:
-    """Features this feature writes into most strongly (among the stored top-k upstream lists)."""
-    sql = "SELECT * FROM feature_edges WHERE src_transcoder_id = ? AND src_feature = ?"
-    return db.query(sql + f" ORDER BY abs(weight) DESC LIMIT {int(limit)}", [transcoder_id, feature])
 
 
 # ---- attribution graphs --------------------------------------------------------------------------------------
@@ -170,39 +154,3 @@ def delete_graphs_except(model: str, keep: Iterable[str]) -> None:
         for table in ("graph_edges", "graph_nodes", "graphs"):
             con.execute(f"DELETE FROM {table} WHERE graph_id IN ({stale})", [model, keep])
         con.execute("COMMIT")
-
-
-def list_graphs(model: str | None = None) -> pl.DataFrame:
-    sql = "SELECT graph_id, model, prompt, target, target_value, created_at FROM graphs"
-    params = []
-    if model is not None:
-        sql += " WHERE model = ?"
-        params.append(model)
-    return db.query(sql + " ORDER BY created_at, graph_id", params)
-
-
-def read_graph(gid: str) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame]:
-    """(graphs row with config parsed, nodes by |influence| desc, edges by |weight| desc) of one graph."""
-    with db.reader() as con:
-        meta = db.frame(con, "SELECT * FROM graphs WHERE graph_id = ?", [gid])
-        if meta.height == 0:
-            raise LookupError(f"No attribution graph {gid!r}; materialize `attribution_graphs`.")
-        nodes = db.frame(
-            con, "SELECT * FROM graph_nodes WHERE graph_id = ? ORDER BY abs(influence) DESC", [gid]
-        )
-        edges = db.frame(con, "SELECT * FROM graph_edges WHERE graph_id = ? ORDER BY abs(weight) DESC", [gid])
-    row = meta.row(0, named=True)
-    row["config"] = json.loads(row["config"]) if row["config"] else {}
-    return row, nodes, edges
-
-
-def token_strings(model: str, token_ids: list[int]) -> list[str]:
-    """Token strings of `token_ids` from the `vocab` table (the id itself where the vocab has no row)."""
-    if not token_ids:
-        return []
-    found = db.query(
-        "SELECT token_id, token_str FROM vocab WHERE model = ? AND token_id IN (SELECT unnest(?::INTEGER[]))",
-        [model, sorted(set(token_ids))],
-    )
-    strs = dict(zip(found["token_id"].to_list(), found["token_str"].to_list()))
-    return [strs.get(t, str(t)) for t in token_ids]

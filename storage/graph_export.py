@@ -15,7 +15,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from storage import circuits, layout
+from storage import layout, queries
 
 SCHEMA_VERSION = 1
 
@@ -30,12 +30,13 @@ def _js_id(kind: str, layer: int | None, feature: int | None, pos: int) -> str:
 
 def graph_json(gid: str, token_strs: list[str] | None = None) -> dict[str, Any]:
     """The graph `gid` in the circuit-tracer / Neuronpedia JSON layout."""
-    meta, nodes, edges = circuits.read_graph(gid)
-    cfg = meta["config"]
+    found = queries.graph(gid)
+    if found is None:
+        raise LookupError(f"No attribution graph {gid!r}; materialize `attribution_graphs`.")
+    meta, nodes, edges = found["graph"], found["nodes"], found["edges"]
+    cfg = json.loads(meta["config"]) if meta["config"] else {}
     n_layers = int(cfg.get("n_layers", 0))
-    tokens = list(meta["tokens"] or [])
-    if token_strs is None:
-        token_strs = circuits.token_strings(meta["model"], tokens)
+    token_strs = token_strs or found["token_strs"]
     rows = {r["node_id"]: r for r in nodes.iter_rows(named=True)}
     target = rows["target"]
     logit_target = meta["target"].startswith("logit:")

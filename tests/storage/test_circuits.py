@@ -10,7 +10,7 @@ import torch
 
 from interp.attribution import LogitTarget, attribute
 from interp.edges import feature_edges
-from storage import circuits, db, graph_export
+from storage import circuits, db, graph_export, queries
 from tests.interp.test_edges import make_transcoders
 
 TOKENS = torch.tensor([1, 20, 31, 15, 22, 9, 40, 41])
@@ -34,8 +34,9 @@ def test_graph_round_trip_and_idempotent_rewrite(atlas_home, graph):
         gid == circuits.graph_id("tiny", "some prompt", target) != circuits.graph_id("tiny", "other", target)
     )
     circuits.write_graph(graph, "tiny", "some prompt", target, IDS)  # same id: replaced, not duplicated
-    meta, nodes, edges = circuits.read_graph(gid)
-    assert meta["tokens"] == TOKENS.tolist() and meta["config"]["transcoder_ids"]["1"] == IDS[1]
+    found = queries.graph(gid)
+    meta, nodes, edges = found["graph"], found["nodes"], found["edges"]
+    assert meta["tokens"] == TOKENS.tolist() and json.loads(meta["config"])["transcoder_ids"]["1"] == IDS[1]
     assert nodes.height == len(graph.nodes) and edges.height == len(graph.edges)
     assert db.query("SELECT count(*) AS n FROM graphs")["n"][0] == 1
     feats = nodes.filter(nodes["kind"] == "feature")
@@ -45,7 +46,7 @@ def test_graph_round_trip_and_idempotent_rewrite(atlas_home, graph):
     assert into_target == pytest.approx(meta["target_value"], rel=1e-4)
     circuits.delete_graphs_except("tiny", [])
     assert (
-        circuits.list_graphs("tiny").height == 0
+        queries.graphs().height == 0
         and db.query("SELECT count(*) n FROM graph_edges")["n"][0] == 0
     )
 
@@ -86,10 +87,11 @@ def test_feature_edges_rows_and_replace(atlas_home):
     assert n == 10 * 3 * (1 + 2 * 2)  # resid + 2 heads in each of layers 1, 2
     assert circuits.write_feature_edges("tiny", frames, ids.values()) == n
     assert db.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == n
-    up = circuits.upstream("tiny/L2/relu-10", 4, via="resid")
+    up = db.query(
+        "SELECT * FROM feature_edges WHERE dst_transcoder_id = ? AND dst_feature = 4 AND via = 'resid' ORDER BY rank",
+        ["tiny/L2/relu-10"],
+    )
     expected = (tcs[0].W_dec @ tcs[2].W_enc[:, 4]).detach()
     assert up["src_feature"].to_list() == expected.abs().topk(3).indices.tolist()
     assert up["weight"].to_list() == pytest.approx(expected[up["src_feature"].to_list()].tolist(), rel=1e-5)
     assert up["rank"].to_list() == [0, 1, 2] and set(up["src_transcoder_id"]) == {"tiny/L0/relu-10"}
-    down = circuits.downstream("tiny/L0/relu-10", int(up["src_feature"][0]))
-    assert "tiny/L2/relu-10" in down["dst_transcoder_id"].to_list()
