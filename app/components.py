@@ -28,8 +28,12 @@ def esc(text: object) -> str:
 
 
 def show_token(token: str) -> str:
-    """Make whitespace visible: newline as a return arrow, tab as an arrow, empty as a middle dot."""
-    return token.replace("\n", "\u21b5").replace("\t", "\u2192") or "\u00b7"
+    """Make whitespace visible: newline as a return arrow, tab as an arrow, an all-space token as open boxes,
+    the empty string as a middle dot."""
+    shown = token.replace("\n", "\u21b5").replace("\t", "\u2192")
+    if not shown:
+        return "\u00b7"
+    return shown if shown.strip() else shown.replace(" ", "\u2423")
 
 
 def card_url(transcoder_id: str, feature: int) -> str:

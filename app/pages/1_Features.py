@@ -1,6 +1,5 @@
 """Feature browser: filter by layer, density, label text and "fires on token X"; every row links to its card."""
 
-import polars as pl
 import streamlit as st
 
 from app import components
@@ -21,23 +20,27 @@ order = st.selectbox("Sort by", queries.FEATURE_SORTS, index=1, key="order")
 limit = st.number_input("Rows", 10, 5000, 500, step=100, key="limit")
 
 rows = queries.search_features(layers, density, label, token, order, int(limit))
-st.caption(f"{rows.height} features (sorted by {order}, descending; click a column header to re-sort)")
+st.caption(
+    f"{rows.height} features (sorted by {order}, descending; click a column header to re-sort, "
+    "select a row to open its card)"
+)
 if rows.height == 0:
     st.info("No feature matches these filters.")
     st.stop()
-rows = rows.with_columns(
-    card=pl.struct("transcoder_id", "feature").map_elements(
-        lambda r: components.card_url(r["transcoder_id"], r["feature"]), return_dtype=pl.String
-    )
-)
-st.dataframe(
-    rows.select(
-        "card", "layer", "feature", "label", "density", "mean_act", "max_act", "token_act", "transcoder_id"
-    ),
+columns = ["layer", "feature", "label", "density", "mean_act", "max_act", "transcoder_id"]
+if token.strip():
+    columns.insert(3, "token_act")
+event = st.dataframe(
+    rows.select(columns),
     key="features_table",
     hide_index=True,
-    column_config={
-        "card": st.column_config.LinkColumn("card", display_text=r"feature=(\d+)"),
-        "density": st.column_config.NumberColumn(format="%.5f"),
-    },
+    on_select="rerun",
+    selection_mode="single-row",
+    column_config={"density": st.column_config.NumberColumn(format="%.5f")},
 )
+if event.selection.rows:  # a selected row opens its card
+    picked = rows.row(event.selection.rows[0], named=True)
+    st.switch_page(
+        "pages/2_Feature_card.py",
+        query_params={"transcoder": picked["transcoder_id"], "feature": str(picked["feature"])},
+    )

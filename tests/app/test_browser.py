@@ -137,6 +137,15 @@ def test_card_and_circuit_pages_render_in_headless_chromium(server, atlas_db, tm
         page.locator("svg.atlas-graph a.atlas-node").first.click()
         page.wait_for_selector(".atlas-example .atlas-tok", timeout=120_000)
         assert "L0 #3" in page.inner_text("h2.atlas-card-title")
+        # the feature browser: selecting a row (its marker at the grid's left edge) opens that feature's card
+        page.goto(f"{server}/Features")
+        grid = page.wait_for_selector(
+            "[data-testid='stDataFrame'] [data-testid='data-grid-canvas']", timeout=120_000
+        )
+        box = grid.bounding_box()
+        page.mouse.click(box["x"] + 14, box["y"] + 35 + 18)  # header row is 35 px; first data row below it
+        page.wait_for_selector(".atlas-example .atlas-tok", timeout=120_000)
+        assert page.inner_text("h2.atlas-card-title").startswith("L0 #15")  # highest max_act, lowest layer
         assert dialogs == [], f"a token string executed script: {dialogs}"
         browser.close()
     for name in ("feature_card.png", "circuits.png"):
