@@ -201,3 +201,93 @@ def coverage(transcoder_id: str, min_examples: int = 20) -> dict[str, int]:
         {"tid": transcoder_id, "min": min_examples},
     )
     return row.row(0, named=True)
+
+
+_CARD_SQL = """
+WITH ex AS (
+  SELECT e.kind, e.rank, e.context_id, e.position, e.activation, e.window_start, e.token_acts,
+         c.tokens[e.window_start + 1 : e.window_start + len(e.token_acts)] AS token_ids
+  FROM feature_examples e JOIN contexts c USING (context_id)
+  WHERE e.transcoder_id = $tid AND e.feature = $feature)
+SELECT
+  (SELECT r FROM (SELECT t.model, t.layer, t.architecture, t.d_sae, f.* EXCLUDE (transcoder_id)
+                   FROM features f JOIN transcoders t USING (transcoder_id)
+                   WHERE f.transcoder_id = $tid AND f.feature = $feature) r) AS stats,
+  (SELECT list({kind: kind, rank: rank, context_id: context_id, position: position, activation: activation,
+                window_start: window_start, token_acts: token_acts, token_ids: token_ids}) FROM ex) AS examples,
+  (SELECT list({kind: kind, rank: rank, token_id: token_id, value: value} ORDER BY kind, rank)
+   FROM feature_tokens WHERE transcoder_id = $tid AND feature = $feature) AS effects,
+  (SELECT list({transcoder_id: n.nb_transcoder_id, feature: n.nb_feature, layer: t.layer, cosine: n.cosine,
+                label: f.label} ORDER BY n.rank)
+   FROM feature_neighbors n LEFT JOIN transcoders t ON t.transcoder_id = n.nb_transcoder_id
+   LEFT JOIN features f ON f.transcoder_id = n.nb_transcoder_id AND f.feature = n.nb_feature
+   WHERE n.transcoder_id = $tid AND n.feature = $feature) AS neighbors
+"""
+
+_KIND_ORDER = {"top": (0, 0)}
+_VOCAB_CACHE: dict[tuple[str, str], dict[int, str]] = {}
+
+
+def _token_strings(con, model: str) -> dict[int, str]:
+    """Token strings of `model` (a tokenizer's vocabulary never changes under one model name: cached per process
+    and database file)."""
+    path = con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone()
+    key = (str(path[0] if path else ""), model)
+    if key not in _VOCAB_CACHE:
+        rows = con.execute("SELECT token_id, token_str FROM vocab WHERE model = ?", [model]).fetchall()
+        _VOCAB_CACHE[key] = dict(rows)
+    return _VOCAB_CACHE[key]
+
+
+def _kind_key(kind: str) -> tuple[int, int]:
+    """'top' first, then quantile bands strongest first ('q3' before 'q0')."""
+    return _KIND_ORDER.get(kind, (1, -int(kind[1:])) if kind[1:].isdigit() else (2, 0))
+
+
+def feature_card(transcoder_id: str, feature: int, con=None) -> dict | None:
+    """Everything a feature card shows, in ONE query (None if the feature has no `features` row).
+
+    Keys: transcoder_id, feature, stats (features row + model, layer, architecture, d_sae), examples (kind,
+    rank, context_id, position, activation, tokens [str], acts [float], highlight = index of the example token in
+    tokens; 'top' first, then bands strongest first), token_effects {kind: [(token_str, value)]}, neighbors
+    (transcoder_id, feature, layer, cosine, label). Pass an open read-only connection `con` to reuse it.
+    """
+    if con is None:
+        with db.reader() as own:
+            return feature_card(transcoder_id, feature, own)
+    stats, examples, effects, neighbors = con.execute(
+        _CARD_SQL, {"tid": transcoder_id, "feature": int(feature)}
+    ).fetchone()
+    if stats is None:
+        return None
+    strs = _token_strings(con, stats["model"])
+
+    def tok(i: int) -> str:
+        return strs.get(i, f"<{i}>")
+
+    cards = [
+        {
+            "kind": e["kind"],
+            "rank": e["rank"],
+            "context_id": e["context_id"],
+            "position": e["position"],
+            "activation": e["activation"],
+            "tokens": [tok(i) for i in e["token_ids"]],
+            "acts": list(e["token_acts"])[: len(e["token_ids"])],
+            "highlight": e["position"] - e["window_start"],
+        }
+        for e in sorted(examples or [], key=lambda e: (_kind_key(e["kind"]), e["rank"]))
+    ]
+    token_effects: dict[str, list[tuple[str, float]]] = {}
+    for t in effects or []:
+        token_effects.setdefault(t["kind"], []).append((tok(t["token_id"]), t["value"]))
+    return {
+        "transcoder_id": transcoder_id,
+        "feature": int(feature),
+        "stats": stats,
+        "examples": cards,
+        "token_effects": token_effects,
+        "neighbors": neighbors or [],
+    }

@@ -10,6 +10,7 @@ from assets.features import feature_tokens, features
 from storage import corpus as corpus_store
 from storage import db
 from storage import example_queries as eq
+from storage import features as feature_store
 from tests.storage.test_features import build_atlas
 
 
@@ -64,6 +65,34 @@ def test_every_example_query_runs_and_answers_its_question(atlas):
     text = eq.run("strongest_examples_of_feature", layer=1, feature=int(top))
     assert text["rank"].to_list() == list(range(text.height)) and (text["text"].str.len_chars() == 8).all()
     assert text["activation"].is_sorted(descending=True)
+
+
+def test_feature_card_reads_everything_in_one_query(atlas):
+    tid = atlas[1]
+    f = int(
+        db.query("SELECT feature FROM features WHERE transcoder_id = ? ORDER BY n_active DESC", [tid])[
+            "feature"
+        ][0]
+    )
+    card = feature_store.feature_card(tid, f)
+    row = db.query("SELECT * FROM features WHERE transcoder_id = ? AND feature = ?", [tid, f]).row(
+        0, named=True
+    )
+    assert card["stats"]["label"] == row["label"] and card["stats"]["layer"] == 1
+    kinds = [e["kind"] for e in card["examples"]]
+    assert kinds[0] == "top" and kinds.count("top") == 6
+    bands = [k for k in kinds if k != "top"]
+    assert bands == sorted(bands, reverse=True)  # strongest band first
+    model = card["stats"]["model"]
+    vocab = corpus_store.token_strings(model)
+    for e in card["examples"]:
+        ctx = corpus_store.contexts_by_id([e["context_id"]])[0].tolist()
+        start = e["position"] - e["highlight"]
+        assert e["tokens"] == [vocab[t] for t in ctx[start : start + len(e["tokens"])]]
+        assert e["acts"][e["highlight"]] == pytest.approx(e["activation"])
+    assert set(card["token_effects"]) == {"deembed", "logit_top", "logit_bottom"}
+    assert len(card["neighbors"]) == 10 and card["neighbors"][0]["cosine"] >= card["neighbors"][-1]["cosine"]
+    assert feature_store.feature_card(tid, 10_000) is None
 
 
 def test_unknown_parameter_is_a_clear_error():
