@@ -14,6 +14,7 @@ STAGES = [
     "assets.activations",
     "assets.transcoders",
     "assets.features",
+    "assets.circuits",
 ]
 
 _modules = [importlib.import_module(name) for name in STAGES]

@@ -154,3 +154,24 @@ def delete_graphs_except(model: str, keep: Iterable[str]) -> None:
         for table in ("graph_edges", "graph_nodes", "graphs"):
             con.execute(f"DELETE FROM {table} WHERE graph_id IN ({stale})", [model, keep])
         con.execute("COMMIT")
+
+
+def bookkeeping_residuals(model: str) -> pl.DataFrame:
+    """Per non-leaf graph node: its value, the sum of its incoming edges, and the mismatch relative to the
+    node's scale (max of |value| and the sum of |incoming|), worst first. Should be ~1e-6 (float32 rows)."""
+    return db.query(
+        """
+        SELECT *, abs(incoming - activation) / greatest(abs(activation), magnitude, 1e-9) AS rel_error
+        FROM (
+            SELECT n.graph_id, n.node_id, n.kind, n.activation,
+                   sum(e.weight) AS incoming, sum(abs(e.weight)) AS magnitude
+            FROM graph_nodes n
+            JOIN graphs g USING (graph_id)
+            JOIN graph_edges e ON e.graph_id = n.graph_id AND e.dst_node = n.node_id
+            WHERE g.model = ? AND n.kind IN ('target', 'feature', 'attn')
+            GROUP BY n.graph_id, n.node_id, n.kind, n.activation
+        )
+        ORDER BY rel_error DESC
+        """,
+        [model],
+    )

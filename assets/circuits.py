@@ -1,0 +1,158 @@
+"""Assets `feature_edges` and `attribution_graphs`: the paper's circuit analysis over the latest transcoder of
+every atlas layer (interp.edges, interp.attribution -> storage.circuits).
+
+`feature_edges` needs only the weights: for every downstream feature, the top-k upstream features through the
+residual stream and through each attention head's OV circuit. `attribution_graphs` runs the greedy path search
+for each configured prompt and target and also exports circuit-tracer / Neuronpedia JSON under
+$ATLAS_HOME/exports. Both use every trained layer; a layer whose transcoder failed its quality gate is used too
+(circuits of a poor transcoder are still exact about that transcoder) and named in the metadata.
+"""
+
+import time
+
+import dagster as dg
+import polars as pl
+import torch
+
+from assets import resources, settings
+from assets.metadata import md_table
+from interp.attribution import FeatureTarget, attribute, parse_target, target_string
+from interp.edges import feature_edges as compute_feature_edges
+from interp.edges import ov_weights
+from interp.transcoder import Transcoder
+from storage import circuits, graph_export
+from storage import transcoders as tc_store
+
+
+class FeatureEdgesConfig(dg.Config):
+    k: int = 8  # upstream features kept per downstream feature and via
+    heads: bool = True  # also through each attention head's OV circuit (else the residual stream only)
+    block: int = 2048  # features per block: working memory ~ 2 x block² floats, independent of d_sae
+
+
+class GraphSpec(dg.Config):
+    prompt: str  # BOS is prepended, as in the corpus contexts
+    target: str  # 'logit:"<tok>"[-"<tok>"][@pos]' or 'feature:<transcoder id or L<layer>>:<feature>[@pos]'
+
+
+class AttributionGraphsConfig(dg.Config):
+    # Behaviours SmolLM2-135M does well (p of the first token: 0.84, 0.84, 0.62).
+    graphs: list[GraphSpec] = [  # dicts: Dagster validates defaults as plain config
+        {
+            "prompt": "When Mary and John went to the store, John gave a drink to",
+            "target": 'logit:" Mary"-" John"',
+        },
+        {"prompt": "In 1999, the company grew. In 2000, it grew again. In 200", "target": 'logit:"1"-"0"'},
+        {"prompt": "Mr. Smith went to Washington. Later that day Mr.", "target": 'logit:" Smith"'},
+    ]
+    n_paths: int = 16  # paths kept per step of the greedy search (the paper's number of branches)
+    n_steps: int = 3  # search depth in steps (the paper's number of iterations)
+    export_json: bool = True  # also write circuit-tracer JSON to $ATLAS_HOME/exports/graph-<id>.json
+
+
+def atlas_transcoders(device: str) -> tuple[dict[int, str], dict[int, Transcoder], list[str]]:
+    """(layer -> transcoder id, layer -> Transcoder, ids that failed their gate) for the atlas layers."""
+    model_name = settings.model_name()
+    listed = tc_store.list_transcoders(model_name).filter(pl.col("layer").is_in(settings.layers()))
+    if listed.height == 0:
+        raise LookupError(f"No transcoders for {model_name}; materialize `transcoders` first.")
+    ids = dict(zip(listed["layer"].to_list(), listed["transcoder_id"].to_list()))
+    tcs = {
+        layer: tc_store.load_transcoder(tid, device=device).requires_grad_(False)
+        for layer, tid in ids.items()
+    }
+    failed = [tid for tid in ids.values() if not tc_store.gate_status(tid)[0]]
+    return ids, tcs, failed
+
+
+@dg.asset(deps=["transcoders"], group_name="circuits", kinds={"pytorch", "duckdb"})
+def feature_edges(context: dg.AssetExecutionContext, config: FeatureEdgesConfig) -> dg.MaterializeResult:
+    """Input-invariant feature-to-feature weights (top-k upstream per downstream feature, per resid/head)."""
+    device = settings.device()
+    ids, tcs, failed = atlas_transcoders(device)
+    W_V, W_O = (w.detach().to(device) for w in ov_weights(resources.model()))
+    t0 = time.perf_counter()
+    frames = [
+        circuits.edges_frame(top, ids)
+        for top in compute_feature_edges(tcs, W_V, W_O, k=config.k, heads=config.heads, block=config.block)
+    ]
+    seconds = time.perf_counter() - t0
+    n = circuits.write_feature_edges(settings.model_name(), frames, ids.values())
+    context.log.info(f"{n} feature edges over layers {sorted(ids)} in {seconds:.1f} s")
+    strongest = pl.concat(frames).sort(pl.col("weight").abs(), descending=True) if frames else pl.DataFrame()
+    return dg.MaterializeResult(
+        metadata={
+            "rows": n,
+            "vias": len(frames),
+            "seconds": round(seconds, 2),
+            "transcoder_ids": ", ".join(ids.values()),
+            "gate_failed": ", ".join(failed) or "none",
+            "strongest": md_table(strongest, max_rows=15),
+        }
+    )
+
+
+@dg.asset(deps=["transcoders", dg.AssetDep("features")], group_name="circuits", kinds={"pytorch", "duckdb"})
+def attribution_graphs(
+    context: dg.AssetExecutionContext, config: AttributionGraphsConfig
+) -> dg.MaterializeResult:
+    """Attribution graphs of the configured prompts/targets (greedy path search, error/bias/pruned nodes)."""
+    model, model_name = resources.model(), settings.model_name()
+    device = settings.device()
+    ids, tcs, failed = atlas_transcoders(device)
+    tok = model.tokenizer
+    rows, kept = [], []
+    for spec in config.graphs:
+        spec = spec if isinstance(spec, GraphSpec) else GraphSpec(**spec)  # defaults arrive as dicts
+        prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        tokens = torch.tensor(prefix + tok(spec.prompt, add_special_tokens=False)["input_ids"], device=device)
+        target = parse_target(spec.target, tok)
+        if isinstance(target, FeatureTarget) and target.layer not in tcs:
+            raise ValueError(
+                f"Target {spec.target!r}: layer {target.layer} has no transcoder (have {sorted(tcs)})."
+            )
+        canonical = target_string(target, len(tokens), ids.get(getattr(target, "layer", None)))
+        token_strs = tok.convert_ids_to_tokens(tokens.tolist())
+        t0 = time.perf_counter()
+        graph = attribute(model, tokens, tcs, target, config.n_paths, config.n_steps, token_strs=token_strs)
+        seconds = time.perf_counter() - t0
+        gid = circuits.write_graph(graph, model_name, spec.prompt, canonical, ids)
+        kept.append(gid)
+        if config.export_json:
+            graph_export.export_graph(gid)
+        top = graph.top_paths(1)
+        rows.append(
+            {
+                "graph_id": gid,
+                "prompt": spec.prompt,
+                "target": canonical,
+                "value": graph.target_value,
+                "nodes": len(graph.nodes),
+                "edges": len(graph.edges),
+                "seconds": round(seconds, 2),
+                "top_path": " ← ".join(graph.nodes[n].label for n in top[0][1]) if top else "",
+            }
+        )
+        context.log.info(f"graph {gid}: {spec.prompt!r} {canonical} in {seconds:.1f} s")
+    circuits.delete_graphs_except(model_name, kept)
+    return dg.MaterializeResult(
+        metadata={
+            "graphs": md_table(pl.DataFrame(rows)),
+            "graph_ids": ", ".join(kept),
+            "gate_failed": ", ".join(failed) or "none",
+        }
+    )
+
+
+@dg.asset_check(asset=attribution_graphs, description="Every node's incoming edge weights sum to its value.")
+def graphs_balance() -> dg.AssetCheckResult:
+    worst = circuits.bookkeeping_residuals(settings.model_name())
+    bad = worst.filter(pl.col("rel_error") > 1e-3)
+    return dg.AssetCheckResult(
+        passed=bad.height == 0,
+        metadata={"nodes_checked": worst.height, "worst": md_table(worst.head(10))},
+    )
+
+
+ASSETS = [feature_edges, attribution_graphs]
+CHECKS = [graphs_balance]

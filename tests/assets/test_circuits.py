@@ -1,0 +1,102 @@
+"""Assets `feature_edges` and `attribution_graphs` on the tiny model with random transcoders in the database:
+rows match interp, re-runs replace instead of duplicating, dropped prompts disappear, the balance check passes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import dagster as dg
+import polars as pl
+import pytest
+import torch
+
+from assets.circuits import attribution_graphs, feature_edges, graphs_balance
+from interp.attribution import parse_target
+from storage import db, layout, queries
+from storage import transcoders as tc_store
+from tests.interp.test_edges import make_transcoders
+
+GRAPHS = {
+    "graphs": [
+        {"prompt": "hello world, hello", "target": 'logit:" "-"w"'},
+        {"prompt": "abc abc ab", "target": "feature:tiny/L2/relu-24:3@-2"},
+    ],
+    "n_paths": 8,
+    "n_steps": 2,
+}
+
+
+@pytest.fixture
+def atlas(atlas_home, tiny_model, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ATLAS_MODEL", tiny_model_dir)
+    monkeypatch.setenv("ATLAS_LAYERS", "0,2")
+    monkeypatch.setenv("ATLAS_DEVICE", "cpu")
+    tcs = make_transcoders([0, 2], tiny_model.cfg.d_model, d_sae=24, seed=5)
+    for layer, tc in tcs.items():
+        tc.cfg.model_name = tiny_model_dir
+        with torch.no_grad():
+            tc.W_dec.mul_(0.01)
+        tc_store.save_transcoder(
+            tc, f"tiny/L{layer}/relu-24", {}, 0, pl.DataFrame(), {"gate_passed": layer == 0}
+        )
+    return tcs
+
+
+def _run(assets, config: dict) -> dg.ExecuteInProcessResult:
+    return dg.materialize(assets, run_config={"ops": config}, raise_on_error=True)
+
+
+def test_feature_edges_asset_writes_topk_rows(atlas, tiny_model):
+    cfg = {"feature_edges": {"config": {"k": 4, "block": 10}}}
+    res = _run([feature_edges], cfg)
+    n_vias = 1 + 2 * tiny_model.cfg.n_heads  # resid + heads of layers 1 and 2
+    assert db.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == 24 * 4 * n_vias
+    _run([feature_edges], cfg)  # idempotent
+    assert db.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == 24 * 4 * n_vias
+    meta = res.asset_materializations_for_node("feature_edges")[0].metadata
+    assert meta["gate_failed"].value == "tiny/L2/relu-24"
+    row = db.query(
+        "SELECT * FROM feature_edges WHERE via = 'resid' AND dst_feature = 7 ORDER BY rank LIMIT 1"
+    )
+    w = (atlas[0].W_dec[row["src_feature"][0]] @ atlas[2].W_enc[:, 7]).item()
+    assert row["weight"][0] == pytest.approx(w, rel=1e-5)
+
+
+def test_attribution_graphs_asset_stores_balanced_graphs_and_exports(atlas, tiny_model):
+    res = _run([attribution_graphs], {"attribution_graphs": {"config": GRAPHS}})
+    graphs = queries.graphs()
+    assert graphs.height == 2
+    assert set(graphs["target"]) == {
+        f"logit:{parse_target(GRAPHS['graphs'][0]['target'], tiny_model.tokenizer).token}-"
+        f"{parse_target(GRAPHS['graphs'][0]['target'], tiny_model.tokenizer).other}@18",
+        "feature:tiny/L2/relu-24:3@9",
+    }
+    check = dg.materialize(
+        [attribution_graphs, graphs_balance], run_config={"ops": {"attribution_graphs": {"config": GRAPHS}}}
+    )
+    assert all(c.passed for c in check.get_asset_check_evaluations())
+    for gid in graphs["graph_id"]:
+        path = layout.join(layout.exports_dir(), f"graph-{gid}.json")
+        assert os.path.exists(path) and json.load(open(path))["metadata"]["slug"] == gid
+    # the logit target's value is the model's own logit difference
+    logit_graph = graphs.filter(pl.col("target").str.starts_with("logit"))
+    toks = torch.tensor(
+        [[1] + tiny_model.tokenizer("hello world, hello", add_special_tokens=False)["input_ids"]]
+    )
+    logits = tiny_model(toks)[0, -1]
+    t = parse_target(GRAPHS["graphs"][0]["target"], tiny_model.tokenizer)
+    assert logit_graph["target_value"][0] == pytest.approx(float(logits[t.token] - logits[t.other]), rel=1e-4)
+    # dropping a prompt from the config removes its graph, nodes and edges
+    one = {**GRAPHS, "graphs": GRAPHS["graphs"][:1]}
+    _run([attribution_graphs], {"attribution_graphs": {"config": one}})
+    assert queries.graphs().height == 1
+    assert db.query("SELECT count(DISTINCT graph_id) AS n FROM graph_nodes")["n"][0] == 1
+    assert res.success
+
+
+def test_definitions_load_with_circuits():
+    from assets.definitions import defs
+
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"feature_edges", "attribution_graphs"} <= keys
