@@ -39,6 +39,12 @@ if curves.height:
     )
 
 st.header("Lineage")
+st.caption("Corpus contexts -> activation shards -> transcoders (each with its full training config)")
+corpus, shards = queries.corpus_summary(), queries.activation_summary()
+if corpus.height:
+    st.dataframe(corpus, key="corpus_table", hide_index=True)
+if shards.height:
+    st.dataframe(shards, key="shards_table", hide_index=True)
 for row in queries.lineage():
     with st.expander(f"{row['transcoder_id']}  (model {row['model']}, layer {row['layer']})"):
         st.write(f"Weights: `{row['weights_path']}`")

@@ -61,6 +61,23 @@ def lineage() -> list[dict[str, Any]]:
     return out
 
 
+def corpus_summary() -> pl.DataFrame:
+    """Documents, contexts and tokens per split (what text the atlas was built from)."""
+    return db.query(
+        "SELECT split, count(DISTINCT source) AS documents, count(*) AS contexts, "
+        "sum(len(tokens))::BIGINT AS tokens FROM contexts GROUP BY split ORDER BY split"
+    )
+
+
+def activation_summary() -> pl.DataFrame:
+    """Harvested activation shards per model, layer and split (hooks, tokens, storage dtype)."""
+    return db.query(
+        "SELECT model, layer, split, hook_in, hook_out, count(*) AS shards, sum(n_tokens)::BIGINT AS tokens, "
+        "any_value(dtype) AS dtype, max(created_at) AS created_at "
+        "FROM activation_shards GROUP BY model, layer, split, hook_in, hook_out ORDER BY model, layer, split"
+    )
+
+
 def training_curves() -> pl.DataFrame:
     return db.query(
         "SELECT transcoder_id, step, tokens, loss, mse, sparsity_loss, l0, fvu, dead_frac, lr "

@@ -61,6 +61,12 @@ def test_home_shows_transcoders_metrics_curves_and_lineage(atlas_db):
     table = at.dataframe[0].value
     assert list(table["layer"]) == [0, 1] and list(table["l0"]) == pytest.approx([12.0, 13.0])
     assert at.selectbox(key="curve_metric").value == "fvu"
+    corpus = at.dataframe[1].value  # lineage: the fixture's 6 eval contexts of 12 tokens from one document
+    assert (
+        list(corpus["contexts"]) == [6]
+        and list(corpus["tokens"]) == [72]
+        and list(corpus["documents"]) == [1]
+    )
     assert len(at.expander) == 2 and "corpus" in at.expander[0].json[0].value
 
 
