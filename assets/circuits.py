@@ -19,9 +19,7 @@ from assets.metadata import md_table
 from interp.attribution import FeatureTarget, attribute, parse_target, target_string
 from interp.edges import feature_edges as compute_feature_edges
 from interp.edges import ov_weights
-from interp.transcoder import Transcoder
 from storage import circuits, graph_export
-from storage import transcoders as tc_store
 
 
 class FeatureEdgesConfig(dg.Config):
@@ -50,26 +48,11 @@ class AttributionGraphsConfig(dg.Config):
     export_json: bool = True  # also write circuit-tracer JSON to $ATLAS_HOME/exports/graph-<id>.json
 
 
-def atlas_transcoders(device: str) -> tuple[dict[int, str], dict[int, Transcoder], list[str]]:
-    """(layer -> transcoder id, layer -> Transcoder, ids that failed their gate) for the atlas layers."""
-    model_name = settings.model_name()
-    listed = tc_store.list_transcoders(model_name).filter(pl.col("layer").is_in(settings.layers()))
-    if listed.height == 0:
-        raise LookupError(f"No transcoders for {model_name}; materialize `transcoders` first.")
-    ids = dict(zip(listed["layer"].to_list(), listed["transcoder_id"].to_list()))
-    tcs = {
-        layer: tc_store.load_transcoder(tid, device=device).requires_grad_(False)
-        for layer, tid in ids.items()
-    }
-    failed = [tid for tid in ids.values() if not tc_store.gate_status(tid)[0]]
-    return ids, tcs, failed
-
-
 @dg.asset(deps=["transcoders"], group_name="circuits", kinds={"pytorch", "duckdb"})
 def feature_edges(context: dg.AssetExecutionContext, config: FeatureEdgesConfig) -> dg.MaterializeResult:
     """Input-invariant feature-to-feature weights (top-k upstream per downstream feature, per resid/head)."""
     device = settings.device()
-    ids, tcs, failed = atlas_transcoders(device)
+    ids, tcs, failed = circuits.load_atlas_transcoders(settings.model_name(), settings.layers(), device)
     W_V, W_O = (w.detach().to(device) for w in ov_weights(resources.model()))
     t0 = time.perf_counter()
     frames = [
@@ -99,7 +82,7 @@ def attribution_graphs(
     """Attribution graphs of the configured prompts/targets (greedy path search, error/bias/pruned nodes)."""
     model, model_name = resources.model(), settings.model_name()
     device = settings.device()
-    ids, tcs, failed = atlas_transcoders(device)
+    ids, tcs, failed = circuits.load_atlas_transcoders(settings.model_name(), settings.layers(), device)
     tok = model.tokenizer
     rows, kept = [], []
     for spec in config.graphs:

@@ -18,12 +18,33 @@ import polars as pl
 
 from interp.attribution import AttributionGraph
 from interp.edges import TopEdges
+from interp.transcoder import Transcoder
 from storage import db
+from storage import transcoders as tc_store
 
 
 def graph_id(model: str, prompt: str, target: str) -> str:
     """Stable id of the graph of `target` on `prompt` under `model` (16 hex digits)."""
     return hashlib.sha256(f"{model}\x00{prompt}\x00{target}".encode()).hexdigest()[:16]
+
+
+def load_atlas_transcoders(
+    model: str, layers: Iterable[int] | None, device: str = "cpu"
+) -> tuple[dict[int, str], dict[int, Transcoder], list[str]]:
+    """(layer -> id, layer -> Transcoder, ids that failed their quality gate) of the latest transcoder of each of
+    `layers` (None: every trained layer). Circuits use failed transcoders too, and say so."""
+    listed = tc_store.list_transcoders(model)
+    if layers is not None:
+        listed = listed.filter(pl.col("layer").is_in(list(layers)))
+    if listed.height == 0:
+        raise LookupError(f"No transcoders for {model}; materialize `transcoders` first (make atlas).")
+    ids = dict(zip(listed["layer"].to_list(), listed["transcoder_id"].to_list()))
+    tcs = {
+        layer: tc_store.load_transcoder(tid, device=device).requires_grad_(False)
+        for layer, tid in ids.items()
+    }
+    failed = [tid for tid in ids.values() if not tc_store.gate_status(tid)[0]]
+    return ids, tcs, failed
 
 
 # ---- feature_edges -------------------------------------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""Circuits: feature_edges throughput against this machine's matmul rate, its working memory at two d_sae sizes,
+and seconds per attribution graph on the real model, all measured in the same run.
+
+  matmul FLOP/s        the score GEMM of one block, [block, d_model] @ [d_model, block], timed bare
+  feature_edges        useful FLOPs (2 d_sae_src d_sae_dst r per via, r = d_model for 'resid', d_head per head)
+                       per second, as a fraction of the bare matmul rate (the rest: the running top-k, factors)
+  peak memory          extra resident memory while computing edges (sampled every 2 ms) at d_sae and 4 x d_sae,
+                       next to the output size and what one dense d_sae x d_sae float32 matrix would take
+  attribution graph    seconds for a 64-token prompt on the embedded SmolLM2 (4 layers of transcoders: trained ones
+                       from the atlas database when present, else random sparse ones), next to a bare forward pass
+
+Synthetic weights with d_model 576 / 9 heads / d_head 64 (SmolLM2 shapes). ATLAS_BENCH_DSAE sets the smaller
+d_sae (default 2304).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import torch
+
+from interp.attribution import LogitTarget, PromptCache, attribute
+from interp.edges import feature_edges
+from interp.transcoder import Transcoder, TranscoderConfig
+
+D_MODEL, N_HEADS, D_HEAD, N_LAYERS = 576, 9, 64, 12
+D_SAE = int(os.environ.get("ATLAS_BENCH_DSAE", "2304"))
+BLOCK = 2048
+
+
+def _transcoders(layers: list[int], d_sae: int, d_model: int = D_MODEL, threshold: float = 2.45) -> dict:
+    """Random unit-norm encoders with b_enc = -threshold: ~0.7% of features active on a unit-rms input."""
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for layer in layers:
+        tc = Transcoder(
+            TranscoderConfig(d_in=d_model, d_sae=d_sae, d_out=d_model, layer=layer)
+        ).requires_grad_(False)
+        tc.W_enc.normal_(generator=g).div_(tc.W_enc.norm(dim=0, keepdim=True))
+        tc.W_dec.normal_(generator=g).div_(d_model**0.5)
+        tc.b_enc.fill_(-threshold)
+        out[layer] = tc
+    return out
+
+
+def _matmul_flops(repeats: int = 5) -> float:
+    a, b = torch.randn(BLOCK, D_MODEL), torch.randn(D_MODEL, BLOCK)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * 2 * BLOCK * D_MODEL * BLOCK / (time.perf_counter() - t0)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _edges(d_sae: int, heads: bool, layers=(0, 2)) -> tuple[float, float, int]:
+    """(seconds, useful FLOPs, peak extra bytes) of feature_edges over `layers` (weights allocated beforehand)."""
+    tcs = _transcoders(list(layers), d_sae)
+    g = torch.Generator().manual_seed(1)
+    W_V = torch.randn(N_LAYERS, N_HEADS, D_MODEL, D_HEAD, generator=g) / D_MODEL**0.5
+    W_O = torch.randn(N_LAYERS, N_HEADS, D_HEAD, D_MODEL, generator=g) / D_HEAD**0.5
+    flops = 2 * d_sae * d_sae * D_MODEL
+    if heads:
+        flops += sum(
+            2 * d_sae * d_sae * D_HEAD for m in range(layers[0] + 1, layers[1] + 1) for _ in range(N_HEADS)
+        )
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    out = list(feature_edges(tcs, W_V, W_O, k=8, heads=heads, block=BLOCK))
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    assert out
+    return seconds, flops, max(peak[0], _rss()) - base
+
+
+def bench_edges() -> None:
+    rate = _matmul_flops()
+    print(f"   matmul [{BLOCK}x{D_MODEL}]@[{D_MODEL}x{BLOCK}] fp32: {rate / 1e9:.1f} GFLOP/s")
+    for heads in (False, True):
+        seconds, flops, _ = _edges(D_SAE, heads)
+        what = "resid + 18 heads" if heads else "resid only"
+        print(
+            f"   feature_edges L0->L2 d_sae {D_SAE} ({what}): {seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s "
+            f"= {flops / seconds / rate:.2f} of matmul rate"
+        )
+    mb = 2**20
+    for d_sae in (D_SAE, 4 * D_SAE):
+        seconds, _, extra = _edges(d_sae, heads=False)
+        output = 2 * d_sae * 8 * (4 + 8 + 8)  # two vias' worth of [d_sae, k] weight + src layer + src feature
+        print(
+            f"   d_sae {d_sae:6d}: peak extra memory {extra / mb:7.1f} MB (output {output / mb:.1f} MB); "
+            f"one dense d_sae x d_sae matrix would be {d_sae * d_sae * 4 / mb:8.1f} MB ({seconds:.1f} s)"
+        )
+
+
+def _atlas_transcoders(model_name: str, layers: list[int]) -> tuple[dict, str]:
+    try:
+        from storage import transcoders as tc_store
+
+        listed = tc_store.list_transcoders(model_name)
+        rows = [
+            (r["layer"], r["transcoder_id"]) for r in listed.iter_rows(named=True) if r["layer"] in layers
+        ]
+        if rows:
+            return {
+                layer: tc_store.load_transcoder(tid).requires_grad_(False) for layer, tid in rows
+            }, "trained"
+    except Exception:  # no database or no transcoders yet: random ones show the cost just as well
+        pass
+    return _transcoders(layers, 8 * D_MODEL), "random"
+
+
+def bench_graph() -> None:
+    from interp.model import load_model
+    from storage import layout
+
+    models = layout.models_dir()
+    if not os.path.exists(os.path.join(models, "smollm2-135m", "config.json")):
+        print("   attribution graph: skipped (embedded model not converted; run `make data`)")
+        return
+    model = load_model("smollm2-135m", device="cpu", cache_dir=models)
+    tcs, kind = _atlas_transcoders("smollm2-135m", [0, 2, 8, 11])
+    text = "The President spoke to Congress about the economy, the war, and the budget. " * 8
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"][:63]
+    tokens = torch.tensor([model.tokenizer.bos_token_id] + ids)  # [64]
+    with torch.no_grad():
+        model(tokens[None])
+        t0 = time.perf_counter()
+        logits = model(tokens[None])
+        forward = time.perf_counter() - t0
+    target = LogitTarget(int(logits[0, -1].argmax()))
+    t0 = time.perf_counter()
+    pc = PromptCache(model, tokens, tcs)
+    cache_s = time.perf_counter() - t0
+    graph = attribute(model, tokens, tcs, target, n_paths=16, n_steps=3, cache=pc)
+    total = time.perf_counter() - t0
+    print(
+        f"   attribution graph, 64 tokens, {kind} transcoders at layers {sorted(tcs)}: {total:.2f} s "
+        f"(cached forward {cache_s:.2f} s, search {total - cache_s:.2f} s; {len(graph.nodes)} nodes, "
+        f"{len(graph.edges)} edges); bare forward {forward:.3f} s -> {total / forward:.0f}x a forward pass"
+    )
+
+
+def main() -> None:
+    with torch.no_grad():
+        bench_edges()
+        bench_graph()

@@ -1,0 +1,105 @@
+"""Faithfulness on the real SmolLM2 model: the attribution of every direct upstream transcoder feature of every
+node in three graphs predicts the change of that node when the feature is really zero-ablated.
+
+Transcoders for layers 0 and 2 are trained here for a few steps on the model's own activations (quality does
+not matter: the check is about the attribution of whatever transcoder is spliced in). The ablation runs the
+real model with attention patterns, norm scales and the other MLP outputs (the graph's error terms) frozen,
+which is the linear model the graph's edges are defined in. How far live downstream MLPs move the answer is
+printed (measured here: correlation 0.6-0.9 one MLP away, ~0.2 six MLPs away), not asserted.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+import torch
+
+from interp.activations import harvest
+from interp.attribution import (
+    FeatureTarget,
+    PromptCache,
+    ablation_effects,
+    attribute,
+    decompose,
+    effect_correlation,
+    parse_target,
+)
+from interp.model import load_model
+from interp.train import TrainConfig, train
+from interp.transcoder import TranscoderConfig
+
+pytestmark = pytest.mark.slow
+
+MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "data", "models")
+CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "data", "corpora", "sotu", "*.txt")
+PROMPTS = [
+    ("When Mary and John went to the store, John gave a drink to", 'logit:" Mary"-" John"'),
+    ("In 1999, the company grew. In 2000, it grew again. In 200", 'logit:"1"-"0"'),
+    ("Mr. Smith went to Washington. Later that day Mr.", 'logit:" Smith"'),
+]
+LAYERS = [0, 2]
+
+
+@pytest.fixture(scope="module")
+def real():
+    if not os.path.exists(os.path.join(MODELS, "smollm2-135m", "config.json")):
+        pytest.skip("the embedded model is not converted yet (make data)")
+    model = load_model("smollm2-135m", device="cpu", cache_dir=MODELS)
+    tok = model.tokenizer
+    text = (
+        " ".join(open(f).read() for f in sorted(glob.glob(CORPUS))[:4])
+        or " ".join(p for p, _ in PROMPTS) * 200
+    )
+    ids = tok(text, add_special_tokens=False)["input_ids"][: 48 * 63]
+    ctx = torch.tensor(ids).reshape(-1, 63)
+    ctx = torch.cat([torch.full((ctx.shape[0], 1), tok.bos_token_id), ctx], 1)  # [48, 64]
+    acts = {layer: ([], []) for layer in LAYERS}
+    for batch in harvest(model, ctx, torch.arange(len(ctx)), LAYERS, batch_size=16):
+        for layer in LAYERS:
+            acts[layer][0].append(batch.acts[layer][0])
+            acts[layer][1].append(batch.acts[layer][1])
+    tcs = {}
+    for layer in LAYERS:
+        x, y = torch.cat(acts[layer][0]), torch.cat(acts[layer][1])
+        cfg = TrainConfig(
+            d_sae=1152, k=16, batch_size=512, train_tokens=15_000, buffer_tokens=4096, checkpoint_every=0
+        )
+        tc_cfg = TranscoderConfig(d_in=576, d_sae=1152, d_out=576, layer=layer)
+        tcs[layer] = train(lambda x=x, y=y: [{"x": x, "y": y}], cfg, tc_cfg, progress=False).transcoder
+    return model, tcs
+
+
+def test_direct_feature_attributions_predict_ablations(real):
+    model, tcs = real
+    tok = model.tokenizer
+    predicted, frozen, live = [], [], []
+    for prompt, spec in PROMPTS:
+        tokens = torch.tensor([tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"])
+        pc = PromptCache(model, tokens, tcs)
+        target = parse_target(spec, tok)
+        graph = attribute(model, tokens, tcs, target, n_paths=16, n_steps=3, cache=pc)
+        # bookkeeping on the real model too
+        for node_id, node in graph.nodes.items():
+            if node.kind in ("target", "feature", "attn"):
+                incoming = graph.incoming(node_id).values()
+                assert sum(incoming) == pytest.approx(
+                    node.activation, abs=1e-3 * max(1.0, *map(abs, incoming))
+                )
+        dsts = [n for n in graph.nodes.values() if n.kind in ("target", "feature")]
+        for node in dsts:
+            d = decompose(pc, node.stage, node.position, node.reader)
+            if not len(d.feat_w):
+                continue
+            ablations = [(int(la), node.position, int(i)) for la, i in zip(d.feat_layer, d.feat_index)]
+            dst = target if node.kind == "target" else FeatureTarget(node.layer, node.feature, node.position)
+            frozen += ablation_effects(
+                model, tokens, tcs, dst, ablations, freeze=("pattern", "scale", "mlp")
+            ).tolist()
+            live += ablation_effects(model, tokens, tcs, dst, ablations, freeze=("pattern", "scale")).tolist()
+            predicted += (-d.feat_w).tolist()
+    r_frozen, r_live = effect_correlation(predicted, frozen), effect_correlation(predicted, live)
+    print(f"\n{len(predicted)} edges: correlation {r_frozen:.4f} (errors frozen), {r_live:.4f} (MLPs live)")
+    assert len(predicted) >= 200
+    assert r_frozen >= 0.95
