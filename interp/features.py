@@ -18,7 +18,8 @@ Algorithm, per chunk of C complete contexts of L positions each (L < 65536):
      same scatter-max trick); a running top-`n_reservoir` by priority is a uniform random sample of active
      tokens, at most one per context (priority sampling).
   Only entries that enter a running top-k get their window, read from the chunk's sparse entries sorted by
-  (feature, row): a binary search per window instead of a cache miss per value of z.
+  (feature, row): a binary search per window instead of a cache miss per value of z. With `windows=False` the
+  pass skips windows altogether and `exact_examples` fills them afterwards (the atlas asset does this).
 Finish:
   5. quantiles are read off the log histogram (interpolated geometrically inside a bin, clamped to the exact
      min/max), so their relative error is below one bin width (2^(1/8) - 1 = 9%); the exact alternative would need
@@ -64,6 +65,9 @@ class MinerConfig:
     display_bins: int = 40  # at most this many histogram bins stored per feature (adjacent log bins merged)
     token_index_top: int = 16  # features stored per token id in the token -> features index
     tokens_per_chunk: int = 8192  # rows encoded at once (memory: tokens_per_chunk x d_sae floats)
+    windows: bool = (
+        True  # gather token_acts in the pass; False when exact_examples() will fill them afterwards
+    )
     seed: int = 0
 
 
@@ -164,22 +168,23 @@ class _SparseChunk:
 class _RunningTopK:
     """The k best (score, example) of every feature, merged chunk by chunk; feature-major state.
 
-    score [d_sae, k] (`empty` = no example); per example: context_id, position, token_id, window_start,
+    score [d_sae, k] (`empty` = no example; candidates without an example must score below `empty`, so they never
+    enter); per example: context_id, position, token_id, window_start,
     activation [d_sae, k] and token_acts [d_sae, k, W]. A merge gathers windows only for the entries that
     enter the kept set, so its cost is (number of new entries x W), not chunk x d_sae x W.
     """
 
     FIELDS = ("context_id", "position", "token_id", "window_start", "activation", "token_acts")
 
-    def __init__(self, k: int, d_sae: int, width: int, left: int, empty: float):
-        self.k, self.width, self.left, self.empty = k, width, left, empty
+    def __init__(self, k: int, d_sae: int, width: int, left: int, empty: float, windows: bool = True):
+        self.k, self.width, self.left, self.empty, self.windows = k, width, left, empty, windows
         dtype = torch.int64 if isinstance(empty, int) else torch.float32
         self.score = torch.full((d_sae, k), empty, dtype=dtype)
         ints = {name: torch.zeros((d_sae, k), dtype=torch.int64) for name in self.FIELDS[:4]}
         self.data = {**ints, "activation": torch.zeros(d_sae, k), "token_acts": torch.zeros(d_sae, k, width)}
 
     def merge(self, chunk: Chunk, z: _SparseChunk, score: Tensor, local_pos: Tensor, group: int = 1) -> None:
-        """Candidates score [C*group, d_sae] (self.empty = none) at local positions local_pos [C*group, d_sae];
+        """Candidates score [C*group, d_sae] (< self.empty = none) at local positions local_pos [C*group, d_sae];
         candidate row i belongs to context i // group of the chunk. Kept slots are unordered: each entering
         candidate overwrites a slot that dropped out."""
         both = torch.cat([self.score, score.T], dim=1)  # [d_sae, k + C*group]
@@ -190,12 +195,9 @@ class _RunningTopK:
         kept = torch.zeros_like(both, dtype=torch.bool).scatter_(1, idx, True)  # [d_sae, k + C*group]
         f, j = entering.nonzero(as_tuple=True)  # both in feature order, with equal counts per feature
         _, slot = (~kept[:, : self.k]).nonzero(as_tuple=True)  # the old slots that dropped out
-        valid = best[f, j] != self.empty
-        f, j, slot = f[valid], j[valid], slot[valid]
         cand = idx[f, j] - self.k
         c, p = cand // group, local_pos[cand, f]
         start = (p - self.left).clamp(0, z.length - self.width)  # [n_new]
-        acts = z.windows(c, start, f, self.width)  # [n_new, W]
         flat = f * self.k + slot  # [n_new] index into the flattened [d_sae * k] state
         d = self.data
         self.score.view(-1)[flat] = best[f, j]
@@ -203,8 +205,12 @@ class _RunningTopK:
         d["position"].view(-1)[flat] = chunk.position[c, p]
         d["token_id"].view(-1)[flat] = chunk.token_id[c, p]
         d["window_start"].view(-1)[flat] = chunk.position[c, start]
-        d["activation"].view(-1)[flat] = acts.gather(1, (p - start).unsqueeze(1)).squeeze(1)
-        d["token_acts"].view(-1, self.width).index_copy_(0, flat, acts)
+        if self.windows:
+            acts = z.windows(c, start, f, self.width)  # [n_new, W]
+            d["activation"].view(-1)[flat] = acts.gather(1, (p - start).unsqueeze(1)).squeeze(1)
+            d["token_acts"].view(-1, self.width).index_copy_(0, flat, acts)
+        else:
+            d["activation"].view(-1)[flat] = z.windows(c, p, f, 1).squeeze(1)
 
 
 # ---- the miner ------------------------------------------------------------------------------------------------
@@ -273,8 +279,9 @@ class FeatureMiner:
         if self.width is None:
             self.width = min(self.cfg.window, length)
             w, left = self.width, self.cfg.window_left
-            self.top = _RunningTopK(self.cfg.n_top, self.d_sae, w, left, -math.inf)
-            self.reservoir = _RunningTopK(self.cfg.n_reservoir, self.d_sae, w, left, -1)
+            on = self.cfg.windows
+            self.top = _RunningTopK(self.cfg.n_top, self.d_sae, w, left, -1.0, on)
+            self.reservoir = _RunningTopK(self.cfg.n_reservoir, self.d_sae, w, left, -1, on)
         z = self.encode(chunk.x).float()  # [C*L, d_sae], >= 0 (ReLU / TopK)
         self.n_tokens += len(z)
         rows, feats = z.nonzero().unbind(1)  # [m] active entries: the only dense pass besides encode
@@ -340,7 +347,8 @@ class FeatureMiner:
         prio = torch.randint(0, 1 << 40, (len(cell),), generator=self.gen)
         best = self._best_per_cell(c * self.d_sae, cell, (prio << 16) | pos).view(c, self.d_sae)
         self.n_contexts += (best >= 0).sum(0)
-        self.reservoir.merge(chunk, z, best, (best & 0xFFFF).clamp(max=length - 1))
+        score = torch.where(best >= 0, best, -2)  # below the reservoir's empty (-1): never enters
+        self.reservoir.merge(chunk, z, score, (best & 0xFFFF).clamp(max=length - 1))
 
     # ---- finish -----------------------------------------------------------------------------------------
 

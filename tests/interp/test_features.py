@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -198,3 +199,14 @@ def test_context_counts(data, stats):
     encode, x, _, _ = data
     z = brute_z(encode, x)
     assert torch.equal(stats.n_contexts, (z > 0).any(1).sum(0))
+
+
+def test_windows_off_finds_the_same_examples(data):
+    encode, x, tokens, context_ids = data
+    full = mine(encode, D_SAE, batches(x, tokens, context_ids), CFG)
+    plain = mine(encode, D_SAE, batches(x, tokens, context_ids), dataclasses.replace(CFG, windows=False))
+    a, b = full.examples, plain.examples
+    assert a.kind == b.kind
+    for name in ("feature", "rank", "context_id", "position", "token_id", "window_start", "activation"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert not b.token_acts.any()
