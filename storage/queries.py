@@ -8,6 +8,7 @@ them when it renders (app/components.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -17,7 +18,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from storage import db
+from storage import db, features
 
 MAX_SQL_ROWS = 1000  # rows the SQL console returns at most
 SQL_TIMEOUT_S = 20.0  # the console interrupts longer queries
@@ -145,14 +146,6 @@ def layers() -> list[int]:
 # ---- feature card --------------------------------------------------------------------------------------
 
 
-def _kind_order(kind: str) -> tuple[int, int]:
-    """'top' first, then quantile bands strongest first ('q9' before 'q0')."""
-    if kind == "top":
-        return (0, 0)
-    m = re.fullmatch(r"q(\d+)", kind)
-    return (1, -int(m.group(1))) if m else (2, 0)
-
-
 def _linked_features(con, side: str, tid: str, feature: int, limit: int) -> list[dict[str, Any]]:
     """Upstream (side='src') or downstream (side='dst') features joined to their layer and label."""
     other = "src" if side == "src" else "dst"
@@ -172,89 +165,21 @@ def _linked_features(con, side: str, tid: str, feature: int, limit: int) -> list
 
 
 def feature_card(transcoder_id: str, feature: int, n_links: int = 12) -> dict[str, Any] | None:
-    """Everything a feature card shows, in one read-only connection; None if the feature is unknown.
+    """storage.features.feature_card (stats, examples, token effects, neighbours) plus the feature's connected
+    features from `feature_edges`, all on one read-only connection; None if the feature is unknown.
 
-    Keys: transcoder (row), stats (features row), examples (list: kind, rank, activation, position,
-    tokens [str], acts [float], highlight index), token_effects {kind: [(token_str, value)]}, upstream,
-    downstream (feature_edges; downstream lists the features that have this one among their top upstream),
-    neighbors.
+    Added keys: upstream (features writing into this one) and downstream (features that have this one among their
+    top upstream features), each a list of {transcoder_id, feature, layer, via, weight, label}, strongest first.
     """
-    with db.reader() as con:
-        head = db.frame(
-            con,
-            "SELECT t.model, t.layer, t.architecture, t.d_sae, f.* EXCLUDE (transcoder_id) "
-            "FROM features f JOIN transcoders t USING (transcoder_id) WHERE f.transcoder_id = ? AND f.feature = ?",
-            [transcoder_id, int(feature)],
-        )
-        if head.height == 0:
-            return None
-        stats = head.row(0, named=True)
-        model = stats["model"]
-        ex = db.frame(
-            con,
-            """
-            SELECT e.kind, e.rank, e.context_id, e.position, e.activation, e.window_start, e.token_acts,
-                   c.tokens[e.window_start + 1 : e.window_start + len(e.token_acts)] AS token_ids
-            FROM feature_examples e JOIN contexts c USING (context_id)
-            WHERE e.transcoder_id = ? AND e.feature = ?""",
-            [transcoder_id, int(feature)],
-        ).to_dicts()
-        effects = db.frame(
-            con,
-            "SELECT ft.kind, ft.rank, ft.token_id, ft.value FROM feature_tokens ft "
-            "WHERE ft.transcoder_id = ? AND ft.feature = ? ORDER BY ft.kind, ft.rank",
-            [transcoder_id, int(feature)],
-        ).to_dicts()
-        ids = sorted({i for e in ex for i in e["token_ids"]} | {t["token_id"] for t in effects})
-        vocab = dict(
-            db.frame(
-                con,
-                "SELECT token_id, token_str FROM vocab WHERE model = ? AND token_id IN (SELECT unnest(?::INTEGER[]))",
-                [model, ids],
-            ).iter_rows()
-        )
-        upstream = _linked_features(con, "src", transcoder_id, int(feature), n_links)
-        downstream = _linked_features(con, "dst", transcoder_id, int(feature), n_links)
-        neighbors = db.frame(
-            con,
-            """
-            SELECT n.nb_transcoder_id AS transcoder_id, n.nb_feature AS feature, t.layer, n.cosine, f.label
-            FROM feature_neighbors n
-            LEFT JOIN transcoders t ON t.transcoder_id = n.nb_transcoder_id
-            LEFT JOIN features f ON f.transcoder_id = n.nb_transcoder_id AND f.feature = n.nb_feature
-            WHERE n.transcoder_id = ? AND n.feature = ? ORDER BY n.rank LIMIT ?""",
-            [transcoder_id, int(feature), n_links],
-        ).to_dicts()
-
-    def tok(i: int) -> str:
-        return vocab.get(i, f"<{i}>")
-
-    examples = [
-        {
-            "kind": e["kind"],
-            "rank": e["rank"],
-            "context_id": e["context_id"],
-            "position": e["position"],
-            "activation": e["activation"],
-            "tokens": [tok(i) for i in e["token_ids"]],
-            "acts": list(e["token_acts"])[: len(e["token_ids"])],
-            "highlight": e["position"] - e["window_start"],
-        }
-        for e in sorted(ex, key=lambda e: (_kind_order(e["kind"]), e["rank"]))
-    ]
-    token_effects: dict[str, list[tuple[str, float]]] = {}
-    for t in effects:
-        token_effects.setdefault(t["kind"], []).append((tok(t["token_id"]), t["value"]))
-    return {
-        "transcoder_id": transcoder_id,
-        "feature": int(feature),
-        "stats": stats,
-        "examples": examples,
-        "token_effects": token_effects,
-        "upstream": upstream,
-        "downstream": downstream,
-        "neighbors": neighbors,
-    }
+    with (
+        db.reader() as con,
+        contextlib.closing(con.cursor()) as cur,
+    ):  # its own cursor: it leaves a result open
+        card = features.feature_card(transcoder_id, int(feature), cur)
+        if card is not None:
+            card["upstream"] = _linked_features(con, "src", transcoder_id, int(feature), n_links)
+            card["downstream"] = _linked_features(con, "dst", transcoder_id, int(feature), n_links)
+    return card
 
 
 def feature_labels(keys: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
@@ -349,19 +274,25 @@ def check_console_sql(sql: str) -> str:
 
 
 def run_console(
-    sql: str, max_rows: int = MAX_SQL_ROWS, timeout_s: float = SQL_TIMEOUT_S
+    sql: str,
+    params: dict[str, Any] | None = None,
+    max_rows: int = MAX_SQL_ROWS,
+    timeout_s: float = SQL_TIMEOUT_S,
 ) -> tuple[pl.DataFrame, bool]:
     """Run one read-only query in the sandbox; returns (at most `max_rows` rows, whether rows were cut off).
+
+    `params` binds DuckDB named parameters ($name); those the query does not mention are ignored.
 
     Defence in depth: the statement type is checked first, then the query runs on a connection that is
     read_only, has enable_external_access=false (no files, no network) and a locked configuration.
     """
     query = check_console_sql(sql)
+    used = {k: v for k, v in (params or {}).items() if re.search(rf"\${re.escape(k)}\b", query)}
     with db.reader(sandboxed=True) as con:
         timer = threading.Timer(timeout_s, con.interrupt)
         timer.start()
         try:
-            batches = con.sql(query).to_arrow_reader(max(1, min(max_rows + 1, 10_000)))
+            batches = con.sql(query, params=used or None).to_arrow_reader(max(1, min(max_rows + 1, 10_000)))
             rows, tables = 0, []
             for batch in batches:
                 tables.append(batch)
@@ -380,26 +311,3 @@ def run_console(
         finally:
             timer.cancel()
     return pl.from_arrow(table.slice(0, max_rows)), rows > max_rows
-
-
-CONSOLE_EXAMPLES: dict[str, str] = {
-    "Tables and row counts": "SELECT table_name, estimated_size FROM duckdb_tables() ORDER BY table_name",
-    "Transcoder quality per layer": (
-        "SELECT t.layer, t.architecture, t.d_sae, m.l0, m.fvu, m.ce_recovered, m.dead_frac\n"
-        "FROM transcoders t JOIN transcoder_metrics m USING (transcoder_id)\nORDER BY t.layer"
-    ),
-    "Densest features": (
-        "SELECT transcoder_id, feature, density, max_act, label\nFROM features ORDER BY density DESC LIMIT 20"
-    ),
-    "Features firing on a token": (
-        "SELECT tf.transcoder_id, tf.feature, tf.mean_act, tf.count, f.label\n"
-        "FROM token_features tf JOIN transcoders t USING (transcoder_id)\n"
-        "JOIN vocab v ON v.model = t.model AND v.token_id = tf.token_id\n"
-        "LEFT JOIN features f USING (transcoder_id, feature)\n"
-        "WHERE trim(v.token_str) = 'the' ORDER BY tf.mean_act DESC LIMIT 20"
-    ),
-    "Strongest feature-to-feature edges": (
-        "SELECT src_transcoder_id, src_feature, dst_transcoder_id, dst_feature, via, weight\n"
-        "FROM feature_edges ORDER BY abs(weight) DESC LIMIT 20"
-    ),
-}

@@ -166,9 +166,18 @@ def test_live_page_lists_the_features_that_fire_on_each_token(atlas_db, tiny_mod
     assert len(rows) == 2 + len(text) + 1  # header + BOS + one row per character
 
 
-def test_sql_console_runs_examples_and_limits_rows(atlas_db):
+def test_sql_console_runs_examples_with_parameters_and_limits_rows(atlas_db):
     at = run("sql")
-    assert len(at.dataframe[0].value) >= 10  # first example: the tables
+    assert list(at.dataframe[0].value.columns)[:2] == ["transcoder_id", "feature"]  # first example ran
+    at.selectbox(key="sql_example").set_value("feature_health_by_layer").run()
+    health = at.dataframe[0].value
+    assert list(health["layer"]) == [0, 1] and list(health["n_features"]) == [16, 16]
+    at.selectbox(key="sql_example").set_value("features_firing_on_token").run()
+    at.text_input(key="sql_param_features_firing_on_token_token").input("a").run()
+    fired = at.dataframe[
+        0
+    ].value  # token_features of 'a' in the fixture: features 7 (1.5) and 2 (0.5) per layer
+    assert list(fired["feature"]) == [7, 7, 2, 2] and list(fired["mean_act"]) == [1.5, 1.5, 0.5, 0.5]
     at.text_area(key="sql").input("SELECT * FROM range(5000)").run()
     assert len(at.dataframe[0].value) == 1000
     assert any("cut at 1,000" in c.value for c in at.caption)
