@@ -104,3 +104,46 @@ def test_feature_tokens_and_cross_layer_neighbors(atlas, tiny_model, tiny_model_
     )
     for f, t in top.head(10).iter_rows():
         assert t == int((W[tid1][f] @ W_U).argmax())
+
+
+@pytest.mark.slow
+def test_real_model_top_examples_equal_a_fresh_forward_pass(atlas_home, monkeypatch):
+    """SmolLM2 layer 2: every feature's stored top activation equals a fresh float32 forward pass (rel 1e-3)."""
+    import os
+
+    from interp.model import load_model
+
+    real_models = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "data", "models")
+    os.makedirs(os.path.join(atlas_home, "models"))
+    os.symlink(os.path.join(real_models, "smollm2-135m"), os.path.join(atlas_home, "models", "smollm2-135m"))
+    monkeypatch.setenv("ATLAS_MODEL", "smollm2-135m")
+    monkeypatch.setenv("ATLAS_DEVICE", "cpu")
+    model = load_model("smollm2-135m", device="cpu", cache_dir=os.path.join(atlas_home, "models"))
+    text = (
+        "The Congress shall have power to lay and collect taxes, duties, imposts and excises, to pay the debts and "
+        "provide for the common defence and general welfare of the United States. We the people of America, in "
+        "order to form a more perfect union, establish justice, insure domestic tranquility, and secure the "
+        "blessings of liberty to ourselves and our posterity, do ordain and establish this Constitution. "
+    ) * 8
+    ids = model.tokenizer(text)["input_ids"]
+    body = torch.tensor([t for t in ids if t != model.tokenizer.bos_token_id][: 12 * 47]).view(12, 47)
+    tokens = torch.cat([torch.full((12, 1), model.tokenizer.bos_token_id), body], 1)  # [12, 48], BOS first
+    vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)]
+    tid = build_atlas(model, "smollm2-135m", {2: True}, tokens=tokens, vocab=vocab, d_sae=256)[2]
+    _run([features], "2", SMALL)
+    ex = db.query(
+        "SELECT feature, context_id, position, activation FROM feature_examples "
+        "WHERE transcoder_id = ? AND kind = 'top' AND rank = 0 ORDER BY feature",
+        [tid],
+    )
+    assert ex.height > 200
+    tc = tc_store.load_transcoder(tid)
+    hook = mlp_hooks(2)[0]
+    ctx = corpus_store.contexts_by_id(ex["context_id"].unique().to_list())
+    with torch.no_grad():
+        z = {
+            int(c): tc.encode(model.run_with_cache(t[None], names_filter=hook)[1][hook][0])
+            for c, t in zip(ex["context_id"].unique().to_list(), ctx)
+        }
+    for f, c, p, act in ex.iter_rows():
+        assert act == pytest.approx(float(z[c][p, f]), rel=1e-3)

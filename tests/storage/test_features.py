@@ -24,14 +24,25 @@ from tests.conftest import TINY_CHARS
 N_CTX, CTX_LEN, D_SAE = 30, 16, 64
 
 
-def build_atlas(model, model_name: str, layers: dict[int, bool], seed: int = 0) -> dict[int, str]:
-    """Contexts + vocab + eval shards + one transcoder per layer (gate passed/failed as given); layer -> id."""
+def build_atlas(
+    model,
+    model_name: str,
+    layers: dict[int, bool],
+    seed: int = 0,
+    tokens: torch.Tensor | None = None,
+    vocab: list[str] | None = None,
+    d_sae: int = D_SAE,
+) -> dict[int, str]:
+    """Contexts + vocab + eval shards + one transcoder per layer (gate passed/failed as given); layer -> id.
+
+    Default text: random tiny-model tokens with BOS first and the token 'A' planted at position 5."""
     g = torch.Generator().manual_seed(seed)
-    vocab = ["<unk>", "<s>", "</s>", *TINY_CHARS]
-    tokens = torch.randint(3, len(vocab), (N_CTX, CTX_LEN), generator=g)
-    tokens[:, 0] = 1  # BOS
-    tokens[:, 5] = vocab.index("A")  # a token every context shares, for the token queries
-    ids = torch.arange(N_CTX) * 2 + 100
+    if tokens is None:
+        vocab = ["<unk>", "<s>", "</s>", *TINY_CHARS]
+        tokens = torch.randint(3, len(vocab), (N_CTX, CTX_LEN), generator=g)
+        tokens[:, 0] = 1  # BOS
+        tokens[:, 5] = vocab.index("A")  # a token every context shares, for the token queries
+    ids = torch.arange(len(tokens)) * 2 + 100
     corpus_store.write_contexts(
         pl.DataFrame(
             {
@@ -43,7 +54,7 @@ def build_atlas(model, model_name: str, layers: dict[int, bool], seed: int = 0) 
             }
         )
     )
-    corpus_store.write_vocab(model_name, vocab)
+    corpus_store.write_vocab(model_name, vocab or [])
     out = {}
     for layer, passed in layers.items():
         shards = []
@@ -59,19 +70,19 @@ def build_atlas(model, model_name: str, layers: dict[int, bool], seed: int = 0) 
             shards,
             {
                 "first_context_ids": [int(ids[i * 8]) for i in range(len(shards))],
-                "last_context_ids": [int(ids[min(i * 8 + 7, N_CTX - 1)]) for i in range(len(shards))],
+                "last_context_ids": [int(ids[min(i * 8 + 7, len(ids) - 1)]) for i in range(len(shards))],
                 "hook_in": hook_in,
                 "hook_out": hook_out,
                 "d_model": model.cfg.d_model,
             },
         )
         d = model.cfg.d_model
-        tc = Transcoder(TranscoderConfig(d_in=d, d_sae=D_SAE, d_out=d, layer=layer, model_name=model_name))
+        tc = Transcoder(TranscoderConfig(d_in=d, d_sae=d_sae, d_out=d, layer=layer, model_name=model_name))
         tc.reset_parameters(torch.Generator().manual_seed(seed + layer))
         with torch.no_grad():
             tc.W_enc.mul_(0.5)
             tc.b_enc.fill_(-0.1)  # sparse: each feature fires on a fraction of tokens
-        tid = tc_store.transcoder_id(model_name, layer, "relu", D_SAE)
+        tid = tc_store.transcoder_id(model_name, layer, "relu", d_sae)
         reason = "" if passed else "fvu 0.9 > max_fvu 0.5"
         tc_store.save_transcoder(
             tc, tid, {}, 0, pl.DataFrame(), {"gate_passed": passed, "gate_reason": reason}
