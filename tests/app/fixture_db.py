@@ -26,14 +26,16 @@ def transcoder_ids(model: str) -> list[str]:
     return [f"{model}/L{layer}/relu-{D_SAE}" for layer in (0, 1)]
 
 
-def build(model_dir: str, d_model: int = 32) -> dict:
-    """Fill $ATLAS_HOME/atlas.duckdb; returns the ids the tests address."""
+def build(model_dir: str, d_model: int = 32, model: str | None = None) -> dict:
+    """Fill $ATLAS_HOME/atlas.duckdb for the checkpoint in `model_dir`, stored under the name `model` (default:
+    the folder itself, which interp.model.load_model accepts); returns the ids the tests address."""
     from transformers import AutoTokenizer
 
     rng = np.random.default_rng(0)
+    model = model or model_dir
     tok = AutoTokenizer.from_pretrained(model_dir)
     vocab = {i: s for s, i in tok.get_vocab().items()} | {SCRIPT_ID: SCRIPT, IMG_ID: IMG}
-    tids = transcoder_ids(model_dir)
+    tids = transcoder_ids(model)
     tables: list[tuple[str, pl.DataFrame, dict]] = []
 
     def add(name: str, rows: dict | pl.DataFrame) -> None:
@@ -41,7 +43,7 @@ def build(model_dir: str, d_model: int = 32) -> dict:
 
     add(
         "vocab",
-        {"model": [model_dir] * len(vocab), "token_id": list(vocab), "token_str": list(vocab.values())},
+        {"model": [model] * len(vocab), "token_id": list(vocab), "token_str": list(vocab.values())},
     )
     contexts = rng.integers(3, 60, size=(N_CONTEXTS, CTX_LEN))
     contexts[:, 0] = 1  # BOS
@@ -58,11 +60,11 @@ def build(model_dir: str, d_model: int = 32) -> dict:
     )
     for layer, tid in enumerate(tids):
         torch.manual_seed(layer)
-        cfg = TranscoderConfig(d_in=d_model, d_sae=D_SAE, d_out=d_model, model_name=model_dir, layer=layer)
+        cfg = TranscoderConfig(d_in=d_model, d_sae=D_SAE, d_out=d_model, model_name=model, layer=layer)
         path = layout.transcoder_dir(tid)
         Transcoder(cfg).save(path)
         config = {
-            "model": model_dir,
+            "model": model,
             "layer": layer,
             "corpus": "fixture",
             "l1_coefficient": 1e-3,
@@ -72,7 +74,7 @@ def build(model_dir: str, d_model: int = 32) -> dict:
             "transcoders",
             {
                 "transcoder_id": [tid],
-                "model": [model_dir],
+                "model": [model],
                 "layer": [layer],
                 "architecture": ["relu"],
                 "d_in": [d_model],
@@ -240,7 +242,7 @@ def build(model_dir: str, d_model: int = 32) -> dict:
         "graphs",
         {
             "graph_id": [graph_id],
-            "model": [model_dir],
+            "model": [model],
             "prompt": [f"The tag {SCRIPT} appears"],
             "tokens": [contexts[0][:6].tolist()],
             "target": [f"feature:{tids[1]}:{HOSTILE_FEATURE}@5"],
@@ -251,4 +253,4 @@ def build(model_dir: str, d_model: int = 32) -> dict:
     add("graph_nodes", gnodes)
     add("graph_edges", gedges)
     db.write_many(tables)
-    return {"model": model_dir, "transcoders": tids, "graph": graph_id, "feature": HOSTILE_FEATURE}
+    return {"model": model, "transcoders": tids, "graph": graph_id, "feature": HOSTILE_FEATURE}

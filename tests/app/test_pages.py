@@ -198,3 +198,42 @@ def test_sql_console_rejects_writes_and_file_access_with_a_clear_message(atlas_d
     assert not at.exception
     assert [e.value for e in at.error] and message in at.error[0].value
     assert len(at.dataframe) == 0
+
+
+@pytest.mark.slow
+def test_live_page_runs_the_embedded_model_by_name(atlas_home, tmp_path):
+    """The real SmolLM2 found by its name under $ATLAS_HOME/models (as `make atlas` leaves it), real hooks."""
+    import torch
+
+    from interp.model import load_model
+    from interp.transcoder import Transcoder
+    from storage import layout
+    from tests.app import fixture_db
+
+    converted = Path(__file__).resolve().parents[2] / "data" / "models" / "smollm2-135m"
+    if not (converted / "config.json").exists():
+        pytest.skip("the embedded model is not converted yet (make data)")
+    Path(layout.models_dir()).mkdir(parents=True)
+    (Path(layout.models_dir()) / "smollm2-135m").symlink_to(converted)
+    ids = fixture_db.build(str(converted), d_model=576, model="smollm2-135m")
+    at = AppTest.from_file(str(PAGES["live"]), default_timeout=600)
+    at.run()
+    at.slider(key="live_k").set_value(1).run()
+    text = " The President said"
+    at.text_area(key="live_text").input(text).run()
+    assert not at.exception, at.exception
+    rows = html(at).split("<tr>")
+    model = load_model(str(converted), device="cpu")
+    tokens = model.to_tokens(text)
+    assert len(rows) == 2 + tokens.shape[1]
+    store = {}
+
+    def keep(x, hook):
+        store["x"] = x.clone()
+
+    model.blocks[1].ln2.hook_normalized.add_hook(keep)
+    with torch.no_grad():
+        model(tokens)
+    tid = ids["transcoders"][1]
+    z = Transcoder.load(layout.transcoder_dir(tid)).encode(store["x"][0, -1])
+    assert esc(card_url(tid, int(z.argmax()))) in rows[-1]
