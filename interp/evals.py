@@ -21,7 +21,7 @@ sum||y - mean(y)||^2, mse (mean over tokens of ||y - y_hat||^2), dead_frac (neve
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -117,6 +117,17 @@ class ReconstructionStats:
         }
 
 
+@torch.no_grad()
+def reconstruction_metrics(tc: Transcoder, chunks: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
+    """l0, fvu, mse, dead_frac, dense_frac over held-out activation chunks {'x': [n, d_in], 'y': [n, d_out]}."""
+    stats = ReconstructionStats(tc.d_sae)
+    for chunk in chunks:
+        x, y = chunk["x"], chunk["y"]
+        for i in range(0, x.shape[0], 8192):
+            stats.update(tc, x[i : i + 8192], y[i : i + 8192])
+    return stats.result()
+
+
 def _next_token_logprobs(model, tokens: Tensor) -> Tensor:  # tokens [b, p] -> [b, p-1, vocab] log-probs
     logits = model(tokens, return_type="logits")  # [b, p, vocab]
     return torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -143,7 +154,7 @@ def evaluate(
 ) -> dict:
     """Loss metrics with all `transcoders` spliced at once, plus reconstruction metrics per layer.
 
-    Returns {'ce_clean', 'ce_spliced', 'ce_ablated', ['ce_zero_ablated'], 'ce_recovered', 'kl', 'n_eval_tokens',
+    Returns {'ce_clean', 'ce_spliced', 'ce_ablated', ['ce_zero_ablated'], 'ce_recovered', 'kl', 'n_ce_tokens',
     'layers': {L: {'l0', 'fvu', 'mse', 'dead_frac', 'dense_frac', 'n_eval_tokens'}}}. Reconstruction uses each
     layer's clean x, y (the transcoder alone), the losses use the spliced model.
     """
@@ -184,7 +195,7 @@ def evaluate(
     if not zero_ablation:
         del out["ce_zero_ablated"]
     out["ce_recovered"] = ce_recovered(out["ce_clean"], out["ce_spliced"], out["ce_ablated"])
-    out["n_eval_tokens"] = n_pred
+    out["n_ce_tokens"] = n_pred
     out["layers"] = {layer: stats[layer].result() for layer in layers}
     return out
 

@@ -49,12 +49,12 @@ class TrainConfig:
     k: int = 32  # active features per token (topk)
     skip: bool = False  # learn a linear skip connection W_skip too
     l1_coefficient: float = 3e-3  # relu: weight of sum_i z_i ||W_dec[i]|| against the FVU-scaled MSE
-    l1_warmup_steps: int = 100  # relu: lambda ramps from 0 over these steps
-    lr: float = 1e-3
+    l1_warmup_steps: int = 25  # relu: lambda ramps from 0 over these steps (~1/4 of the default run)
+    lr: float = 4e-3  # Adam; 4e-3 beat 1e-3 on SmolLM2 L11 at 400k tokens (FVU 0.05 vs 0.24)
     lr_warmup_steps: int = 20
     lr_decay_frac: float = 0.2  # linear decay to 0 over this last fraction of the steps
     batch_size: int = 4096  # tokens per step
-    train_tokens: int = 600_000  # token budget (steps = train_tokens // batch_size)
+    train_tokens: int = 400_000  # token budget (steps = train_tokens // batch_size)
     buffer_tokens: int = 65_536  # shuffle buffer
     seed: int = 0
     checkpoint_every: int = 50  # steps; 0 = never

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +33,10 @@ CFG_FILE = "cfg.json"
 
 class TranscoderFileError(ValueError):
     pass
+
+
+# torch warns once per process when a sparse tensor skips invariant checks; ours are valid by construction
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 class _GatherPreActs(torch.autograd.Function):

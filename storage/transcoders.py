@@ -21,6 +21,7 @@ from storage import db, layout
 
 METRIC_COLUMNS = (
     "n_eval_tokens",
+    "n_ce_tokens",
     "l0",
     "fvu",
     "mse",
@@ -35,6 +36,7 @@ METRIC_COLUMNS = (
     "gate_passed",
     "gate_reason",
 )
+_NON_REAL = ("n_eval_tokens", "n_ce_tokens", "gate_passed", "gate_reason")
 CURVE_COLUMNS = ("step", "tokens", "loss", "mse", "sparsity_loss", "l0", "fvu", "dead_frac", "lr")
 
 
@@ -86,13 +88,10 @@ def save_transcoder(
         {"transcoder_id": [transcoder_id], **m},
         schema_overrides={
             "n_eval_tokens": pl.Int64,
+            "n_ce_tokens": pl.Int64,
             "gate_passed": pl.Boolean,
             "gate_reason": pl.Utf8,
-            **{
-                k: pl.Float64
-                for k in METRIC_COLUMNS
-                if k not in ("n_eval_tokens", "gate_passed", "gate_reason")
-            },
+            **{k: pl.Float64 for k in METRIC_COLUMNS if k not in _NON_REAL},
         },
     ).with_columns(created_at=_now())
     curve = curve.select([c for c in CURVE_COLUMNS if c in curve.columns]).with_columns(
@@ -160,15 +159,16 @@ def write_splice_metrics(
 ) -> None:
     """Replace the `splice_metrics` row of (model, layers) with `metrics` (keys: the table's metric columns)."""
     key = ",".join(str(x) for x in sorted(layers))
-    cols = ("n_eval_tokens", "ce_clean", "ce_spliced", "ce_ablated", "ce_recovered", "kl")
+    cols = ("ce_clean", "ce_spliced", "ce_ablated", "ce_recovered", "kl")
     row = pl.DataFrame(
         {
             "model": [model],
             "layers": [key],
             "transcoder_ids": [list(transcoder_ids)],
+            "n_eval_tokens": [metrics["n_ce_tokens"]],
             **{c: [metrics[c]] for c in cols},
         },
-        schema_overrides={"n_eval_tokens": pl.Int64, **{c: pl.Float64 for c in cols[1:]}},
+        schema_overrides={"n_eval_tokens": pl.Int64, **{c: pl.Float64 for c in cols}},
     ).with_columns(created_at=_now())
     db.write("splice_metrics", row, {"model": model})
 

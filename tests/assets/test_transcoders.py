@@ -66,7 +66,7 @@ def test_transcoders_asset_writes_rows_weights_and_passing_checks(harvested, tin
     tid = listed["transcoder_id"][0]
     assert tid == tc_store.transcoder_id(tiny_model_dir, 2, "topk", 64)
     row = listed.row(0, named=True)
-    assert row["train_tokens"] == 64 * 30 and 0 < row["l0"] <= 4 and row["n_eval_tokens"] == 3 * 15
+    assert row["train_tokens"] == 64 * 30 and 0 < row["l0"] <= 4 and row["n_ce_tokens"] == 3 * 15
     assert row["ce_clean"] > 0 and row["gate_passed"]
     assert tc_store.gate_status(tid) == (True, "")
     assert _count("training_curves", tid) == 3  # log_every 10 steps of 30
