@@ -533,9 +533,13 @@ def ablation_effects(
     mlp_names = [f"blocks.{m}.hook_mlp_out" for m in range(model.cfg.n_layers)] if "mlp" in freeze else []
     layers = sorted({a[0] for a in ablations})
     x_names = [f"blocks.{layer}.ln2.hook_normalized" for layer in layers]
+    stop = target.layer + 1 if isinstance(target, FeatureTarget) else None  # nothing above the target matters
+    wanted = set(clean_names + x_names + mlp_names)
     _, cache = model.run_with_cache(
-        tokens[None], names_filter=lambda name: name in set(clean_names + x_names + mlp_names)
+        tokens[None], names_filter=lambda name: name in wanted, stop_at_layer=stop
     )
+    clean_names = [name for name in clean_names if name in cache]
+    mlp_names = [name for name in mlp_names if name in cache]
     z = {
         layer: transcoders[layer].encode(cache[f"blocks.{layer}.ln2.hook_normalized"][0]) for layer in layers
     }
