@@ -14,7 +14,7 @@ import polars as pl
 from app.components import card_url, esc, show_token
 from interp.attribution import AttributionGraph, GraphNode
 
-CELL_W, ROW_H, PAD, R_MAX = 130, 72, 40, 14
+CELL_W, NODE_W, ROW_H, PAD, R_MAX = 130, 44, 72, 40, 14
 COLORS = {
     "feature": "#f28e2b",
     "attn": "#59a14f",
@@ -32,7 +32,11 @@ def node_text(n: dict) -> str:
         return f"L{n['layer']}H{n['feature']}"
     if n["kind"] == "embed":
         return show_token(n["token_str"] if n["token_str"] is not None else str(n["feature"]))
-    return n["label"] or n["kind"]
+    if n["kind"] == "target":
+        return n["label"] or "target"
+    return {"error": "err"}.get(
+        n["kind"], n["kind"]
+    )  # error, bias, skip, pruned: the tooltip has the details
 
 
 def _rows(nodes: list[dict]) -> dict[str, int]:
@@ -77,30 +81,40 @@ def graph_svg(nodes: pl.DataFrame, edges: pl.DataFrame, token_strs: list[str]) -
     rows = nodes.to_dicts()
     row_of = _rows(rows)
     n_rows = max(row_of.values(), default=0) + 1
-    column = {
-        p: i for i, p in enumerate(sorted({n["position"] or 0 for n in rows}))
-    }  # positions with nodes only
+    pos = {n["node_id"]: n["position"] for n in rows}
+    for src, dst, _ in edges.iter_rows():  # unpositioned nodes (pruned remainders) sit under what they feed
+        if pos.get(src) is None and pos.get(dst) is not None:
+            pos[src] = pos[dst]
+    pos = {k: v or 0 for k, v in pos.items()}
+    column = {p: i for i, p in enumerate(sorted(set(pos.values())))}  # positions with nodes only
     cells: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for n in rows:
-        cells[(row_of[n["node_id"]], column[n["position"] or 0])].append(n)
+        cells[(row_of[n["node_id"]], column[pos[n["node_id"]]])].append(n)
+    col_w = [CELL_W] * len(column)  # a column widens with its most crowded cell
+    for (_, c), members in cells.items():
+        col_w[c] = max(col_w[c], NODE_W * len(members))
+    col_x = [2 * PAD + sum(col_w[:c]) for c in range(len(column))]
     xy = {}
     for (r, c), members in cells.items():
         for i, n in enumerate(members):
-            x = 2 * PAD + c * CELL_W + (i + 1) * CELL_W / (len(members) + 1)
-            xy[n["node_id"]] = (x, PAD + (n_rows - 1 - r) * ROW_H)
-    width, height = 3 * PAD + len(column) * CELL_W, 2 * PAD + (n_rows - 1) * ROW_H
+            xy[n["node_id"]] = (
+                col_x[c] + (i + 1) * col_w[c] / (len(members) + 1),
+                PAD + (n_rows - 1 - r) * ROW_H,
+            )
+    width, height = 3 * PAD + sum(col_w), 2 * PAD + (n_rows - 1) * ROW_H
     infl = max((abs(n["influence"] or 0.0) for n in rows), default=0.0) or 1.0
     wmax = max((abs(w) for w in edges["weight"]), default=0.0) or 1.0
 
     parts = [
-        f'<svg class="atlas-graph" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
+        f'<svg class="atlas-graph" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'style="width:100%;max-width:{width}px">'
     ]
     for r in range(n_rows):  # row names at the left, token positions at the bottom
         name = "emb" if r == 0 else "out" if r == n_rows - 1 else f"L{r - 1}"
         y = PAD + (n_rows - 1 - r) * ROW_H + 4
         parts.append(f'<text x="4" y="{y:.0f}" font-size="11" fill="grey">{name}</text>')
     for p, c in column.items():
-        x = 2 * PAD + (c + 0.5) * CELL_W
+        x = col_x[c] + col_w[c] / 2
         name = esc(show_token(token_strs[p])) if 0 <= p < len(token_strs) else f"pos {p}"
         parts.append(
             f'<text x="{x:.0f}" y="{height - 4}" font-size="10" fill="grey" text-anchor="middle">{name}</text>'
@@ -116,11 +130,11 @@ def graph_svg(nodes: pl.DataFrame, edges: pl.DataFrame, token_strs: list[str]) -
     for n in rows:
         x, y = xy[n["node_id"]]
         r = 5 + (R_MAX - 5) * abs(n["influence"] or 0.0) / infl
-        tip = f"{n['label'] or node_text(n)} | act {n['activation'] or 0:.3f} | influence {n['influence'] or 0:.3f}"
+        tip = f"{n['label'] or node_text(n)} {n.get('feature_label') or ''} | act {n['activation'] or 0:.3f} | influence {n['influence'] or 0:.3f}"
         shape = (
             f'<circle cx="{x:.0f}" cy="{y:.0f}" r="{r:.1f}" fill="{COLORS.get(n["kind"], "#bab0ac")}">'
             f"<title>{esc(tip)}</title></circle>"
-            f'<text x="{x:.0f}" y="{y + r + 11:.0f}" font-size="11" text-anchor="middle">{esc(node_text(n))}</text>'
+            f'<text x="{x:.0f}" y="{y + R_MAX + 10:.0f}" font-size="11" text-anchor="middle">{esc(node_text(n))}</text>'
         )
         if n["kind"] == "feature" and n["transcoder_id"]:
             shape = f'<a class="atlas-node" href="{esc(card_url(n["transcoder_id"], n["feature"]))}" target="_self">{shape}</a>'

@@ -205,8 +205,8 @@ def graphs() -> pl.DataFrame:
 
 
 def graph(graph_id: str) -> dict[str, Any] | None:
-    """One attribution graph: its row, nodes (with token strings of embed nodes), edges and the prompt's token
-    strings by position; None if unknown."""
+    """One attribution graph: its row, nodes (with token strings of embed nodes and the `features` label of
+    feature nodes), edges and the prompt's token strings by position; None if unknown."""
     with db.reader() as con:
         head = db.frame(con, "SELECT * FROM graphs WHERE graph_id = ?", [graph_id])
         if head.height == 0:
@@ -216,8 +216,10 @@ def graph(graph_id: str) -> dict[str, Any] | None:
             con,
             """
             SELECT n.node_id, n.kind, n.layer, n.position, n.feature, n.transcoder_id, n.activation, n.influence,
-                   n.label, v.token_str
+                   n.label, v.token_str, f.label AS feature_label
             FROM graph_nodes n LEFT JOIN vocab v ON n.kind = 'embed' AND v.model = ? AND v.token_id = n.feature
+            LEFT JOIN features f ON n.kind IN ('feature', 'target') AND f.transcoder_id = n.transcoder_id
+                 AND f.feature = n.feature
             WHERE n.graph_id = ? ORDER BY n.layer NULLS FIRST, n.position, n.node_id""",
             [row["model"], graph_id],
         )

@@ -38,7 +38,7 @@ by_id = {n["node_id"]: n for n in nodes.to_dicts()}
 def node_html(node_id: str) -> str:
     n = by_id.get(node_id, {"kind": "?", "label": node_id})
     if n["kind"] == "feature" and n.get("transcoder_id"):
-        return components.feature_link(n["transcoder_id"], n["feature"], n["layer"], n["label"])
+        return components.feature_link(n["transcoder_id"], n["feature"], n["layer"], n["feature_label"])
     return components.esc(node_text(n) if n["kind"] != "?" else node_id)
 
 
