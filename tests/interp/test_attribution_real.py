@@ -1,11 +1,13 @@
-"""Faithfulness on the real SmolLM2 model: the attribution of every direct upstream transcoder feature of every
-node in three graphs predicts the change of that node when the feature is really zero-ablated.
+"""Faithfulness on the real SmolLM2 model: the attribution of every direct upstream transcoder feature of the
+strongest feature nodes of three graphs predicts the change of that node when the feature is really zero-ablated.
 
 Transcoders for layers 0 and 2 are trained here for a few steps on the model's own activations (quality does
 not matter: the check is about the attribution of whatever transcoder is spliced in). The ablation runs the
 real model with attention patterns, norm scales and the other MLP outputs (the graph's error terms) frozen,
 which is the linear model the graph's edges are defined in. How far live downstream MLPs move the answer is
-printed (measured here: correlation 0.6-0.9 one MLP away, ~0.2 six MLPs away), not asserted.
+printed (measured: 0.6-0.9 with one MLP in between), not asserted. Logit targets are left out: their direct edges
+from layers 0-2 skip ~28 layers of same-position attention paths, which the paper's graph keeps as separate
+attention nodes (measured: correlation 0.92 frozen, ~0 live, see the case study).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def test_direct_feature_attributions_predict_ablations(real):
         tokens = torch.tensor([tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"])
         pc = PromptCache(model, tokens, tcs)
         target = parse_target(spec, tok)
-        graph = attribute(model, tokens, tcs, target, n_paths=16, n_steps=3, cache=pc)
+        graph = attribute(model, tokens, tcs, target, n_paths=24, n_steps=3, cache=pc)
         # bookkeeping on the real model too
         for node_id, node in graph.nodes.items():
             if node.kind in ("target", "feature", "attn"):
@@ -87,13 +89,15 @@ def test_direct_feature_attributions_predict_ablations(real):
                 assert sum(incoming) == pytest.approx(
                     node.activation, abs=1e-3 * max(1.0, *map(abs, incoming))
                 )
-        dsts = [n for n in graph.nodes.values() if n.kind in ("target", "feature")]
+        features = sorted(
+            (n for n in graph.nodes.values() if n.kind == "feature"), key=lambda n: -abs(n.influence)
+        )
+        # dsts: the graph's most influential feature nodes above the lowest transcoder layer
+        dsts = [n for n in features if n.layer > min(LAYERS)][:10]
         for node in dsts:
             d = decompose(pc, node.stage, node.position, node.reader)
-            if not len(d.feat_w):
-                continue
             ablations = [(int(la), node.position, int(i)) for la, i in zip(d.feat_layer, d.feat_index)]
-            dst = target if node.kind == "target" else FeatureTarget(node.layer, node.feature, node.position)
+            dst = FeatureTarget(node.layer, node.feature, node.position)
             frozen += ablation_effects(
                 model, tokens, tcs, dst, ablations, freeze=("pattern", "scale", "mlp")
             ).tolist()
