@@ -17,7 +17,8 @@ text = st.text_area("Text", "The President said that", key="live_text")
 
 
 @st.cache_resource(show_spinner="Loading the model and transcoders (once)...")
-def load(model_name: str, transcoders: tuple[tuple[str, int], ...]):
+def load(model_name: str, transcoders: tuple[tuple[str, int], ...], trained_at: tuple[str, ...]):
+    """Cached per model, transcoder set and training time (a retrained transcoder reloads)."""
     return live.load(model_name, list(transcoders))
 
 
@@ -25,7 +26,8 @@ chosen = [(t, layer) for t, layer in mine.select("transcoder_id", "layer").iter_
 if not chosen or not text.strip():
     st.info("Pick at least one layer and type some text.")
     st.stop()
-model, transcoders = load(model_name, tuple(chosen))
+trained_at = tuple(str(t) for t in mine.filter(pl.col("layer").is_in(layers))["created_at"])
+model, transcoders = load(model_name, tuple(chosen), trained_at)
 firings = live.fire(model, transcoders, text, k)
 labels = queries.feature_labels([(t, f) for row in firings for t, _, f, _ in row.features])
 if len(firings) == live.MAX_TOKENS:
