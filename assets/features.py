@@ -99,9 +99,8 @@ def _mine_layer(context, layer: int, tid: str, config: FeaturesConfig) -> dict:
         add_tokens(b)
         for b in act_store.iter_shards(model_name, layer, "eval", columns=("context_id", "position", "x"))
     )
-    cfg = MinerConfig(
-        **{k: getattr(config, k) for k in MinerConfig.__dataclass_fields__ if hasattr(config, k)}
-    )
+    shared = {k: getattr(config, k) for k in MinerConfig.__dataclass_fields__ if hasattr(config, k)}
+    cfg = MinerConfig(**shared, windows=not config.exact_examples)  # the exact pass fills the windows
     device = settings.device()
 
     @torch.no_grad()

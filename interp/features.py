@@ -65,15 +65,8 @@ class MinerConfig:
     display_bins: int = 40  # at most this many histogram bins stored per feature (adjacent log bins merged)
     token_index_top: int = 16  # features stored per token id in the token -> features index
     tokens_per_chunk: int = 8192  # rows encoded at once (memory: tokens_per_chunk x d_sae floats)
-    windows: bool = (
-        True  # gather token_acts in the pass; False when exact_examples() will fill them afterwards
-    )
+    windows: bool = True  # gather token_acts in the pass (False: exact_examples() fills them afterwards)
     seed: int = 0
-
-
-def hist_edges() -> Tensor:  # [N_HIST - 1] inner edges; bin i holds values in [edge[i-1], edge[i])
-    steps = torch.arange(N_HIST - 1, dtype=torch.float64) / HIST_BINS_PER_OCTAVE + HIST_MIN_LOG2
-    return torch.exp2(steps)
 
 
 def hist_bin(values: Tensor) -> Tensor:  # positive values [m] -> bin index [m] in 0..N_HIST-1
@@ -92,6 +85,9 @@ class Chunk:
     x: Tensor  # [C*L, d_in]
 
 
+COLUMNS = ("context_id", "position", "token_id", "x")
+
+
 def context_chunks(batches: Iterable[dict], tokens_per_chunk: int) -> Iterator[Chunk]:
     """Regroup batches into chunks of whole contexts (a context split across batches is joined)."""
     held: list[dict] = []
@@ -101,21 +97,15 @@ def context_chunks(batches: Iterable[dict], tokens_per_chunk: int) -> Iterator[C
         n_held += len(batch["context_id"])
         if n_held < tokens_per_chunk:
             continue
-        joined = {k: torch.cat([b[k] for b in held]) for k in ("context_id", "position", "token_id", "x")}
-        last = joined["context_id"][-1]
-        cut = (
-            int((joined["context_id"] != last).nonzero().max()) + 1
-            if (joined["context_id"] != last).any()
-            else 0
-        )
+        joined = {k: torch.cat([b[k] for b in held]) for k in COLUMNS}
+        ids = joined["context_id"]
+        cut = len(ids) - int((ids == ids[-1]).sum())  # the last context may continue in the next batch
         if cut:
             yield _as_chunk({k: v[:cut] for k, v in joined.items()})
         held = [{k: v[cut:] for k, v in joined.items()}]
         n_held = len(held[0]["context_id"])
     if n_held:
-        yield _as_chunk(
-            {k: torch.cat([b[k] for b in held]) for k in ("context_id", "position", "token_id", "x")}
-        )
+        yield _as_chunk({k: torch.cat([b[k] for b in held]) for k in COLUMNS})
 
 
 def _as_chunk(rows: dict) -> Chunk:
@@ -183,10 +173,19 @@ class _RunningTopK:
         ints = {name: torch.zeros((d_sae, k), dtype=torch.int64) for name in self.FIELDS[:4]}
         self.data = {**ints, "activation": torch.zeros(d_sae, k), "token_acts": torch.zeros(d_sae, k, width)}
 
-    def merge(self, chunk: Chunk, z: _SparseChunk, score: Tensor, local_pos: Tensor, group: int = 1) -> None:
-        """Candidates score [C*group, d_sae] (< self.empty = none) at local positions local_pos [C*group, d_sae];
-        candidate row i belongs to context i // group of the chunk. Kept slots are unordered: each entering
-        candidate overwrites a slot that dropped out."""
+    def merge(
+        self,
+        chunk: Chunk,
+        z: _SparseChunk | None,
+        score: Tensor,
+        local_pos: Tensor,
+        act: Tensor,
+        group: int = 1,
+    ) -> None:
+        """Candidates score [C*group, d_sae] (< self.empty = none) at local positions local_pos [C*group, d_sae]
+        with activation act [C*group, d_sae]; candidate row i belongs to context i // group of the chunk; z gives
+        the windows (None when windows are off). Kept slots are unordered: each entering candidate overwrites a
+        slot that dropped out."""
         both = torch.cat([self.score, score.T], dim=1)  # [d_sae, k + C*group]
         best, idx = both.topk(self.k, dim=1, sorted=False)  # [d_sae, k]
         entering = idx >= self.k
@@ -197,7 +196,7 @@ class _RunningTopK:
         _, slot = (~kept[:, : self.k]).nonzero(as_tuple=True)  # the old slots that dropped out
         cand = idx[f, j] - self.k
         c, p = cand // group, local_pos[cand, f]
-        start = (p - self.left).clamp(0, z.length - self.width)  # [n_new]
+        start = (p - self.left).clamp(0, chunk.position.shape[1] - self.width)  # [n_new]
         flat = f * self.k + slot  # [n_new] index into the flattened [d_sae * k] state
         d = self.data
         self.score.view(-1)[flat] = best[f, j]
@@ -205,12 +204,9 @@ class _RunningTopK:
         d["position"].view(-1)[flat] = chunk.position[c, p]
         d["token_id"].view(-1)[flat] = chunk.token_id[c, p]
         d["window_start"].view(-1)[flat] = chunk.position[c, start]
-        if self.windows:
-            acts = z.windows(c, start, f, self.width)  # [n_new, W]
-            d["activation"].view(-1)[flat] = acts.gather(1, (p - start).unsqueeze(1)).squeeze(1)
-            d["token_acts"].view(-1, self.width).index_copy_(0, flat, acts)
-        else:
-            d["activation"].view(-1)[flat] = z.windows(c, p, f, 1).squeeze(1)
+        d["activation"].view(-1)[flat] = act[cand, f]
+        if z is not None:
+            d["token_acts"].view(-1, self.width).index_copy_(0, flat, z.windows(c, start, f, self.width))
 
 
 # ---- the miner ------------------------------------------------------------------------------------------------
@@ -289,11 +285,11 @@ class FeatureMiner:
         self._update_stats(feats, vals)
         self._update_token_index(chunk.token_id.view(-1), rows, feats, vals)
         del z
-        sparse = _SparseChunk(rows, feats, vals, c * length, length)
+        sparse = _SparseChunk(rows, feats, vals, c * length, length) if self.cfg.windows else None
         cell = (rows // length) * self.d_sae + feats  # [m] (context, feature) cell of each entry
         pos = rows % length
         self._update_top(chunk, sparse, cell, pos, vals)
-        self._update_reservoir(chunk, sparse, cell, pos)
+        self._update_reservoir(chunk, sparse, cell, pos, vals)
 
     def _update_stats(self, feats: Tensor, vals: Tensor) -> None:
         self.n_active += torch.bincount(feats, minlength=self.d_sae)
@@ -324,7 +320,9 @@ class FeatureMiner:
         best = torch.full((n_cells,), -1, dtype=torch.int64)
         return best.scatter_reduce_(0, cell, packed, "amax")
 
-    def _update_top(self, chunk: Chunk, z: _SparseChunk, cell: Tensor, pos: Tensor, vals: Tensor) -> None:
+    def _update_top(
+        self, chunk: Chunk, z: _SparseChunk | None, cell: Tensor, pos: Tensor, vals: Tensor
+    ) -> None:
         # the j-th best position of every (context, feature) cell: max of packed (float bits << 16 | position);
         # positive float32 bit patterns order like the values
         c, length = chunk.position.shape
@@ -339,16 +337,21 @@ class FeatureMiner:
             rest = packed != best[cell]  # drop each cell's winner, go again
             cell, packed = cell[rest], packed[rest]
         score = torch.stack(scores, 1).view(c * m, self.d_sae)  # [C*m, d_sae], row = context * m + j
-        self.top.merge(chunk, z, score, torch.stack(where, 1).view(c * m, self.d_sae), group=m)
+        self.top.merge(chunk, z, score, torch.stack(where, 1).view(c * m, self.d_sae), score, group=m)
 
-    def _update_reservoir(self, chunk: Chunk, z: _SparseChunk, cell: Tensor, pos: Tensor) -> None:
+    def _update_reservoir(
+        self, chunk: Chunk, z: _SparseChunk | None, cell: Tensor, pos: Tensor, vals: Tensor
+    ) -> None:
         # one uniformly random active position per cell: max of packed (random priority << 16 | position)
         c, length = chunk.position.shape
-        prio = torch.randint(0, 1 << 40, (len(cell),), generator=self.gen)
-        best = self._best_per_cell(c * self.d_sae, cell, (prio << 16) | pos).view(c, self.d_sae)
+        packed = (torch.randint(0, 1 << 40, (len(cell),), generator=self.gen) << 16) | pos
+        best = self._best_per_cell(c * self.d_sae, cell, packed)
+        chosen = packed == best[cell]  # the sampled entry of each cell
+        act = torch.zeros(c * self.d_sae).index_put_((cell[chosen],), vals[chosen]).view(c, self.d_sae)
+        best = best.view(c, self.d_sae)  # [C, d_sae]
         self.n_contexts += (best >= 0).sum(0)
         score = torch.where(best >= 0, best, -2)  # below the reservoir's empty (-1): never enters
-        self.reservoir.merge(chunk, z, score, (best & 0xFFFF).clamp(max=length - 1))
+        self.reservoir.merge(chunk, z, score, (best & 0xFFFF).clamp(max=length - 1), act)
 
     # ---- finish -----------------------------------------------------------------------------------------
 
