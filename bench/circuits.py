@@ -4,8 +4,8 @@ and seconds per attribution graph on the real model, all measured in the same ru
   matmul FLOP/s        the score GEMM of one block, [block, d_model] @ [d_model, block], timed bare
   feature_edges        useful FLOPs (2 d_sae_src d_sae_dst r per via, r = d_model for 'resid', d_head per head)
                        per second, as a fraction of the bare matmul rate (the rest: the running top-k, factors)
-  peak memory          extra resident memory while computing edges (sampled every 2 ms) at d_sae and 4 x d_sae,
-                       next to the output size and what one dense d_sae x d_sae float32 matrix would take
+  peak memory          extra resident memory while computing edges (sampled every 2 ms, block 1024) at d_sae and
+                       4 x d_sae, next to the output size and what one dense d_sae x d_sae float32 matrix takes
   attribution graph    seconds for a 64-token prompt on the embedded SmolLM2 (4 layers of transcoders: trained ones
                        from the atlas database when present, else random sparse ones), next to a bare forward pass
 
@@ -59,7 +59,7 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _edges(d_sae: int, heads: bool, layers=(0, 2)) -> tuple[float, float, int]:
+def _edges(d_sae: int, heads: bool, layers=(0, 2), block: int = BLOCK) -> tuple[float, float, int]:
     """(seconds, useful FLOPs, peak extra bytes) of feature_edges over `layers` (weights allocated beforehand)."""
     tcs = _transcoders(list(layers), d_sae)
     g = torch.Generator().manual_seed(1)
@@ -80,7 +80,7 @@ def _edges(d_sae: int, heads: bool, layers=(0, 2)) -> tuple[float, float, int]:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    out = list(feature_edges(tcs, W_V, W_O, k=8, heads=heads, block=BLOCK))
+    out = list(feature_edges(tcs, W_V, W_O, k=8, heads=heads, block=block))
     seconds = time.perf_counter() - t0
     done.set()
     sampler.join()
@@ -99,8 +99,8 @@ def bench_edges() -> None:
             f"= {flops / seconds / rate:.2f} of matmul rate"
         )
     mb = 2**20
-    for d_sae in (D_SAE, 4 * D_SAE):
-        seconds, _, extra = _edges(d_sae, heads=False)
+    for d_sae in (D_SAE, 4 * D_SAE):  # block 1024: both sizes are several blocks wide
+        seconds, _, extra = _edges(d_sae, heads=False, block=1024)
         output = 2 * d_sae * 8 * (4 + 8 + 8)  # two vias' worth of [d_sae, k] weight + src layer + src feature
         print(
             f"   d_sae {d_sae:6d}: peak extra memory {extra / mb:7.1f} MB (output {output / mb:.1f} MB); "

@@ -145,16 +145,22 @@ class PromptCache:
         )  # LayerNorm subtracts the mean
         self.tokens = tokens  # [pos]
         self.transcoders = dict(transcoders)
-        logits, cache = model.run_with_cache(tokens[None])
+        resid_names, scale_names = [], []
+        for layer in range(n):
+            resid_names += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_resid_mid"]
+            scale_names += [f"blocks.{layer}.ln1.hook_scale", f"blocks.{layer}.ln2.hook_scale"]
+        wanted = set(resid_names + scale_names + [f"blocks.{n - 1}.hook_resid_post", "ln_final.hook_scale"])
+        for m in range(n):
+            wanted |= {
+                f"blocks.{m}.{h}" for h in ("ln1.hook_normalized", "attn.hook_pattern", "hook_mlp_out")
+            }
+        wanted |= {f"blocks.{layer}.ln2.hook_normalized" for layer in self.transcoders}
+        logits, cache = model.run_with_cache(tokens[None], names_filter=lambda name: name in wanted)
         self.logits = logits[0]  # [pos, d_vocab]
 
         def stack(names: list[str]) -> Tensor:
             return torch.stack([cache[name][0] for name in names])
 
-        resid_names, scale_names = [], []
-        for layer in range(n):
-            resid_names += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_resid_mid"]
-            scale_names += [f"blocks.{layer}.ln1.hook_scale", f"blocks.{layer}.ln2.hook_scale"]
         self.resid = stack(resid_names + [f"blocks.{n - 1}.hook_resid_post"])  # [2n+1, pos, d_model]
         self.inv_scale = 1 / stack(scale_names + ["ln_final.hook_scale"])[..., 0]  # [2n+1, pos]
         self.x1 = stack([f"blocks.{m}.ln1.hook_normalized" for m in range(n)])  # [n, pos, d_model]

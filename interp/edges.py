@@ -67,12 +67,15 @@ def vias(
 
 
 def _merge_topk(best_w: Tensor, best_i: Tensor, scores: Tensor, offset: int, k: int) -> tuple[Tensor, Tensor]:
-    """Running top-k by |weight| along the last axis: best [B_dst, k'] merged with scores [B_dst, B_src]."""
-    idx = torch.arange(offset, offset + scores.shape[1], device=scores.device).expand_as(scores)
-    w = torch.cat([best_w, scores], dim=1)
-    i = torch.cat([best_i, idx], dim=1)
-    top = w.abs().topk(min(k, w.shape[1]), dim=1).indices
-    return w.gather(1, top), i.gather(1, top)
+    """Running top-k by |weight| along the last axis: best [B_dst, k'] merged with scores [B_dst, B_src].
+
+    The block's own top-k is taken first, so only [B_dst, 2k] values are ever concatenated.
+    """
+    top = scores.abs().topk(min(k, scores.shape[1]), dim=1).indices  # [B_dst, k]
+    w = torch.cat([best_w, scores.gather(1, top)], dim=1)
+    i = torch.cat([best_i, top + offset], dim=1)
+    keep = w.abs().topk(min(k, w.shape[1]), dim=1).indices
+    return w.gather(1, keep), i.gather(1, keep)
 
 
 def top_upstream(
