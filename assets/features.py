@@ -22,6 +22,7 @@ from interp.token_effects import deembedding, logit_effects
 from storage import activations as act_store
 from storage import corpus as corpus_store
 from storage import features as feature_store
+from storage import neuronpedia
 from storage import transcoders as tc_store
 
 
@@ -196,6 +197,24 @@ def feature_tokens(context: dg.AssetExecutionContext, config: FeatureTokensConfi
     return dg.MaterializeResult(metadata=metadata)
 
 
+@dg.asset(
+    partitions_def=settings.layer_partitions,
+    deps=[features, feature_tokens],
+    group_name="features",
+    kinds={"json"},
+)
+def neuronpedia_export(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """The layer's features in Neuronpedia's bulk-import layout under $ATLAS_HOME/exports/neuronpedia/."""
+    metadata: dict = {}
+    for layer in settings.partition_layers(context):
+        tid, skipped = _layer_gate(context, layer, ())
+        if skipped:
+            metadata[f"L{layer}_skipped"] = skipped
+            continue
+        metadata[f"L{layer}_path"] = dg.MetadataValue.path(neuronpedia.export(tid))
+    return dg.MaterializeResult(metadata=metadata)
+
+
 @dg.asset_check(
     asset=features, description="Every live feature has enough top examples and some band examples."
 )
@@ -210,5 +229,5 @@ def features_have_examples() -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=not bad, metadata={"coverage": md_table(frame)})
 
 
-ASSETS = [features, feature_tokens]
+ASSETS = [features, feature_tokens, neuronpedia_export]
 CHECKS = [features_have_examples]

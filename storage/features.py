@@ -167,7 +167,7 @@ def clear_layer(model: str, layer: int, tables: tuple[str, ...]) -> int:
     """Delete the rows of every transcoder of (model, layer) from `tables`; returns the transcoders cleared."""
     ids = db.query("SELECT transcoder_id FROM transcoders WHERE model = ? AND layer = ?", [model, layer])
     ids = ids["transcoder_id"].to_list()
-    if ids:
+    if ids and tables:
         db.write_many([(t, pl.DataFrame(), {"transcoder_id": ids}) for t in tables])
     return len(ids)
 

@@ -3,12 +3,14 @@ re-runs replace rows, a layer whose transcoder failed its gate is skipped with i
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 import polars as pl
 import pytest
 import torch
 
-from assets.features import feature_tokens, features, features_have_examples
+from assets.features import feature_tokens, features, features_have_examples, neuronpedia_export
 from interp.model import mlp_hooks
 from storage import corpus as corpus_store
 from storage import db
@@ -97,6 +99,10 @@ def test_feature_tokens_and_cross_layer_neighbors(atlas, tiny_model, tiny_model_
             W[tid1][row["feature"]], W[row["nb_transcoder_id"]][row["nb_feature"]], dim=0
         )
         assert row["cosine"] == pytest.approx(float(cos), abs=1e-5)
+    _run([features], "1", SMALL)
+    result = _run([neuronpedia_export], "1")
+    path = result.asset_materializations_for_node("neuronpedia_export")[0].metadata["L1_path"].value
+    assert os.path.exists(os.path.join(path, "features", "batch-0.jsonl.gz"))
     W_U = tiny_model.W_U.detach()
     top = db.query(
         "SELECT feature, token_id FROM feature_tokens WHERE transcoder_id = ? AND kind = 'logit_top' AND rank = 0",
@@ -109,8 +115,6 @@ def test_feature_tokens_and_cross_layer_neighbors(atlas, tiny_model, tiny_model_
 @pytest.mark.slow
 def test_real_model_top_examples_equal_a_fresh_forward_pass(atlas_home, monkeypatch):
     """SmolLM2 layer 2: every feature's stored top activation equals a fresh float32 forward pass (rel 1e-3)."""
-    import os
-
     from interp.model import load_model
 
     real_models = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "data", "models")
