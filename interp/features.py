@@ -389,10 +389,10 @@ class FeatureMiner:
         self._compact_pairs()
         keys, sums, counts = self.pairs[0]
         token, feature = keys // self.d_sae, keys % self.d_sae
-        mean = (sums / self.token_count[token]).float()  # E[z_f | token], inactive occurrences count as 0
-        order = torch.argsort(mean, descending=True, stable=True)
-        order = order[torch.argsort(token[order], stable=True)]  # by token, then mean descending
-        token, feature, mean, counts = token[order], feature[order], mean[order], counts[order]
+        mean = sums / self.token_count[token]  # [pairs] E[z_f | token], inactive occurrences count as 0
+        # one sort by (token ascending, mean descending): token + a fraction that falls as the mean grows
+        order = torch.argsort(token.double() + 0.5 * (1 - mean / (mean.max() * 1.001)))
+        token, feature, mean, counts = token[order], feature[order], mean[order].float(), counts[order]
         first = torch.searchsorted(token, token, side="left")
         rank = torch.arange(len(token)) - first
         keep = rank < self.cfg.token_index_top
