@@ -3,7 +3,9 @@ and `feature_tokens`, `feature_neighbors` (weight-based views). The only place t
 token-effect results (interp.features / interp.token_effects / interp.neighbors) into rows.
 
 Every write replaces all rows of one transcoder in one transaction, so re-running is idempotent and a failure
-leaves the previous rows.
+leaves the previous rows. Rows are inserted in feature order, so DuckDB's row-group min/max let a one-feature
+read skip the rest of the table. Reads: `feature_card` (everything a card shows, one query), `coverage` (the
+asset check), `top_example_tokens`.
 """
 
 from __future__ import annotations
