@@ -5,7 +5,7 @@ token-effect results (interp.features / interp.token_effects / interp.neighbors)
 Every write replaces all rows of one transcoder in one transaction, so re-running is idempotent and a failure
 leaves the previous rows. Rows are inserted in feature order, so DuckDB's row-group min/max let a one-feature
 read skip the rest of the table. Reads: `feature_card` (everything a card shows, one query), `coverage` (the
-asset check), `top_example_tokens`.
+asset check).
 """
 
 from __future__ import annotations
@@ -172,14 +172,6 @@ def clear_layer(model: str, layer: int, tables: tuple[str, ...]) -> int:
     if ids and tables:
         db.write_many([(t, pl.DataFrame(), {"transcoder_id": ids}) for t in tables])
     return len(ids)
-
-
-def top_example_tokens(transcoder_id: str) -> pl.DataFrame:
-    """(feature, token_id, activation) of every 'top' example of `transcoder_id`."""
-    return db.query(
-        "SELECT feature, token_id, activation FROM feature_examples WHERE transcoder_id = ? AND kind = 'top'",
-        [transcoder_id],
-    )
 
 
 def coverage(transcoder_id: str, min_examples: int = 20) -> dict[str, int]:
