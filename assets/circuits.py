@@ -95,7 +95,7 @@ def attribution_graphs(
                 f"Target {spec.target!r}: layer {target.layer} has no transcoder (have {sorted(tcs)})."
             )
         canonical = target_string(target, len(tokens), ids.get(getattr(target, "layer", None)))
-        token_strs = tok.convert_ids_to_tokens(tokens.tolist())
+        token_strs = [tok.decode([t]) for t in tokens.tolist()]
         t0 = time.perf_counter()
         graph = attribute(model, tokens, tcs, target, config.n_paths, config.n_steps, token_strs=token_strs)
         seconds = time.perf_counter() - t0

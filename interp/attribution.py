@@ -379,6 +379,19 @@ class _Builder:
             self.attn_children[dst][(m, h, s)] = node_id
         return node_id
 
+    def leaf_label(self, node_id: str, kind: str, layer: int | None, pos: int | None) -> str:
+        where = "" if pos is None else f" @{pos} {self.tok(pos)}"
+        if kind == "embed":
+            return f"embed{where}"
+        if kind == "error":
+            what = "error" if layer in self.pc.transcoders and pos != 0 else "MLP (no transcoder)"
+            return f"L{layer} {what}{where}"
+        if kind == "bias":
+            return f"{node_id.split(':')[1]} bias L{layer}{where}"
+        if kind == "skip":
+            return f"L{layer} skip{where}"
+        return f"pruned → {node_id.split('|', 1)[1]}"
+
     def leaf(self, node_id: str) -> str:
         if node_id not in self.nodes:
             kind = {"embed": "embed", "err": "error", "bias": "bias", "skip": "skip", "pruned": "pruned"}[
@@ -387,9 +400,9 @@ class _Builder:
             layer = re.search(r":L(\d+)", node_id)
             pos = None if kind == "pruned" else int(node_id.rsplit(":", 1)[1])
             token = int(self.pc.tokens[pos]) if kind == "embed" else None
-            label = f"embed {self.tok(pos)}" if kind == "embed" else node_id
+            layer = int(layer[1]) if layer else None
             self.nodes[node_id] = GraphNode(
-                node_id, kind, int(layer[1]) if layer else None, pos, token, None, label=label
+                node_id, kind, layer, pos, token, None, label=self.leaf_label(node_id, kind, layer, pos)
             )
         return node_id
 
