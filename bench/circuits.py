@@ -4,8 +4,8 @@ and seconds per attribution graph on the real model, all measured in the same ru
   matmul FLOP/s        the score GEMM of one block, [block, d_model] @ [d_model, block], timed bare
   feature_edges        useful FLOPs (2 d_sae_src d_sae_dst r per via, r = d_model for 'resid', d_head per head)
                        per second, as a fraction of the bare matmul rate (the rest: the running top-k, factors)
-  peak memory          extra resident memory while computing edges (sampled every 2 ms, block 1024) at d_sae and
-                       4 x d_sae, next to the output size and what one dense d_sae x d_sae float32 matrix takes
+  peak memory          extra resident memory while computing edges (sampled every 2 ms, block 1024, a fresh process
+                       per size) at d_sae and 4 x d_sae, next to the output size and one dense d_sae² float32 matrix
   attribution graph    seconds for a 64-token prompt on the embedded SmolLM2 (4 layers of transcoders: trained ones
                        from the atlas database when present, else random sparse ones), next to a bare forward pass
 
@@ -16,6 +16,8 @@ d_sae (default 2304).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -52,6 +54,12 @@ def _matmul_flops(repeats: int = 5) -> float:
     for _ in range(repeats):
         a @ b
     return repeats * 2 * BLOCK * D_MODEL * BLOCK / (time.perf_counter() - t0)
+
+
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _rss() -> int:
@@ -100,7 +108,10 @@ def bench_edges() -> None:
         )
     mb = 2**20
     for d_sae in (D_SAE, 4 * D_SAE):  # block 1024: both sizes are several blocks wide
-        seconds, _, extra = _edges(d_sae, heads=False, block=1024)
+        # a fresh process per size: a heap grown by an earlier run would hide the peak
+        code = f"import torch, bench.circuits as b; torch.set_grad_enabled(False); print(*b._edges({d_sae}, False, block=1024))"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        seconds, _, extra = (float(v) for v in out.stdout.split()[-3:])
         output = 2 * d_sae * 8 * (4 + 8 + 8)  # two vias' worth of [d_sae, k] weight + src layer + src feature
         print(
             f"   d_sae {d_sae:6d}: peak extra memory {extra / mb:7.1f} MB (output {output / mb:.1f} MB); "
@@ -138,11 +149,10 @@ def bench_graph() -> None:
     text = "The President spoke to Congress about the economy, the war, and the budget. " * 8
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"][:63]
     tokens = torch.tensor([model.tokenizer.bos_token_id] + ids)  # [64]
-    with torch.no_grad():
-        model(tokens[None])
-        t0 = time.perf_counter()
+    for _ in range(2):  # the first passes through the bridge are slow (lazy initialization)
         logits = model(tokens[None])
-        forward = time.perf_counter() - t0
+        PromptCache(model, tokens, tcs)
+    forward = min(_seconds(lambda: model(tokens[None])) for _ in range(3))
     target = LogitTarget(int(logits[0, -1].argmax()))
     t0 = time.perf_counter()
     pc = PromptCache(model, tokens, tcs)
