@@ -2,14 +2,17 @@
 
 Algorithm:
   1. Statistics from the first `buffer_tokens` of the stream: b_pre <- mean(x), b_dec <- mean(y) / s, where
-     s^2 = E||y - mean(y)||^2. Targets are divided by s while training, so the MSE term is a fraction of variance
-     unexplained and lr / l1_coefficient transfer across layers; `finish` multiplies the decoder back by s.
+     s = median ||y - mean(y)|| (robust). Targets are divided by s while training, so a typical token's error is
+     on a unit scale and lr / l1_coefficient transfer across layers; `finish` multiplies the decoder back by s.
+     Tokens whose scaled target norm exceeds `outlier_norm` count with weight (outlier_norm / norm)^2, i.e. by
+     relative error: SmolLM2 has rare massive activations (attention-sink tokens; at layer 2, 3% of tokens carry
+     93% of the variance of y) that would otherwise take all the capacity while the other 97% go unmodelled.
   2. The stream (a re-iterable of {'x': [n, d_in], 'y': [n, d_out]} chunks, cycled for several epochs) passes
      through a seeded shuffle buffer; every chunk is checked for NaN/inf.
   3. Each step, on a batch of `batch_size` tokens:
-       relu: loss = ||y/s - y_hat||^2 + lambda_t * sum_i z_i ||W_dec[i]||   (norm-weighted L1, decoder rows free;
+       relu: loss = w ||y/s - y_hat||^2 + lambda_t * sum_i z_i ||W_dec[i]||   (norm-weighted L1, rows free;
              lambda_t warms up linearly over `l1_warmup_steps`)
-       topk: loss = ||y/s - y_hat||^2 + aux_coefficient * AuxK, where AuxK reconstructs the residual from the
+       topk: loss = w ||y/s - y_hat||^2 + aux_coefficient * AuxK, where AuxK reconstructs the residual from the
              top `aux_k` dead features (Gao et al. 2024); the encoder backward and decoder are sparse (k of
              d_sae columns/rows per token); decoder rows are kept unit norm (gradient projected, rows renormed).
      Adam, lr warm-up over `lr_warmup_steps`, linear decay to 0 over the last `lr_decay_frac` of the steps.
@@ -52,6 +55,7 @@ class TrainConfig:
     l1_warmup_steps: int = 25  # relu: lambda ramps from 0 over these steps (~1/4 of the default run)
     lr: float = 4e-3  # Adam; 4e-3 beat 1e-3 on SmolLM2 L11 at 400k tokens (FVU 0.05 vs 0.24)
     lr_warmup_steps: int = 20
+    outlier_norm: float = 4.0  # targets beyond this many median norms are fit by relative error (see step 1)
     lr_decay_frac: float = 0.2  # linear decay to 0 over this last fraction of the steps
     batch_size: int = 4096  # tokens per step
     train_tokens: int = 400_000  # token budget (steps = train_tokens // batch_size)
@@ -134,7 +138,7 @@ def shuffled_batches(
 
 
 def _stream_stats(data: Chunks, n_tokens: int) -> tuple[Tensor, Tensor, float, Tensor]:
-    """mean(x) [d_in], mean(y) [d_out], s = sqrt(E||y - mean y||^2), and a sample of x [<= 4096, d_in] from the
+    """mean(x) [d_in], mean(y) [d_out], s = median ||y - mean y||, and a sample of x [<= 4096, d_in] from the
     first n_tokens of the stream."""
     xs, ys, n = [], [], 0
     for chunk in data():
@@ -148,7 +152,7 @@ def _stream_stats(data: Chunks, n_tokens: int) -> tuple[Tensor, Tensor, float, T
         raise ValueError("The activation stream is empty: no training tokens (harvest some first).")
     x, y = torch.cat(xs)[:n_tokens], torch.cat(ys)[:n_tokens]
     y_mean = y.mean(0)
-    scale = (y - y_mean).pow(2).sum(-1).mean().sqrt().item()
+    scale = (y - y_mean).norm(dim=-1).median().item()  # robust to rare massive activations
     return x.mean(0).float(), y_mean.float(), max(scale, 1e-8), x[:4096].float()
 
 
@@ -181,6 +185,7 @@ class Trainer:
         self.tc.to(self.device)
         self.scale = scale
         self.y_mean = y_mean
+        self.y_center = (y_mean / scale).to(self.device)  # [d_out]
         params = [p for p in self.tc.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
         self.step_no = 0
@@ -210,20 +215,24 @@ class Trainer:
             y_hat = tc.decode_sparse(vals, idx, x)  # [n, d_out]
             fired = torch.zeros(c.d_sae, dtype=torch.bool, device=x.device)
             fired[idx[vals > 0]] = True
-            mse = (y - y_hat).pow(2).sum(-1).mean()
+            err = (y - y_hat).pow(2).sum(-1)  # [n]
             aux = self._auxk(x, y - y_hat.detach(), pre)
             sparsity, l0 = aux, (vals > 0).sum(-1).float().mean()
-            loss = mse + c.aux_coefficient * aux
+            loss = (self._weights(y) * err).mean() + c.aux_coefficient * aux
         else:
             z = tc.encode(x)  # [n, d_sae]
             y_hat = tc.decode(z, x)  # [n, d_out]
             fired = (z > 0).any(0)
-            mse = (y - y_hat).pow(2).sum(-1).mean()
+            err = (y - y_hat).pow(2).sum(-1)  # [n]
             sparsity = (z * tc.W_dec.norm(dim=-1)).sum(-1).mean()
             l0 = (z > 0).sum(-1).float().mean()
-            loss = mse + self.l1_at(self.step_no) * sparsity
-        stats = {"mse": mse.detach(), "sparsity_loss": sparsity.detach(), "l0": l0.detach()}
+            loss = (self._weights(y) * err).mean() + self.l1_at(self.step_no) * sparsity
+        stats = {"mse": err.detach().mean(), "sparsity_loss": sparsity.detach(), "l0": l0.detach()}
         return loss, stats, fired
+
+    def _weights(self, y: Tensor) -> Tensor:  # y [n, d_out] scaled -> [n] loss weights, 1 for ordinary tokens
+        norm = (y - self.y_center).norm(dim=-1).clamp_min(1e-8)
+        return (self.cfg.outlier_norm / norm).clamp(max=1.0).pow(2)
 
     def _auxk(self, x: Tensor, residual: Tensor, pre: Tensor) -> Tensor:
         """AuxK: how well the top `aux_k` dead features reconstruct the residual, as a fraction of its variance."""
@@ -342,6 +351,7 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         self.since_fired = state["since_fired"].to(self.device)
         self.curve, self.scale, self.y_mean = state["curve"], state["scale"], state["y_mean"]
+        self.y_center = (self.y_mean / self.scale).to(self.device)
 
     def save_checkpoint(self, path: str) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
