@@ -41,9 +41,7 @@ Node ids: 'target', 'feat:L<l>:<pos>:<i>', 'attn:L<m>.H<h>:<s>><t>|<dst id>', 'e
 from __future__ import annotations
 
 import logging
-import math
 import re
-import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -519,98 +517,3 @@ def attribute(
     }
     log.info("attribution graph: %d nodes, %d edges, target %.4g", len(b.nodes), len(edges), value)
     return AttributionGraph(tokens.tolist(), target, value, b.nodes, edges, config)
-
-
-# ---- checking attributions against real ablations -----------------------------------------------------------
-
-
-@torch.no_grad()
-def ablation_effects(
-    model,
-    tokens: Tensor,  # [pos]
-    transcoders: Mapping[int, Transcoder],
-    target: Target,
-    ablations: Sequence[tuple[int, int, int]],  # (layer, position, feature)
-    freeze: Sequence[str] = ("pattern", "scale"),
-    batch_size: int = 32,
-) -> Tensor:
-    """Change of the target when each feature is zero-ablated (z_i f_dec,i removed from that MLP's output).
-
-    The model runs for real, with what `freeze` names held at its clean value: 'pattern' (attention patterns),
-    'scale' (every norm's 1/rms), 'mlp' (every MLP output, so only the ablated feature's own removal and the
-    linear attention paths carry the change: the graph's linear model). Returns [len(ablations)]: ablated minus
-    clean target value.
-    """
-    n_pos = len(tokens)
-    t = target.position % n_pos
-    clean_names = []
-    if "pattern" in freeze:
-        clean_names += [f"blocks.{m}.attn.hook_pattern" for m in range(model.cfg.n_layers)]
-    if "scale" in freeze:
-        clean_names += [f"blocks.{m}.ln{k}.hook_scale" for m in range(model.cfg.n_layers) for k in (1, 2)]
-        clean_names.append("ln_final.hook_scale")
-    mlp_names = [f"blocks.{m}.hook_mlp_out" for m in range(model.cfg.n_layers)] if "mlp" in freeze else []
-    layers = sorted({a[0] for a in ablations})
-    x_names = [f"blocks.{layer}.ln2.hook_normalized" for layer in layers]
-    stop = target.layer + 1 if isinstance(target, FeatureTarget) else None  # nothing above the target matters
-    wanted = set(clean_names + x_names + mlp_names)
-    _, cache = model.run_with_cache(
-        tokens[None], names_filter=lambda name: name in wanted, stop_at_layer=stop
-    )
-    clean_names = [name for name in clean_names if name in cache]
-    mlp_names = [name for name in mlp_names if name in cache]
-    z = {
-        layer: transcoders[layer].encode(cache[f"blocks.{layer}.ln2.hook_normalized"][0]) for layer in layers
-    }
-
-    def run(delta: dict[int, Tensor]) -> Tensor:  # delta: layer -> [B, pos, d_model] removed from MLP out
-        batch = next(iter(delta.values())).shape[0]
-        captured = {}
-        hooks = [(name, lambda act, hook: cache[hook.name].expand_as(act)) for name in clean_names]
-
-        def mlp_out(act: Tensor, hook) -> Tensor:
-            base = cache[hook.name].expand_as(act) if mlp_names else act
-            layer = int(hook.name.split(".")[1])
-            return base - delta[layer] if layer in delta else base
-
-        hooks += [
-            (name, mlp_out) for name in mlp_names or [f"blocks.{layer}.hook_mlp_out" for layer in delta]
-        ]
-        if isinstance(target, FeatureTarget):
-            name = f"blocks.{target.layer}.ln2.hook_normalized"
-            hooks.append((name, lambda act, hook: captured.__setitem__("x", act)))
-            model.run_with_hooks(
-                tokens[None].expand(batch, -1), fwd_hooks=hooks, stop_at_layer=target.layer + 1
-            )
-            tc = transcoders[target.layer]
-            return (
-                captured["x"][:, t] @ tc.W_enc[:, target.feature]
-                + tc.b_enc[target.feature]
-                - (tc.b_pre @ tc.W_enc[:, target.feature])
-            )
-        logits = model.run_with_hooks(tokens[None].expand(batch, -1), fwd_hooks=hooks)
-        out = logits[:, t, target.token]
-        return out if target.other is None else out - logits[:, t, target.other]
-
-    d_model = model.cfg.d_model
-    out = []
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="A forward hook edited hook_scale"
-        )  # freezing scales is the point
-        clean = run({layers[0]: torch.zeros(1, n_pos, d_model, device=tokens.device)})
-        for b0 in range(0, len(ablations), batch_size):
-            chunk = ablations[b0 : b0 + batch_size]
-            delta = {layer: torch.zeros(len(chunk), n_pos, d_model, device=tokens.device) for layer in layers}
-            for row, (layer, pos, i) in enumerate(chunk):
-                delta[layer][row, pos] = z[layer][pos, i] * transcoders[layer].W_dec[i]
-            out.append(run(delta) - clean)
-    return torch.cat(out).cpu() if out else torch.zeros(0)
-
-
-def effect_correlation(predicted: Sequence[float], measured: Sequence[float]) -> float:
-    """Pearson correlation of predicted attributions and measured ablation effects."""
-    p, m = torch.tensor(predicted, dtype=torch.float64), torch.tensor(measured, dtype=torch.float64)
-    p, m = p - p.mean(), m - m.mean()
-    denom = math.sqrt(float(p @ p) * float(m @ m))
-    return float(p @ m) / denom if denom else float("nan")

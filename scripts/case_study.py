@@ -25,14 +25,13 @@ import os
 
 import torch
 
+from interp.ablation import ablation_effects, effect_correlation
 from interp.attribution import (
     FeatureTarget,
     LogitTarget,
     PromptCache,
-    ablation_effects,
     attribute,
     decompose,
-    effect_correlation,
     parse_target,
     target_string,
 )

@@ -18,14 +18,13 @@ import os
 import pytest
 import torch
 
+from interp.ablation import ablation_effects, effect_correlation
 from interp.activations import harvest
 from interp.attribution import (
     FeatureTarget,
     PromptCache,
-    ablation_effects,
     attribute,
     decompose,
-    effect_correlation,
     parse_target,
 )
 from interp.model import load_model

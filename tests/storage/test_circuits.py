@@ -45,10 +45,7 @@ def test_graph_round_trip_and_idempotent_rewrite(atlas_home, graph):
     into_target = edges.filter(edges["dst_node"] == "target")["weight"].sum()
     assert into_target == pytest.approx(meta["target_value"], rel=1e-4)
     circuits.delete_graphs_except("tiny", [])
-    assert (
-        queries.graphs().height == 0
-        and db.query("SELECT count(*) n FROM graph_edges")["n"][0] == 0
-    )
+    assert queries.graphs().height == 0 and db.query("SELECT count(*) n FROM graph_edges")["n"][0] == 0
 
 
 def test_graph_export_folds_attention_exactly(atlas_home, graph):
