@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     names = [s[0] for s in STEPS]
     first = names.index(args.start) if args.start else 0
     t0 = time.perf_counter()
+    failed: dict[str, list[str]] = {}
     for i, (name, select, partitions) in enumerate(STEPS):
         if i < first or (args.only and name not in args.only):
             continue
@@ -85,13 +86,22 @@ def main(argv: list[str] | None = None) -> None:
             log.warning("skipping step %s: assets %s are not defined in this build", name, missing)
             continue
         t = time.perf_counter()
-        run_step(select, partitions)
-        log.info("step %s done in %.0f s", name, time.perf_counter() - t)
+        bad = run_step(select, partitions)
+        log.info(
+            "step %s done in %.0f s%s", name, time.perf_counter() - t, f" (failed: {bad})" if bad else ""
+        )
+        if bad:
+            failed[name] = bad
+            if name in ("corpus", "activations"):
+                break  # nothing downstream can run without these
     log.info(
         "atlas built in %.0f s (ATLAS_HOME=%s)",
         time.perf_counter() - t0,
         os.environ.get("ATLAS_HOME", "data"),
     )
+    if failed:
+        log.error("failed steps (layer partitions): %s; see `make ui` for the runs", failed)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
