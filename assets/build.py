@@ -37,7 +37,7 @@ def _defined_assets() -> set[str]:
     return {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
 
 
-def _materialize(select: str, partition_args: list[str]) -> None:
+def _materialize(select: str, partition_args: list[str]) -> bool:
     cmd = [
         sys.executable,
         "-m",
@@ -51,18 +51,21 @@ def _materialize(select: str, partition_args: list[str]) -> None:
     ]
     cmd += partition_args
     log.info("$ %s", " ".join(cmd))
-    subprocess.run(cmd, check=True, env=os.environ)
+    return subprocess.run(cmd, env=os.environ).returncode == 0
 
 
-def run_step(select: str, partitions: str | None) -> None:
+def run_step(select: str, partitions: str | None) -> list[str]:
+    """Materialize one step; returns the partitions (or '-') whose run failed.
+
+    A failed layer does not stop the other layers: a transcoder that fails its quality gate fails its blocking
+    checks (so its run exits non-zero) and later steps skip that layer with the reason in their metadata.
+    """
     layers = [str(x) for x in settings.layers()]
     if partitions is None:
-        _materialize(select, [])
-    elif partitions == "range":
-        _materialize(select, ["--partition-range", f"{layers[0]}...{layers[-1]}"])
-    else:
-        for layer in layers:
-            _materialize(select, ["--partition", layer])
+        return [] if _materialize(select, []) else ["-"]
+    if partitions == "range":
+        return [] if _materialize(select, ["--partition-range", f"{layers[0]}...{layers[-1]}"]) else layers
+    return [layer for layer in layers if not _materialize(select, ["--partition", layer])]
 
 
 def main(argv: list[str] | None = None) -> None:
