@@ -57,13 +57,10 @@ class _GatherPreActs(torch.autograd.Function):
         x, idx = ctx.saved_tensors
         n, k = idx.shape
         rows = torch.arange(n, device=idx.device).repeat_interleave(k)
-        sel = torch.sparse_coo_tensor(
-            torch.stack([idx.reshape(-1), rows]), dvals.reshape(-1).to(x.dtype), (ctx.d_sae, n)
-        )  # [d_sae, n]
+        dv = dvals.reshape(-1).to(x.dtype)  # float32 even under bf16 autocast
+        sel = torch.sparse_coo_tensor(torch.stack([idx.reshape(-1), rows]), dv, (ctx.d_sae, n))  # [d_sae, n]
         d_w = torch.sparse.mm(sel, x).T  # [d_in, d_sae]
-        d_b = torch.zeros(ctx.d_sae, dtype=dvals.dtype, device=dvals.device).index_add_(
-            0, idx.reshape(-1), dvals.reshape(-1)
-        )
+        d_b = torch.zeros(ctx.d_sae, dtype=x.dtype, device=x.device).index_add_(0, idx.reshape(-1), dv)
         return None, d_w, d_b, None, None
 
 
@@ -150,9 +147,9 @@ class Transcoder(nn.Module):
         return _GatherPreActs.apply(x - self.b_pre, self.W_enc, self.b_enc, pre, idx)
 
     def decode_sparse(self, vals: Tensor, idx: Tensor, x: Tensor | None = None, bias: bool = True) -> Tensor:
-        """sum_j vals[n, j] W_dec[idx[n, j]] (+ b_dec, + x @ W_skip): a gather of k decoder rows per token."""
+        """sum_j vals[n, j] W_dec[idx[n, j]] (+ b_dec, + x @ W_skip.T): a gather of k decoder rows per token."""
         out = torch.nn.functional.embedding_bag(
-            idx, self.W_dec, per_sample_weights=vals, mode="sum"
+            idx, self.W_dec, per_sample_weights=vals.to(self.W_dec.dtype), mode="sum"
         )  # [n, d_out]
         if bias:
             out = out + self.b_dec
