@@ -55,7 +55,10 @@ class TranscoderTrainConfig(dg.Config):
     eval_batch_size: int = 8
     zero_ablation: bool = False  # also measure ce_zero_ablated (one more forward pass per context)
     # quality gate: a transcoder failing any of these is recorded as failed and its layer is not mined
-    max_fvu: float = 0.5
+    max_fvu: float = (
+        1.0  # no better than predicting the mean; FVU is dominated by massive-activation tokens on
+    )
+    # some layers (SmolLM2 L11: 0.1% of tokens carry 99% of the variance), so CE recovered is the sharper gate
     max_dead_frac: float = 0.25
     min_ce_recovered: float = 0.6
 
