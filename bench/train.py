@@ -63,9 +63,11 @@ def _tokens_per_s(trainer: Trainer, batches) -> float:
 
 
 def _synthetic():
+    """Two fixed random batches, cycled (generated once, outside the timed steps)."""
     g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(BATCH, D, generator=g), torch.randn(BATCH, D, generator=g)) for _ in range(2)]
     while True:
-        yield torch.randn(BATCH, D, generator=g), torch.randn(BATCH, D, generator=g)
+        yield from batches
 
 
 def _from_shards() -> float | None:

@@ -120,7 +120,8 @@ class Transcoder(nn.Module):
         return self.cfg.d_sae
 
     def pre_acts(self, x: Tensor) -> Tensor:  # x [..., d_in] -> [..., d_sae]
-        return (x - self.b_pre) @ self.W_enc + self.b_enc
+        pre = torch.addmm(self.b_enc, (x - self.b_pre).reshape(-1, x.shape[-1]), self.W_enc)  # fused bias add
+        return pre.reshape(*x.shape[:-1], self.cfg.d_sae)
 
     def activation(self, pre: Tensor) -> Tensor:  # [..., d_sae] -> [..., d_sae]
         if self.cfg.architecture == "topk":
