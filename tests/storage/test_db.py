@@ -1,4 +1,5 @@
-import multiprocessing as mp
+import subprocess
+import sys
 
 import duckdb
 import polars as pl
@@ -57,27 +58,30 @@ def test_reader_on_missing_database_says_what_to_do(atlas_home):
         db.query("SELECT 1")
 
 
-def _hold_lock(path, ready, release):
-    con = duckdb.connect(path)
-    ready.set()
-    release.wait(30)
-    con.close()
+HOLD_LOCK = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+con.close()
+"""
 
 
 def test_locked_database_is_retried_then_reported(atlas_home, monkeypatch):
     db.write("vocab", _vocab(["a"]), {"model": "m"})
     monkeypatch.setenv("ATLAS_DB_LOCK_TIMEOUT", "0.5")
-    ctx = mp.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(db.layout.db_path(), ready, release))
-    holder.start()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, db.layout.db_path()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        assert ready.wait(60)
+        assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(db.DatabaseLockedError, match="stayed locked by another process"):
             db.query("SELECT 1")
     finally:
-        release.set()
-        holder.join(30)
+        holder.communicate("release\n", timeout=60)
     assert db.query("SELECT count(*) n FROM vocab")["n"][0] == 1  # usable again once released
 
 
