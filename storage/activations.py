@@ -122,7 +122,7 @@ def record_manifest(model: str, layer: int, split: str, shards: list[Shard], met
             "dtype": STORAGE_DTYPE,
         },
         schema_overrides={"n_tokens": pl.Int64, "layer": pl.Int32, "shard": pl.Int32},
-    ).with_columns(created_at=pl.lit(None, pl.Datetime).fill_null(pl.lit(np.datetime64("now"))))
+    ).with_columns(created_at=db.now())
     db.write("activation_shards", rows, {"model": model, "layer": layer, "split": split})
 
 

@@ -111,7 +111,7 @@ def graph_frames(
             ],
         },
         schema_overrides={"tokens": pl.List(pl.Int32), "target_value": pl.Float32},
-    ).with_columns(created_at=pl.lit(np.datetime64("now", "us")))
+    ).with_columns(created_at=db.now())
     nodes = list(graph.nodes.values())
     node_rows = pl.DataFrame(
         {

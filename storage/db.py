@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,11 @@ def reader(path: str | None = None, *, sandboxed: bool = False) -> Iterator[duck
         yield con
     finally:
         con.close()
+
+
+def now() -> pl.Expr:
+    """The current UTC time to microseconds, as a literal for a `created_at` column."""
+    return pl.lit(datetime.now(timezone.utc).replace(tzinfo=None), dtype=pl.Datetime("us"))
 
 
 def replace_rows(

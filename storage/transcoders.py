@@ -13,7 +13,6 @@ import json
 import tempfile
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from interp.transcoder import Transcoder
@@ -45,10 +44,6 @@ def transcoder_id(model: str, layer: int, architecture: str, d_sae: int) -> str:
     return f"{model}/L{layer}/{architecture}-{d_sae}"
 
 
-def _now() -> pl.Expr:
-    return pl.lit(np.datetime64("now", "us"))
-
-
 def save_transcoder(
     tc: Transcoder,
     transcoder_id: str,
@@ -78,7 +73,7 @@ def save_transcoder(
             "config": [json.dumps(config, default=str)],
         },
         schema_overrides={"train_tokens": pl.Int64, "layer": pl.Int32, "d_in": pl.Int32, "d_sae": pl.Int32},
-    ).with_columns(created_at=_now())
+    ).with_columns(created_at=db.now())
     unknown = set(metrics) - set(METRIC_COLUMNS) - {"thresholds"}
     if unknown:
         raise ValueError(f"Unknown metric(s) {sorted(unknown)}; transcoder_metrics has {METRIC_COLUMNS}.")
@@ -93,7 +88,7 @@ def save_transcoder(
             "gate_reason": pl.Utf8,
             **{k: pl.Float64 for k in METRIC_COLUMNS if k not in _NON_REAL},
         },
-    ).with_columns(created_at=_now())
+    ).with_columns(created_at=db.now())
     curve = curve.select([c for c in CURVE_COLUMNS if c in curve.columns]).with_columns(
         transcoder_id=pl.lit(transcoder_id)
     )
@@ -169,7 +164,7 @@ def write_splice_metrics(
             **{c: [metrics[c]] for c in cols},
         },
         schema_overrides={"n_eval_tokens": pl.Int64, **{c: pl.Float64 for c in cols}},
-    ).with_columns(created_at=_now())
+    ).with_columns(created_at=db.now())
     db.write("splice_metrics", row, {"model": model})
 
 
