@@ -9,7 +9,7 @@ into w. The residual stream there is a sum of components, so w · resid splits e
     feature  z_i^(l)[t] (f_dec,i · w)                              transcoder layers l whose MLP is below the read
     error    (y − ŷ)^(l)[t] · w   (the whole MLP output for layers without a transcoder)
     bias     b_dec^(l) · w, attention output biases, and the reader's own bias (b_enc,i or b_U difference)
-    skip     x^(l)[t] W_skip^(l) · w
+    skip     (W_skip^(l) x^(l)[t]) · w
     attn     pattern^(m,h)[t,s] · x1^(m)[s] W_V^(m,h) W_O^(m,h) w   heads (m,h) below the read, sources s ≤ t
 
 A feature node reads w = f_enc,i / rms(resid_mid^(l)[t]); its value is the pre-activation (= z_i when active).
@@ -173,7 +173,7 @@ class PromptCache:
             self.x2[layer] = x
             self.z[layer] = tc.encode(x)  # [pos, d_sae]
             self.y_hat[layer] = tc.decode(self.z[layer], x)  # [pos, d_model]
-            self.skip[layer] = None if tc.W_skip is None else x @ tc.W_skip  # [pos, d_model]
+            self.skip[layer] = None if tc.W_skip is None else tc.skip_out(x)  # [pos, d_model]
             self.b_enc[layer] = tc.b_enc - tc.b_pre @ tc.W_enc  # [d_sae], b_pre folded in
 
     def reader(self, stage: int, position: int, v: Tensor) -> Tensor:

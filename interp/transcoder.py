@@ -71,7 +71,7 @@ class TranscoderConfig:
     d_out: int
     architecture: str = "relu"  # 'relu' (ReLU + L1, the paper) or 'topk'
     k: int | None = None  # active features per token for 'topk'
-    skip: bool = False  # add a linear skip connection x @ W_skip
+    skip: bool = False  # add a linear skip connection x @ W_skip.T
     hook_name: str = ""  # e.g. 'blocks.5.ln2.hook_normalized'
     hook_name_out: str = ""  # e.g. 'blocks.5.hook_mlp_out'
     model_name: str = ""
@@ -155,15 +155,18 @@ class Transcoder(nn.Module):
         if bias:
             out = out + self.b_dec
         if self.W_skip is not None and x is not None:
-            out = out + x @ self.W_skip.T
+            out = out + self.skip_out(x)
         return out
+
+    def skip_out(self, x: Tensor) -> Tensor:  # x [..., d_in] -> [..., d_out]; the linear skip path
+        return x @ self.W_skip.T
 
     def decode(self, z: Tensor, x: Tensor | None = None) -> Tensor:  # z [..., d_sae] -> [..., d_out]
         out = z @ self.W_dec + self.b_dec
         if self.W_skip is not None:
             if x is None:
                 raise ValueError("This transcoder has a skip connection; decode(z, x) needs the input x.")
-            out = out + x @ self.W_skip.T
+            out = out + self.skip_out(x)
         return out
 
     def forward(self, x: Tensor) -> Tensor:  # [..., d_in] -> y_hat [..., d_out]

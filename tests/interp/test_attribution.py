@@ -134,3 +134,25 @@ def test_parse_target_and_canonical_string(tiny_model):
         parse_target('logit:"ab"', tok)
     with pytest.raises(ValueError, match="is not"):
         parse_target("neuron:3", tok)
+
+
+def test_decomposition_is_exact_with_skip_transcoders(tiny_model, tcs):
+    """The skip path (W_skip x) is its own leaf: features + b_dec + skip + error still sum to the MLP output."""
+    import dataclasses
+
+    from interp.transcoder import Transcoder
+
+    skipped = {}
+    for layer, tc in tcs.items():
+        twin = Transcoder(dataclasses.replace(tc.cfg, skip=True))
+        state = {**tc.state_dict(), "W_skip": torch.randn(tc.cfg.d_out, tc.cfg.d_in) * 0.05}
+        twin.load_state_dict(state)
+        skipped[layer] = twin
+    pc = PromptCache(tiny_model, TOKENS, skipped)
+    g = torch.Generator().manual_seed(1)
+    for stage in range(2 * tiny_model.cfg.n_layers + 1):
+        w = torch.randn(tiny_model.cfg.d_model, generator=g)
+        d = decompose(pc, stage, 6, w)
+        assert d.total() == pytest.approx(float(pc.resid[stage, 6] @ w), rel=1e-4, abs=1e-5)
+    graph = attribute(tiny_model, TOKENS, skipped, LogitTarget(token=25, other=30, position=-1), n_paths=40)
+    assert check_bookkeeping(graph) > 5 and any(n.kind == "skip" for n in graph.nodes.values())
