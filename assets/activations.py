@@ -48,7 +48,6 @@ def _harvest_split(
     seconds = time.perf_counter() - t0
     d_model = model.cfg.d_model
     for layer, layer_shards in shards.items():
-        ids = [act_store.read_shard(s.path, ("context_id",))["context_id"] for s in layer_shards]
         hook_in, hook_out = mlp_hooks(layer)
         act_store.record_manifest(
             settings.model_name(),
@@ -56,8 +55,6 @@ def _harvest_split(
             split,
             layer_shards,
             {
-                "first_context_ids": [int(i.min()) for i in ids],
-                "last_context_ids": [int(i.max()) for i in ids],
                 "hook_in": hook_in,
                 "hook_out": hook_out,
                 "d_model": d_model,

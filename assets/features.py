@@ -174,7 +174,7 @@ def feature_tokens(context: dg.AssetExecutionContext, config: FeatureTokensConfi
     model = resources.model()
     W_E, W_U = model.W_E.detach().float().cpu(), model.W_U.detach().float().cpu()  # [vocab, d], [d, vocab]
     listing = tc_store.list_transcoders(settings.model_name())
-    gated = [t for t in listing["transcoder_id"].to_list() if tc_store.gate_status(t)[0]]
+    gated = listing.filter(pl.col("gate_passed").fill_null(False))["transcoder_id"].to_list()
     banks = {t: tc_store.load_transcoder(t).W_dec.detach() for t in gated}  # [d_sae, d_model] each
     metadata: dict = {}
     for layer in settings.partition_layers(context):

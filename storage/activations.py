@@ -27,6 +27,8 @@ STORAGE_DTYPE = "float16"
 class Shard:
     path: str
     n_tokens: int
+    first_context_id: int
+    last_context_id: int
 
 
 def write_shard(
@@ -52,7 +54,7 @@ def write_shard(
     )
     with layout.atomic_local_path(path) as tmp:
         pq.write_table(table, tmp, compression="lz4")
-    return Shard(path, len(context_id))
+    return Shard(path, len(context_id), int(context_id.min()), int(context_id.max()))
 
 
 class ShardWriter:
@@ -105,7 +107,7 @@ def read_shard(path: str, columns: tuple[str, ...] = ("x", "y"), dtype: torch.dt
 
 
 def record_manifest(model: str, layer: int, split: str, shards: list[Shard], meta: dict) -> None:
-    """Replace the manifest rows of (model, layer, split) with `shards` (old shard files beyond them are removed)."""
+    """Replace the manifest rows of (model, layer, split) with `shards`; meta holds hook_in, hook_out, d_model."""
     rows = pl.DataFrame(
         {
             "model": model,
@@ -114,8 +116,8 @@ def record_manifest(model: str, layer: int, split: str, shards: list[Shard], met
             "shard": list(range(len(shards))),
             "path": [s.path for s in shards],
             "n_tokens": [s.n_tokens for s in shards],
-            "first_context_id": meta["first_context_ids"],
-            "last_context_id": meta["last_context_ids"],
+            "first_context_id": [s.first_context_id for s in shards],
+            "last_context_id": [s.last_context_id for s in shards],
             "hook_in": meta["hook_in"],
             "hook_out": meta["hook_out"],
             "d_model": meta["d_model"],

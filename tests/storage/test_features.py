@@ -69,8 +69,6 @@ def build_atlas(
             "eval",
             shards,
             {
-                "first_context_ids": [int(ids[i * 8]) for i in range(len(shards))],
-                "last_context_ids": [int(ids[min(i * 8 + 7, len(ids) - 1)]) for i in range(len(shards))],
                 "hook_in": hook_in,
                 "hook_out": hook_out,
                 "d_model": model.cfg.d_model,
