@@ -271,6 +271,74 @@ def decompose(pc: PromptCache, stage: int, t: int, w: Tensor) -> _Decomposition:
     )
 
 
+# ---- exact direct effects of every upstream component -------------------------------------------------------
+
+
+@dataclass
+class DirectEffects:
+    """Every upstream component's contribution to one reader through all of the frozen linear model's paths.
+
+    `decompose` splits a reader along the residual stream at one position and leaves attention as separate
+    (head, source) terms; this pushes the reader back through every attention layer as well (patterns and norm
+    scales frozen, MLP outputs constant), so a feature's entry is its whole direct effect: the residual path plus
+    every path through heads at any source position, but none through another MLP. Zero-ablating the feature in
+    the real model with patterns, scales and the other MLP outputs frozen changes the reader by exactly minus its
+    entry. The entries sum to the reader's value.
+    """
+
+    features: dict[int, Tensor]  # layer -> [t+1, d_sae]: z_i (f_dec,i · g), zero where inactive and at BOS
+    embed: Tensor  # [t+1]: each position's embedding
+    errors: dict[
+        int, Tensor
+    ]  # layer -> [t+1]: transcoder error, or the whole MLP output without a transcoder
+    bias_and_skip: float  # decoder and attention biases, and the transcoders' skip paths (W_skip x)
+
+    def total(self) -> float:
+        parts = [self.embed.sum(), *(f.sum() for f in self.features.values())]
+        return float(sum(parts)) + float(sum(e.sum() for e in self.errors.values())) + self.bias_and_skip
+
+
+@torch.no_grad()
+def direct_effects(pc: PromptCache, stage: int, t: int, w: Tensor) -> DirectEffects:
+    """Exact direct effects on w · resid[stage][t] of every feature, embedding and error at positions ≤ t.
+
+    One backward sweep of the linear map from stage 0 to `stage`: g[s] = ∂(w · resid[stage][t]) / ∂resid[k][s]
+    starts as w at t; an MLP output (constant) leaves g unchanged and collects its components' shares; attention
+    layer m adds, at every source s, Σ_h Σ_t' pattern[m,h,t',s] · reader(2m, s, W_V W_O g[t']).
+    """
+    n = t + 1
+    g = torch.zeros(n, w.shape[0], device=w.device, dtype=w.dtype)  # [t+1, d_model]
+    g[t] = w
+    features, errors, bias_and_skip = {}, {}, 0.0
+    for k in range(stage, 0, -1):
+        if k % 2 == 0:  # resid[k] = resid[k-1] + mlp_out[l]
+            layer = k // 2 - 1
+            share = (pc.mlp_out[layer, :n] * g).sum(-1)  # [t+1]
+            tc = pc.transcoders.get(layer)
+            if tc is None:
+                errors[layer] = share
+                continue
+            z = pc.z[layer][:n].clone()  # [t+1, d_sae]
+            z[0] = 0.0  # BOS: the whole MLP output is the error (transcoders never saw position 0)
+            features[layer] = z * (g @ tc.W_dec.T)
+            rest = g @ tc.b_dec  # [t+1]
+            if pc.skip[layer] is not None:
+                rest = rest + (pc.skip[layer][:n] * g).sum(-1)
+            rest[0] = 0.0
+            errors[layer] = share - features[layer].sum(-1) - rest
+            bias_and_skip += float(rest.sum())
+        else:  # resid[k] = resid[k-1] + attn_m(norm(resid[k-1]))
+            m = k // 2
+            bias_and_skip += float(pc.attn_bias[m] @ g.sum(0))
+            u = torch.einsum("hef,tf->hte", pc.W_O[m], g)  # [H, t+1, d_head]
+            ov = torch.einsum("hde,hte->htd", pc.W_V[m], u)  # [H, t+1, d_model]
+            back = torch.einsum("hts,htd->sd", pc.pattern[m, :, :n, :n], ov)  # [t+1 (source), d_model]
+            if pc.center:
+                back = back - back.mean(-1, keepdim=True)
+            g = g + back * pc.inv_scale[2 * m, :n, None]
+    return DirectEffects(features, (pc.resid[0, :n] * g).sum(-1), errors, bias_and_skip)
+
+
 # ---- the graph -----------------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from interp.attribution import (
     PromptCache,
     attribute,
     decompose,
+    direct_effects,
     parse_target,
     target_string,
 )
@@ -105,6 +106,59 @@ def test_influence_equals_ablation_exactly_on_a_linear_stretch(tiny_model, tcs):
     # without freezing the norm scales the same ablations no longer match exactly (the check can fail)
     loose = ablation_effects(tiny_model, TOKENS, transcoders, target, ablations, freeze=("pattern",))
     assert (loose - predicted).abs().max() > 1e-4
+
+
+def test_direct_effects_sum_to_the_reader_and_match_the_complete_graph(tiny_model, tcs):
+    """Completeness at every stage, and on the linear stretch (layer-0 features into a layer-1 feature) the
+    backward sweep gives each feature exactly the complete graph's path-summed influence."""
+    pc = PromptCache(tiny_model, TOKENS, {0: tcs[0], 2: tcs[2]})
+    g = torch.Generator().manual_seed(2)
+    for stage in range(2 * tiny_model.cfg.n_layers + 1):
+        w = torch.randn(tiny_model.cfg.d_model, generator=g)
+        e = direct_effects(pc, stage, 7, w)
+        assert e.total() == pytest.approx(float(pc.resid[stage, 7] @ w), rel=1e-4, abs=1e-5)
+        assert set(e.features) == {layer for layer in (0, 2) if 2 * layer + 2 <= stage}
+    transcoders = {0: tcs[0], 1: tcs[1]}
+    pc = PromptCache(tiny_model, TOKENS, transcoders)
+    t = len(TOKENS) - 1
+    feature = int(pc.z[1][t].argmax())
+    graph = attribute(
+        tiny_model, TOKENS, transcoders, FeatureTarget(1, feature, t), n_paths=100_000, n_steps=3, cache=pc
+    )
+    e = direct_effects(pc, 3, t, graph.nodes["target"].reader)
+    nodes = [n for n in graph.nodes.values() if n.kind == "feature" and n.layer == 0]
+    assert len(nodes) > 30
+    for n in nodes:
+        assert float(e.features[0][n.position, n.feature]) == pytest.approx(n.influence, rel=1e-4, abs=1e-6)
+    assert int((e.features[0] != 0).sum()) == len(nodes)  # every active feature, nothing else
+
+
+@pytest.mark.parametrize("target", [FeatureTarget(2, -1, -1), LogitTarget(token=25, other=30, position=-1)])
+def test_direct_effects_equal_ablations_across_positions_and_layers(tiny_model, tcs, target):
+    """Every active feature at every position, with a layer (and, for the logit, several layers) of attention
+    and a frozen MLP in between: the direct effect is exactly minus the change from really zero-ablating it with
+    patterns, scales and the other MLP outputs frozen. Residual-only direct edges miss the attention paths."""
+    transcoders = {0: tcs[0], 2: tcs[2]} if isinstance(target, FeatureTarget) else tcs
+    pc = PromptCache(tiny_model, TOKENS, transcoders)
+    t = len(TOKENS) - 1
+    if isinstance(target, FeatureTarget):
+        target = FeatureTarget(2, int(pc.z[2][t].argmax()), t)
+        stage, reader = 5, pc.reader(5, t, tcs[2].W_enc[:, target.feature])
+    else:
+        stage = 2 * tiny_model.cfg.n_layers
+        reader = pc.reader(stage, t, tiny_model.W_U[:, 25] - tiny_model.W_U[:, 30])
+    e = direct_effects(pc, stage, t, reader)
+    ablations = [(layer, int(s), int(i)) for layer, f in e.features.items() for s, i in f.nonzero().tolist()]
+    assert len({s for _, s, _ in ablations}) == t and len(ablations) > 40
+    measured = ablation_effects(
+        tiny_model, TOKENS, transcoders, target, ablations, freeze=("pattern", "scale", "mlp")
+    )
+    predicted = torch.tensor([-float(e.features[layer][s, i]) for layer, s, i in ablations])
+    torch.testing.assert_close(measured, predicted, atol=1e-5, rtol=1e-3)
+    residual_only = torch.tensor(
+        [-float(e.features[layer][s, i]) if s == t else 0.0 for layer, s, i in ablations]
+    )
+    assert (measured - residual_only).abs().max() > 1e-3  # the attention paths matter: the check can fail
 
 
 def test_direct_attribution_predicts_ablation_with_live_mlps(tiny_model, tcs):
