@@ -7,7 +7,8 @@ and seconds per attribution graph on the real model, all measured in the same ru
   peak memory          extra resident memory while computing edges (sampled every 2 ms, block 1024, a fresh process
                        per size) at d_sae and 4 x d_sae, next to the output size and one dense d_sae² float32 matrix
   attribution graph    seconds for a 64-token prompt on the embedded SmolLM2 (4 layers of transcoders: trained ones
-                       from the atlas database when present, else random sparse ones), next to a bare forward pass
+                       from the atlas database when present, else random sparse ones), next to a bare forward pass,
+                       and seconds for the exact direct effects of every feature on the same target
 
 Synthetic weights with d_model 576 / 9 heads / d_head 64 (SmolLM2 shapes). ATLAS_BENCH_DSAE sets the smaller
 d_sae (default 2304).
@@ -23,7 +24,7 @@ import time
 
 import torch
 
-from interp.attribution import LogitTarget, PromptCache, attribute
+from interp.attribution import LogitTarget, PromptCache, attribute, direct_effects
 from interp.edges import feature_edges
 from interp.transcoder import Transcoder, TranscoderConfig
 
@@ -159,11 +160,14 @@ def bench_graph() -> None:
     cache_s = time.perf_counter() - t0
     graph = attribute(model, tokens, tcs, target, n_paths=16, n_steps=3, cache=pc)
     total = time.perf_counter() - t0
+    node = graph.nodes["target"]
+    direct = _seconds(lambda: direct_effects(pc, node.stage, node.position, node.reader))
     print(
         f"   attribution graph, 64 tokens, {kind} transcoders at layers {sorted(tcs)}: {total:.2f} s "
         f"(cached forward {cache_s:.2f} s, search {total - cache_s:.2f} s; {len(graph.nodes)} nodes, "
         f"{len(graph.edges)} edges); bare forward {forward:.3f} s -> {total / forward:.0f}x a forward pass"
     )
+    print(f"   direct effects of every feature at every position on the target: {direct:.3f} s")
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ change of a target (a feature pre-activation or a logit difference), with chosen
 
 With attention patterns, norm scales and every other MLP output frozen ('pattern', 'scale', 'mlp'), the model from
 the ablated feature to the target is exactly the linear model an attribution graph is defined in, so a complete
-graph's influence matches the measured change to float precision; with MLPs live the downstream MLPs respond too.
+graph's influence, and `interp.attribution.direct_effects`, match the measured change to float precision; with
+MLPs live the downstream MLPs respond too.
 """
 
 from __future__ import annotations

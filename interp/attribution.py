@@ -31,6 +31,11 @@ Algorithm:
   5. Influence (attribution flowing to the target): the target's is its value; every other node's is
      Σ over its out-edges weight · μ_dst, computed in decreasing stage order.
 
+A feature's direct edge into a node is its residual path at the node's position; its paths through heads run
+through attention nodes. `direct_effects` sums both for every upstream feature at every position in one backward
+sweep: the whole direct effect, which a real zero-ablation with patterns, scales and other MLP outputs frozen
+reproduces exactly (the faithfulness check).
+
 Position 0 (BOS, the attention sink) is never split into features: transcoders are trained on positions 1..
 only, so there the whole MLP output is an error node.
 

@@ -12,8 +12,9 @@ Steps:
   3. Build the attribution graph of the logit difference (greedy path search), store it in the atlas and export
      circuit-tracer JSON.
   4. List the top paths, and for each feature on them its label, density and top activating examples.
-  5. Check the target's direct feature attributions against real ablations (attention patterns, norm scales and
-     error terms frozen; and with every MLP live).
+  5. Check the exact direct effects of the strongest upstream features (any position, through frozen attention)
+     on the target and on the strongest feature nodes against real ablations (attention patterns, norm scales and
+     error terms frozen; and with only the patterns frozen).
   6. Write the report to $ATLAS_HOME/exports/case-study-<graph id>.md and print it.
 """
 
@@ -31,7 +32,7 @@ from interp.attribution import (
     LogitTarget,
     PromptCache,
     attribute,
-    decompose,
+    direct_effects,
     parse_target,
     target_string,
 )
@@ -65,6 +66,153 @@ def _label(transcoder_id: str, feature: int) -> tuple[str, float | None]:
     return card["stats"].get("label") or "", card["stats"].get("density")
 
 
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "⏎")
+
+
+def _trace(
+    ctx: dict, target, heading: str, n_paths: int, n_steps: int, n_top: int
+) -> tuple[list[str], object, str]:
+    """Build, store and export one graph; its top paths and its features (label, density, top examples)."""
+    tokens, ids, token_strs = ctx["tokens"], ctx["ids"], ctx["token_strs"]
+    canonical = target_string(target, len(tokens), ids.get(getattr(target, "layer", None)))
+    graph = attribute(
+        ctx["model"], tokens, ctx["tcs"], target, n_paths=n_paths, n_steps=n_steps, token_strs=token_strs,
+        cache=ctx["pc"],
+    )  # fmt: skip
+    gid = circuits.write_graph(graph, ctx["model_name"], ctx["prompt"], canonical, ids)
+    json_path = graph_export.export_graph(gid, token_strs=token_strs)
+    kinds: dict[str, int] = {}
+    for node in graph.nodes.values():
+        kinds[node.kind] = kinds.get(node.kind, 0) + 1
+    lines = [
+        f"## {heading}",
+        "",
+        f"Target `{canonical}` = {graph.target_value:.3f}. Graph `{gid}` ({n_paths} paths per step, {n_steps} steps): "
+        + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
+        + f", {len(graph.edges)} edges. Circuit-tracer JSON: `{json_path}`.",
+        "",
+        "### Top paths",
+        "",
+        "| attribution | path (target ← … ← source) |",
+        "|---:|---|",
+    ]
+    paths = graph.top_paths(4 * n_top)
+    via_features = [p for p in paths if any(graph.nodes[n].kind == "feature" for n in p[1])]
+    for attr, path in paths[:n_top] + [p for p in via_features[:n_top] if p not in paths[:n_top]]:
+        lines.append(f"| {attr:+.3f} | " + " ← ".join(_md(graph.nodes[n].label) for n in path) + " |")
+    ranked = sorted((n for n in graph.nodes.values() if n.kind == "feature"), key=lambda n: -abs(n.influence))
+    strongest = sorted(
+        (n for n in graph.nodes.values() if n.kind in ("error", "embed", "attn")),
+        key=lambda n: -abs(n.influence),
+    )[:5]
+    lines += [
+        "",
+        "Strongest non-feature nodes: "
+        + "; ".join(f"{_md(n.label)} ({n.influence:+.3f})" for n in strongest),
+        "",
+        "### Features by influence on the target",
+        "",
+    ]
+    if not ranked:
+        lines += ["No transcoder feature is on the kept paths (see the direct effects below).", ""]
+    for layer, feature in list(dict.fromkeys((n.layer, n.feature) for n in ranked))[:n_top]:
+        tid = ids[layer]
+        label, density = _label(tid, feature)
+        node = next(n for n in ranked if (n.layer, n.feature) == (layer, feature))
+        dens = f", density {density:.4f}" if density is not None else ""
+        lines += [
+            f"#### L{layer} #{feature} — {_md(label)}",
+            "",
+            f"`{tid}`{dens}; influence {node.influence:+.3f}",
+            "",
+        ]
+        lines += [f"- {e}" for e in _examples(tid, feature, 3)] or ["- (no stored examples)"]
+        lines.append("")
+    return lines, graph, gid
+
+
+def _strongest_effects(effects, n: int) -> list[tuple[float, int, int, int]]:
+    """(direct effect, layer, position, feature) of the n features with the largest |direct effect|."""
+    flat = [
+        (float(f[s, i]), layer, s, i)
+        for layer, f in effects.features.items()
+        for s, i in f.nonzero().tolist()
+    ]
+    return sorted(flat, key=lambda e: -abs(e[0]))[:n]
+
+
+def _direct_effects(ctx: dict, node, n_top: int) -> tuple[list[str], tuple[int, int, int] | None]:
+    """Where the target's value comes from, its strongest direct features (ablation-checked), and the strongest
+    feature of the highest transcoder layer, to follow."""
+    tcs, ids, token_strs = ctx["tcs"], ctx["ids"], ctx["token_strs"]
+    effects = direct_effects(ctx["pc"], node.stage, node.position, node.reader)
+    feature_sum = sum(float(f.sum()) for f in effects.features.values())
+    mlp_sum = sum(float(e.sum()) for layer, e in effects.errors.items() if layer not in tcs)
+    error_sum = sum(float(e.sum()) for layer, e in effects.errors.items() if layer in tcs)
+    strongest = _strongest_effects(effects, n_top)
+    measured = ablation_effects(
+        ctx["model"], ctx["tokens"], tcs, ctx["target"], [(la, s, i) for _, la, s, i in strongest],
+        freeze=("pattern", "scale", "mlp"),
+    )  # fmt: skip
+    lines = [
+        "## Direct effects on the target",
+        "",
+        f"The target's value splits exactly into direct effects (residual stream and every attention path, "
+        f"patterns frozen): transcoder features {feature_sum:+.3f}, transcoder errors {error_sum:+.3f}, MLPs without "
+        f"a transcoder {mlp_sum:+.3f}, embeddings {float(effects.embed.sum()):+.3f}, biases and skip paths "
+        f"{effects.bias_and_skip:+.3f} (sum {effects.total():+.3f}; own bias excluded).",
+        "",
+        "| direct effect | ablation (frozen) | feature | position | label |",
+        "|---:|---:|---|---|---|",
+    ]
+    for (e, layer, s, i), m in zip(strongest, measured.tolist()):
+        label, _ = _label(ids[layer], i)
+        lines.append(
+            f"| {e:+.3f} | {-m:+.3f} | L{layer} #{i} (`{ids[layer]}`) | {s} {_md(repr(token_strs[s]))} | {_md(label)} |"
+        )
+    top = effects.features.get(max(tcs))  # [pos, d_sae]
+    if top is None or not top.any():
+        return lines + [""], None
+    position, feature = divmod(int(top.abs().argmax()), top.shape[1])
+    return lines + [""], (max(tcs), position, feature)
+
+
+def _faithfulness(ctx: dict, nodes: list, n_edges: int = 64) -> list[str]:
+    """Direct effects of each node's strongest upstream features against real zero-ablations."""
+    lines = [
+        "## Direct effects vs ablation",
+        "",
+        "| node | edges | r (errors frozen) | max abs diff | r (only patterns frozen) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for node, target in nodes:
+        strongest = _strongest_effects(
+            direct_effects(ctx["pc"], node.stage, node.position, node.reader), n_edges
+        )
+        if len(strongest) < 3:
+            continue
+        edges = [(layer, s, i) for _, layer, s, i in strongest]
+        args = (ctx["model"], ctx["tokens"], ctx["tcs"], target, edges)
+        frozen = ablation_effects(*args, freeze=("pattern", "scale", "mlp")).tolist()
+        live = ablation_effects(*args, freeze=("pattern",)).tolist()
+        predicted = [-e for e, *_ in strongest]
+        diff = max(abs(p - m) for p, m in zip(predicted, frozen))
+        lines.append(
+            f"| {_md(node.label)} | {len(edges)} | {effect_correlation(predicted, frozen):.4f} | {diff:.2g} | "
+            f"{effect_correlation(predicted, live):.4f} |"
+        )
+    return lines + [
+        "",
+        "Each node's strongest upstream features (by |direct effect|, at any position) are zero-ablated in the real "
+        "model. A direct effect is the residual path plus every path through attention heads with patterns frozen "
+        "(`interp.attribution.direct_effects`). 'Errors frozen' also holds norm scales and every other MLP output at "
+        "their clean values: the linear model the graph is defined in, where the match is exact. 'Only patterns "
+        "frozen' lets downstream MLPs and norms respond.",
+        "",
+    ]
+
+
 def run(
     model_name: str,
     layers: list[int] | None,
@@ -75,16 +223,19 @@ def run(
     n_top: int = 6,
     models_dir: str | None = None,
 ) -> tuple[str, str]:
-    """Build, store and describe one graph; returns (report markdown, report path)."""
+    """Build, store and describe the graphs; returns (report markdown, report path)."""
     # 1. model and transcoders
     model = load_model(model_name, device="cpu", cache_dir=models_dir or layout.models_dir())
     ids, tcs, failed = circuits.load_atlas_transcoders(model_name, layers, "cpu")
     tok = model.tokenizer
     tokens = torch.tensor([tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"])
-    token_strs = [tok.decode([t]) for t in tokens.tolist()]
     target = parse_target(target_spec, tok)
+    ctx = {
+        "model": model, "model_name": model_name, "prompt": prompt, "tokens": tokens, "ids": ids, "tcs": tcs,
+        "token_strs": [tok.decode([t]) for t in tokens.tolist()], "target": target,
+        "pc": PromptCache(model, tokens, tcs),
+    }  # fmt: skip
     # 2. the behaviour
-    probs = model(tokens[None])[0, target.position].softmax(-1)
     lines = [
         f"# Case study: {prompt!r}",
         "",
@@ -93,88 +244,31 @@ def run(
     if failed:
         lines.append(f"(failed their quality gate: {', '.join(failed)})")
     if isinstance(target, LogitTarget):
-        tokens_shown = [target.token] + ([target.other] if target.other is not None else [])
-        behaviour = ", ".join(f"p({tok.decode([t])!r}) = {float(probs[t]):.3f}" for t in tokens_shown)
-        top = int(probs.argmax())
-        lines += ["", f"Behaviour: {behaviour}; the model's top prediction is {tok.decode([top])!r}."]
-    # 3. the graph
-    canonical = target_string(target, len(tokens), ids.get(getattr(target, "layer", None)))
-    graph = attribute(model, tokens, tcs, target, n_paths=n_paths, n_steps=n_steps, token_strs=token_strs)
-    gid = circuits.write_graph(graph, model_name, prompt, canonical, ids)
-    json_path = graph_export.export_graph(gid, token_strs=token_strs)
-    kinds = {}
-    for node in graph.nodes.values():
-        kinds[node.kind] = kinds.get(node.kind, 0) + 1
-    lines += [
-        "",
-        f"Target `{canonical}` = {graph.target_value:.3f}. Graph `{gid}` ({n_paths} paths per step, {n_steps} steps): "
-        + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
-        + f", {len(graph.edges)} edges. Circuit-tracer JSON: `{json_path}`.",
-    ]
-    # 4. top paths and their features
-    lines += ["", "## Top paths", "", "| attribution | path (target ← … ← source) |", "|---:|---|"]
-    paths = graph.top_paths(4 * n_top)
-    via_features = [p for p in paths if any(graph.nodes[n].kind == "feature" for n in p[1])]
-    for attr, path in paths[:n_top] + [p for p in via_features[:n_top] if p not in paths[:n_top]]:
-        lines.append(
-            f"| {attr:+.3f} | " + " ← ".join(graph.nodes[n].label.replace("|", "\\|") for n in path) + " |"
-        )
-    ranked = sorted((n for n in graph.nodes.values() if n.kind == "feature"), key=lambda n: -abs(n.influence))
-    features = list(dict.fromkeys((n.layer, n.feature) for n in ranked))[:n_top]
-    strongest = sorted(
-        (n for n in graph.nodes.values() if n.kind in ("error", "embed", "attn")),
-        key=lambda n: -abs(n.influence),
-    )[:5]
-    lines += [
-        "",
-        "Strongest non-feature nodes: " + "; ".join(f"{n.label} ({n.influence:+.3f})" for n in strongest),
-    ]
-    lines += ["", "## Features by influence on the target", ""]
-    for layer, feature in features:
-        tid = ids[layer]
-        label, density = _label(tid, feature)
-        node = next(n for n in ranked if (n.layer, n.feature) == (layer, feature))
-        dens = f", density {density:.4f}" if density is not None else ""
+        probs = ctx["pc"].logits[target.position].softmax(-1)
+        shown = [target.token] + ([target.other] if target.other is not None else [])
+        behaviour = ", ".join(f"p({tok.decode([t])!r}) = {float(probs[t]):.3f}" for t in shown)
         lines += [
-            f"### L{layer} #{feature} — {label}",
             "",
-            f"`{tid}`{dens}; influence {node.influence:+.3f}",
-            "",
+            f"Behaviour: {behaviour}; the model's top prediction is {tok.decode([int(probs.argmax())])!r}.",
         ]
-        lines += [f"- {e}" for e in _examples(tid, feature, 3)] or ["- (no stored examples)"]
-        lines.append("")
-    # 5. faithfulness: direct feature attributions of the target and of the strongest feature nodes vs ablations
-    pc = PromptCache(model, tokens, tcs)
-    lines += [
-        "## Attribution vs ablation",
-        "",
-        "| node | edges | r (errors frozen) | r (MLPs live) |",
-        "|---|---:|---:|---:|",
-    ]
-    lowest = min(tcs)
-    for node in [graph.nodes["target"]] + [n for n in ranked if n.layer > lowest][:4]:
-        d = decompose(pc, node.stage, node.position, node.reader)
-        if len(d.feat_w) < 3:
-            continue
-        ablations = [(int(layer), node.position, int(i)) for layer, i in zip(d.feat_layer, d.feat_index)]
-        dst = target if node.kind == "target" else FeatureTarget(node.layer, node.feature, node.position)
-        frozen = ablation_effects(model, tokens, tcs, dst, ablations, freeze=("pattern", "scale", "mlp"))
-        live = ablation_effects(model, tokens, tcs, dst, ablations, freeze=("pattern", "scale"))
-        predicted = (-d.feat_w).tolist()
-        r_frozen, r_live = (
-            effect_correlation(predicted, frozen.tolist()),
-            effect_correlation(predicted, live.tolist()),
+    lines.append("")
+    # 3. the target's graph; 4. its direct effects
+    traced, graph, gid = _trace(ctx, target, "The target's circuit", n_paths, n_steps, n_top)
+    direct, follow = _direct_effects(ctx, graph.nodes["target"], n_top)
+    lines += traced + direct
+    checked = [(graph.nodes["target"], target)]
+    # 5. the strongest feature of the highest transcoder layer, traced in turn
+    if follow is not None and not (isinstance(target, FeatureTarget) and target.layer == follow[0]):
+        layer, position, feature = follow
+        sub_target = FeatureTarget(layer, feature, position)
+        traced, sub, _ = _trace(
+            ctx, sub_target, f"Following L{layer} #{feature} at position {position}", n_paths, n_steps, n_top
         )
-        lines.append(f"| {node.label} | {len(ablations)} | {r_frozen:.4f} | {r_live:.4f} |")
-    lines += [
-        "",
-        "Each active upstream feature at the node's position is zero-ablated in the real model. 'Errors frozen' holds "
-        "attention patterns, norm scales and every other MLP output at their clean values (the linear model the "
-        "graph is defined in; the gap to 1 is the same-position attention paths, which the graph keeps as separate "
-        "attention nodes); 'MLPs live' lets every downstream MLP respond.",
-        "",
-    ]
-    # 6. the report
+        lines += traced
+        checked.append((sub.nodes["target"], sub_target))
+    # 6. faithfulness
+    lines += _faithfulness(ctx, checked)
+    # 7. the report
     text = "\n".join(lines) + "\n"
     path = layout.join(layout.exports_dir(), f"case-study-{gid}.md")
     with layout.atomic_local_path(path) as tmp, open(tmp, "w") as f:

@@ -1,5 +1,6 @@
 """The case study script end to end on the tiny model: it stores the graph, exports JSON and writes a report whose
-numbers agree with the stored graph."""
+numbers agree with the stored graph and with
+real ablations."""
 
 from __future__ import annotations
 
@@ -18,16 +19,30 @@ def test_case_study_report(atlas, tiny_model_dir, capsys):  # noqa: F811
     )
     printed = capsys.readouterr().out
     graphs = queries.graphs()
-    assert graphs.height == 1
-    gid = graphs["graph_id"][0]
+    assert graphs.height == 2  # the logit target's graph and the followed top-layer feature's
+    logit = graphs.filter(graphs["target"].str.starts_with("logit"))
+    gid = logit["graph_id"][0]
     path = printed.strip().splitlines()[-1].removeprefix("(written to ").removesuffix(")")
     assert os.path.exists(path) and gid in path
     report = open(path).read()
     assert report in printed
-    for section in ("## Top paths", "## Features by influence on the target", "## Attribution vs ablation"):
+    for section in (
+        "### Top paths",
+        "### Features by influence",
+        "## Direct effects on",
+        "## Direct effects vs",
+    ):
         assert section in report
-    assert f"= {graphs['target_value'][0]:.3f}" in report
+    for row in graphs.iter_rows(named=True):
+        assert f"`{row['target']}` = {row['target_value']:.3f}. Graph `{row['graph_id']}`" in report
     # the frozen-model ablation check is exact on any model
     row = next(line for line in report.splitlines() if line.startswith("| logit"))
-    assert float(row.split("|")[3]) == pytest.approx(1.0, abs=1e-3)  # frozen: exact up to attention paths
+    assert float(row.split("|")[3]) == pytest.approx(1.0, abs=1e-5)  # frozen: the graph's linear model, exact
+    table = report.split("## Direct effects on the target")[1].split("##")[0]
+    rows = [
+        line.split("|") for line in table.splitlines() if line.startswith("| +") or line.startswith("| -")
+    ]
+    assert len(rows) >= 3
+    for row in rows:  # each listed direct effect is what the real ablation removes
+        assert float(row[1]) == pytest.approx(float(row[2]), abs=2e-3)
     assert os.path.exists(os.path.join(os.path.dirname(path), f"graph-{gid}.json"))
