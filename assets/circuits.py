@@ -16,7 +16,14 @@ import torch
 
 from assets import resources, settings
 from assets.metadata import md_table
-from interp.attribution import FeatureTarget, attribute, parse_target, target_string
+from interp.attribution import (
+    FeatureTarget,
+    PromptCache,
+    attribute,
+    direct_effects,
+    parse_target,
+    target_string,
+)
 from interp.edges import feature_edges as compute_feature_edges
 from interp.edges import ov_weights
 from storage import circuits, graph_export
@@ -97,8 +104,13 @@ def attribution_graphs(
         canonical = target_string(target, len(tokens), ids.get(getattr(target, "layer", None)))
         token_strs = [tok.decode([t]) for t in tokens.tolist()]
         t0 = time.perf_counter()
-        graph = attribute(model, tokens, tcs, target, config.n_paths, config.n_steps, token_strs=token_strs)
+        pc = PromptCache(model, tokens, tcs)
+        graph = attribute(
+            model, tokens, tcs, target, config.n_paths, config.n_steps, token_strs=token_strs, cache=pc
+        )
         seconds = time.perf_counter() - t0
+        node = graph.nodes["target"]
+        budget = direct_effects(pc, node.stage, node.position, node.reader).budget()
         gid = circuits.write_graph(graph, model_name, spec.prompt, canonical, ids)
         kept.append(gid)
         if config.export_json:
@@ -113,6 +125,9 @@ def attribution_graphs(
                 "nodes": len(graph.nodes),
                 "edges": len(graph.edges),
                 "seconds": round(seconds, 2),
+                # how much of the value the atlas's features carry directly, and how much the MLPs it lacks
+                "from_features": round(budget["features"], 3),
+                "from_mlps_without_transcoder": round(budget["mlps_without_transcoder"], 3),
                 "top_path": " ← ".join(graph.nodes[n].label for n in top[0][1]) if top else "",
             }
         )

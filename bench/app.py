@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from bench import scoped_env
 from storage import db, layout, queries
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app" / "pages" / "2_Feature_card.py")
@@ -205,19 +206,11 @@ def main() -> None:
     else:
         print(f"   default build: no features at {layout.db_path()} (run `make atlas`)")
     n = int(os.environ.get("BENCH_APP_FEATURES", "100000"))
-    home = os.environ.get("ATLAS_HOME")
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["ATLAS_HOME"] = tmp
-        try:
-            t0 = time.perf_counter()
-            build_synthetic(n)
-            size = os.path.getsize(layout.db_path()) / 2**20
-            print(
-                f"   synthetic atlas: {n:,} features, {size:.0f} MiB, built in {time.perf_counter() - t0:.0f} s"
-            )
-            report("synthetic", sample_keys(40))
-        finally:
-            if home is None:
-                os.environ.pop("ATLAS_HOME")
-            else:
-                os.environ["ATLAS_HOME"] = home
+    with tempfile.TemporaryDirectory() as tmp, scoped_env("ATLAS_HOME", tmp):
+        t0 = time.perf_counter()
+        build_synthetic(n)
+        size = os.path.getsize(layout.db_path()) / 2**20
+        print(
+            f"   synthetic atlas: {n:,} features, {size:.0f} MiB, built in {time.perf_counter() - t0:.0f} s"
+        )
+        report("synthetic", sample_keys(40))

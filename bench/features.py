@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from bench import scoped_env
 from interp.features import MinerConfig, mine
 from interp.transcoder import Transcoder, TranscoderConfig
 
@@ -157,18 +158,11 @@ def bench_cards() -> None:
                 card = feature_store.feature_card(tid, f, con=con)
                 open_ms.append((time.perf_counter() - t0) * 1000)
                 assert card is not None and len(card["examples"]) == CARD_EXAMPLES
-        old = os.environ.get("ATLAS_DB")
-        os.environ["ATLAS_DB"] = path
-        try:
+        with scoped_env("ATLAS_DB", path):
             for tid, f in picks[:50]:
                 t0 = time.perf_counter()
                 feature_store.feature_card(tid, f)
                 fresh_ms.append((time.perf_counter() - t0) * 1000)
-        finally:
-            if old is None:
-                del os.environ["ATLAS_DB"]
-            else:
-                os.environ["ATLAS_DB"] = old
     print(
         f"   cards: {n_features} features x {CARD_EXAMPLES} examples (synthetic db built in {build_s:.0f} s)"
     )

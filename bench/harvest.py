@@ -7,7 +7,6 @@ exactly as the `activations` asset does. Ratio = harvest tokens/s / bare tokens/
 
 from __future__ import annotations
 
-import os
 import resource
 import tempfile
 import time
@@ -15,6 +14,7 @@ import time
 import torch
 
 from assets.settings import DEFAULT_LAYERS
+from bench import scoped_env
 from interp.activations import harvest
 from interp.corpus import make_contexts, read_documents
 from interp.model import DEFAULT_MODEL, load_model
@@ -42,8 +42,7 @@ def main() -> None:
         for i in range(0, tokens.shape[0], BATCH):
             model(tokens[i : i + BATCH], stop_at_layer=max(layers) + 1)
         bare = n_tok / (time.perf_counter() - t0)
-    with tempfile.TemporaryDirectory() as home:
-        os.environ["ATLAS_HOME"] = home
+    with tempfile.TemporaryDirectory() as home, scoped_env("ATLAS_HOME", home):
         t0 = time.perf_counter()
         writer = act_store.ShardWriter(DEFAULT_MODEL, layers, "train", "bench", shard_tokens=8192)
         for batch in harvest(model, tokens, ids, layers, BATCH):

@@ -293,14 +293,28 @@ class DirectEffects:
 
     features: dict[int, Tensor]  # layer -> [t+1, d_sae]: z_i (f_dec,i · g), zero where inactive and at BOS
     embed: Tensor  # [t+1]: each position's embedding
-    errors: dict[
-        int, Tensor
-    ]  # layer -> [t+1]: transcoder error, or the whole MLP output without a transcoder
+    # layer -> [t+1]: the transcoder's error, or the whole MLP output where the layer has no transcoder (or at BOS)
+    errors: dict[int, Tensor]
     bias_and_skip: float  # decoder and attention biases, and the transcoders' skip paths (W_skip x)
 
+    def budget(self) -> dict[str, float]:
+        """The reader's value by kind of source (the values sum to it)."""
+
+        def errors(covered: bool) -> float:
+            return sum(
+                float(e.sum()) for layer, e in self.errors.items() if (layer in self.features) == covered
+            )
+
+        return {
+            "features": sum(float(f.sum()) for f in self.features.values()),
+            "transcoder_errors": errors(True),
+            "mlps_without_transcoder": errors(False),
+            "embeddings": float(self.embed.sum()),
+            "biases_and_skip": self.bias_and_skip,
+        }
+
     def total(self) -> float:
-        parts = [self.embed.sum(), *(f.sum() for f in self.features.values())]
-        return float(sum(parts)) + float(sum(e.sum() for e in self.errors.values())) + self.bias_and_skip
+        return sum(self.budget().values())
 
 
 @torch.no_grad()

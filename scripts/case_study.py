@@ -147,9 +147,7 @@ def _direct_effects(ctx: dict, node, n_top: int) -> tuple[list[str], tuple[int, 
     feature of the highest transcoder layer, to follow."""
     tcs, ids, token_strs = ctx["tcs"], ctx["ids"], ctx["token_strs"]
     effects = direct_effects(ctx["pc"], node.stage, node.position, node.reader)
-    feature_sum = sum(float(f.sum()) for f in effects.features.values())
-    mlp_sum = sum(float(e.sum()) for layer, e in effects.errors.items() if layer not in tcs)
-    error_sum = sum(float(e.sum()) for layer, e in effects.errors.items() if layer in tcs)
+    budget = effects.budget()
     strongest = _strongest_effects(effects, n_top)
     measured = ablation_effects(
         ctx["model"], ctx["tokens"], tcs, ctx["target"], [(la, s, i) for _, la, s, i in strongest],
@@ -158,10 +156,10 @@ def _direct_effects(ctx: dict, node, n_top: int) -> tuple[list[str], tuple[int, 
     lines = [
         "## Direct effects on the target",
         "",
-        f"The target's value splits exactly into direct effects (residual stream and every attention path, "
-        f"patterns frozen): transcoder features {feature_sum:+.3f}, transcoder errors {error_sum:+.3f}, MLPs without "
-        f"a transcoder {mlp_sum:+.3f}, embeddings {float(effects.embed.sum()):+.3f}, biases and skip paths "
-        f"{effects.bias_and_skip:+.3f} (sum {effects.total():+.3f}; own bias excluded).",
+        "The target's value splits exactly into direct effects (residual stream and every attention path, "
+        "patterns frozen): "
+        + ", ".join(f"{k.replace('_', ' ')} {v:+.3f}" for k, v in budget.items())
+        + f" (sum {effects.total():+.3f}; own bias excluded).",
         "",
         "| direct effect | ablation (frozen) | feature | position | label |",
         "|---:|---:|---|---|---|",

@@ -67,6 +67,8 @@ def test_attribution_graphs_asset_stores_balanced_graphs_and_exports(atlas, tiny
     res = _run([attribution_graphs], {"attribution_graphs": {"config": GRAPHS}})
     graphs = queries.graphs()
     assert graphs.height == 2
+    table = res.asset_materializations_for_node("attribution_graphs")[0].metadata["graphs"].value
+    assert "from_features" in table and "from_mlps_without_transcoder" in table
     assert set(graphs["target"]) == {
         f"logit:{parse_target(GRAPHS['graphs'][0]['target'], tiny_model.tokenizer).token}-"
         f"{parse_target(GRAPHS['graphs'][0]['target'], tiny_model.tokenizer).other}@18",
