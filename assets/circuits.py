@@ -26,6 +26,7 @@ from interp.attribution import (
 )
 from interp.edges import feature_edges as compute_feature_edges
 from interp.edges import ov_weights
+from interp.model import parallel_blocks
 from storage import circuits, graph_export
 
 
@@ -60,12 +61,13 @@ def feature_edges(context: dg.AssetExecutionContext, config: FeatureEdgesConfig)
     """Input-invariant feature-to-feature weights (top-k upstream per downstream feature, per resid/head)."""
     device = settings.device()
     ids, tcs, failed = circuits.load_atlas_transcoders(settings.model_name(), settings.layers(), device)
-    W_V, W_O = (w.detach().to(device) for w in ov_weights(resources.model()))
+    model = resources.model()
+    W_V, W_O = (w.detach().to(device) for w in ov_weights(model))
     t0 = time.perf_counter()
-    frames = [
-        circuits.edges_frame(top, ids)
-        for top in compute_feature_edges(tcs, W_V, W_O, k=config.k, heads=config.heads, block=config.block)
-    ]
+    tops = compute_feature_edges(
+        tcs, W_V, W_O, k=config.k, heads=config.heads, block=config.block, parallel=parallel_blocks(model)
+    )
+    frames = [circuits.edges_frame(top, ids) for top in tops]
     seconds = time.perf_counter() - t0
     n = circuits.write_feature_edges(settings.model_name(), frames, ids.values())
     context.log.info(f"{n} feature edges over layers {sorted(ids)} in {seconds:.1f} s")

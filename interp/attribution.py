@@ -3,7 +3,9 @@
 With attention patterns and norm scales frozen at their values on the prompt, everything between two MLP reads is
 linear. A *reader* is a vector w [d_model] applied to the raw residual stream at one position and stage (stage 2m:
 the input of attention layer m, 2l+1: the input of MLP l, 2·n_layers: the final norm), the norm's 1/rms folded
-into w. The residual stream there is a sum of components, so w · resid splits exactly into
+into w. In parallel blocks (GPT-J, Pythia) MLP l reads the block input, so stage 2l+1 is the same stream as 2l
+and attention layer l enters together with MLP l. The residual stream there is a sum of components, so w · resid
+splits exactly into
 
     embed    w · resid_pre^(0)[t]
     feature  z_i^(l)[t] (f_dec,i · w)                              transcoder layers l whose MLP is below the read
@@ -55,6 +57,7 @@ import torch
 from torch import Tensor
 
 from interp.edges import ov_weights
+from interp.model import parallel_blocks
 from interp.transcoder import Transcoder
 
 log = logging.getLogger(__name__)
@@ -148,9 +151,11 @@ class PromptCache:
         )  # LayerNorm subtracts the mean
         self.tokens = tokens  # [pos]
         self.transcoders = dict(transcoders)
+        self.parallel = parallel_blocks(model)
+        mid = "hook_resid_pre" if self.parallel else "hook_resid_mid"  # what MLP l reads
         resid_names, scale_names = [], []
         for layer in range(n):
-            resid_names += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_resid_mid"]
+            resid_names += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.{mid}"]
             scale_names += [f"blocks.{layer}.ln1.hook_scale", f"blocks.{layer}.ln2.hook_scale"]
         wanted = set(resid_names + scale_names + [f"blocks.{n - 1}.hook_resid_post", "ln_final.hook_scale"])
         for m in range(n):
@@ -180,6 +185,15 @@ class PromptCache:
             self.y_hat[layer] = tc.decode(self.z[layer], x)  # [pos, d_model]
             self.skip[layer] = None if tc.W_skip is None else tc.skip_out(x)  # [pos, d_model]
             self.b_enc[layer] = tc.b_enc - tc.b_pre @ tc.W_enc  # [d_sae], b_pre folded in
+
+    def attn_layers_below(self, stage: int) -> int:
+        """How many attention layers (0, 1, ...) have their output in resid[stage]."""
+        return stage // 2 if self.parallel else (stage + 1) // 2
+
+    def attn_entering(self, k: int) -> int | None:
+        """The attention layer whose output is added between resid[k-1] and resid[k], if any."""
+        m = self.attn_layers_below(k) - 1
+        return m if m >= 0 and self.attn_layers_below(k - 1) == m else None
 
     def reader(self, stage: int, position: int, v: Tensor) -> Tensor:
         """Vector on the raw residual stream that reads v through the (frozen) norm at stage/position."""
@@ -256,7 +270,7 @@ def decompose(pc: PromptCache, stage: int, t: int, w: Tensor) -> _Decomposition:
         leaves[f"err:L{layer}:{t}"] = float((pc.mlp_out[layer, t] - pc.y_hat[layer][t]) @ w)
         if pc.skip[layer] is not None:
             leaves[f"skip:L{layer}:{t}"] = float(pc.skip[layer][t] @ w)
-    n_attn = (stage + 1) // 2  # attention layers m with 2m < stage
+    n_attn = pc.attn_layers_below(stage)
     for m in range(n_attn):
         b = float(pc.attn_bias[m] @ w)
         if b != 0.0:
@@ -323,38 +337,41 @@ def direct_effects(pc: PromptCache, stage: int, t: int, w: Tensor) -> DirectEffe
 
     One backward sweep of the linear map from stage 0 to `stage`: g[s] = ∂(w · resid[stage][t]) / ∂resid[k][s]
     starts as w at t; an MLP output (constant) leaves g unchanged and collects its components' shares; attention
-    layer m adds, at every source s, Σ_h Σ_t' pattern[m,h,t',s] · reader(2m, s, W_V W_O g[t']).
+    layer m adds, at every source s, Σ_h Σ_t' pattern[m,h,t',s] · reader(2m, s, W_V W_O g[t']). In parallel
+    blocks attention m and MLP m enter together, and resid[2m+1] (what MLP m reads) equals resid[2m].
     """
     n = t + 1
     g = torch.zeros(n, w.shape[0], device=w.device, dtype=w.dtype)  # [t+1, d_model]
     g[t] = w
     features, errors, bias_and_skip = {}, {}, 0.0
     for k in range(stage, 0, -1):
-        if k % 2 == 0:  # resid[k] = resid[k-1] + mlp_out[l]
-            layer = k // 2 - 1
-            share = (pc.mlp_out[layer, :n] * g).sum(-1)  # [t+1]
-            tc = pc.transcoders.get(layer)
-            if tc is None:
-                errors[layer] = share
-                continue
-            z = pc.z[layer][:n].clone()  # [t+1, d_sae]
-            z[0] = 0.0  # BOS: the whole MLP output is the error (transcoders never saw position 0)
-            features[layer] = z * (g @ tc.W_dec.T)
-            rest = g @ tc.b_dec  # [t+1]
-            if pc.skip[layer] is not None:
-                rest = rest + (pc.skip[layer][:n] * g).sum(-1)
-            rest[0] = 0.0
-            errors[layer] = share - features[layer].sum(-1) - rest
-            bias_and_skip += float(rest.sum())
-        else:  # resid[k] = resid[k-1] + attn_m(norm(resid[k-1]))
-            m = k // 2
+        m = pc.attn_entering(k)
+        if m is not None:  # attention layer m (reading resid[2m] through its norm) adds into resid[k]
             bias_and_skip += float(pc.attn_bias[m] @ g.sum(0))
             u = torch.einsum("hef,tf->hte", pc.W_O[m], g)  # [H, t+1, d_head]
             ov = torch.einsum("hde,hte->htd", pc.W_V[m], u)  # [H, t+1, d_model]
             back = torch.einsum("hts,htd->sd", pc.pattern[m, :, :n, :n], ov)  # [t+1 (source), d_model]
             if pc.center:
                 back = back - back.mean(-1, keepdim=True)
-            g = g + back * pc.inv_scale[2 * m, :n, None]
+            back = back * pc.inv_scale[2 * m, :n, None]
+        if k % 2 == 0:  # MLP l adds into resid[k]
+            layer = k // 2 - 1
+            share = (pc.mlp_out[layer, :n] * g).sum(-1)  # [t+1]
+            tc = pc.transcoders.get(layer)
+            if tc is None:
+                errors[layer] = share
+            else:
+                z = pc.z[layer][:n].clone()  # [t+1, d_sae]
+                z[0] = 0.0  # BOS: the whole MLP output is the error (transcoders never saw position 0)
+                features[layer] = z * (g @ tc.W_dec.T)
+                rest = g @ tc.b_dec  # [t+1]
+                if pc.skip[layer] is not None:
+                    rest = rest + (pc.skip[layer][:n] * g).sum(-1)
+                rest[0] = 0.0
+                errors[layer] = share - features[layer].sum(-1) - rest
+                bias_and_skip += float(rest.sum())
+        if m is not None:
+            g = g + back
     return DirectEffects(features, (pc.resid[0, :n] * g).sum(-1), errors, bias_and_skip)
 
 

@@ -6,6 +6,8 @@ transcoder at layer l to feature j of the transcoder at layer l' > l is
     via 'resid'      f_dec,i^(l) · f_enc,j^(l')                        (the residual stream, directly)
     via 'attn.m.h'   f_dec,i^(l) W_V^(m,h) W_O^(m,h) f_enc,j^(l')      (head h of attention layer m, l < m ≤ l')
 
+(l < m < l' in models with parallel attention and MLP blocks, whose MLP l' does not read attention layer l')
+
 (row-vector convention: a residual vector r moves through a head as r W_V W_O). GQA: query head h uses the
 key/value head h // (n_heads / n_kv_heads). For every downstream feature and every `via`, the top-k upstream
 features by |weight| over all upstream transcoders are kept.
@@ -54,7 +56,7 @@ class TopEdges:
 
 
 def vias(
-    dst_layer: int, src_layers: list[int], heads: bool, n_heads: int
+    dst_layer: int, src_layers: list[int], heads: bool, n_heads: int, parallel: bool = False
 ) -> list[tuple[str, int | None, int | None]]:
     """(via, attention layer, head) for every path from any upstream transcoder into `dst_layer`."""
     above = [layer for layer in src_layers if layer < dst_layer]
@@ -62,7 +64,9 @@ def vias(
         return []
     out: list[tuple[str, int | None, int | None]] = [("resid", None, None)]
     if heads:
-        out += [(f"attn.{m}.{h}", m, h) for m in range(min(above) + 1, dst_layer + 1) for h in range(n_heads)]
+        # the attention layers whose output MLP dst_layer reads: up to dst_layer, or dst_layer - 1 if parallel
+        last = dst_layer - 1 if parallel else dst_layer
+        out += [(f"attn.{m}.{h}", m, h) for m in range(min(above) + 1, last + 1) for h in range(n_heads)]
     return out
 
 
@@ -125,6 +129,7 @@ def feature_edges(
     k: int = 8,
     heads: bool = True,
     block: int = 2048,
+    parallel: bool = False,  # attention and MLP read the same block input (see interp.model.parallel_blocks)
 ) -> Iterator[TopEdges]:
     """Top-k upstream features of every feature of every transcoder, through the residual stream and each head.
 
@@ -133,7 +138,7 @@ def feature_edges(
     """
     layers = sorted(transcoders)
     n_heads = W_O.shape[1]
-    jobs = [(dst, via) for dst in layers for via in vias(dst, layers, heads, n_heads)]
+    jobs = [(dst, via) for dst in layers for via in vias(dst, layers, heads, n_heads, parallel)]
     for dst, (name, m, h) in tqdm(jobs, desc="feature_edges", disable=len(jobs) < 8):
         W_enc = transcoders[dst].W_enc  # [d_model, d_sae_dst]
         if m is None:

@@ -62,6 +62,12 @@ def mlp_hooks(layer: int) -> tuple[str, str]:
     return f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
 
 
+def parallel_blocks(model) -> bool:
+    """Whether attention and MLP of a block both read the block's input (GPT-J, Pythia / GPT-NeoX), so the MLP of
+    layer l does not see attention layer l."""
+    return bool(getattr(model.cfg, "parallel_attn_mlp", False))
+
+
 def check_layers(model, layers: list[int] | tuple[int, ...]) -> None:
     n = model.cfg.n_layers
     bad = [layer for layer in layers if not 0 <= layer < n]

@@ -17,10 +17,22 @@ os.environ.setdefault("ATLAS_LAYERS", "0,1,2")
 TINY_CHARS = list("abcdefghijklmnopqrstuvwxyz .,'!?\n<>/()=;:-\"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-def make_tiny_checkpoint(path: str, n_layers: int = 3, d_model: int = 32, seed: int = 0) -> str:
-    """Write a random Llama (RMSNorm, SwiGLU, GQA, tied embeddings) with a character tokenizer to `path`."""
+def make_tiny_checkpoint(
+    path: str, n_layers: int = 3, d_model: int = 32, seed: int = 0, arch: str = "llama"
+) -> str:
+    """Write a random model with a character tokenizer to `path`. arch 'llama': RMSNorm, SwiGLU, GQA, tied
+    embeddings (SmolLM2's code path); 'gpt2': LayerNorm, biases, learned positions; 'neox': Pythia's parallel
+    attention and MLP blocks with rotary embeddings."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(TINY_CHARS)}}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -29,20 +41,37 @@ def make_tiny_checkpoint(path: str, n_layers: int = 3, d_model: int = 32, seed: 
         tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
     )
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=d_model,
-        intermediate_size=2 * d_model,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    common = dict(vocab_size=len(vocab), bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    if arch == "llama":
+        cfg = LlamaConfig(
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            **common,
+        )
+        model = LlamaForCausalLM(cfg)
+    elif arch == "gpt2":
+        model = GPT2LMHeadModel(
+            GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256, **common)
+        )
+    elif arch == "neox":
+        cfg = GPTNeoXConfig(
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            use_parallel_residual=True,
+            **common,
+        )
+        model = GPTNeoXForCausalLM(cfg)
+    else:
+        raise ValueError(f"unknown arch {arch!r}")
+    model.eval().save_pretrained(path)
     tok.save_pretrained(path)
     return path
 
