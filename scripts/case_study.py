@@ -9,13 +9,14 @@ appear when `features` is materialized too.
 Steps:
   1. Load the model and the latest transcoder of every atlas layer (ATLAS_MODEL, ATLAS_LAYERS).
   2. Check the behaviour: the model's probabilities of the target token and the distractor.
-  3. Build the attribution graph of the logit difference (greedy path search), store it in the atlas and export
-     circuit-tracer JSON.
-  4. List the top paths, and for each feature on them its label, density and top activating examples.
-  5. Check the exact direct effects of the strongest upstream features (any position, through frozen attention)
-     on the target and on the strongest feature nodes against real ablations (attention patterns, norm scales and
-     error terms frozen; and with only the patterns frozen).
-  6. Write the report to $ATLAS_HOME/exports/case-study-<graph id>.md and print it.
+  3. Build the target's attribution graph (greedy path search), store it in the atlas and export circuit-tracer
+     JSON; list its top paths, and for each feature on them its label, density and top activating examples.
+  4. Split the target's value into exact direct effects (features, errors, MLPs without a transcoder, embeddings,
+     biases) and list the strongest direct features, each checked by a real ablation.
+  5. Trace the strongest feature of the highest transcoder layer below the target the same way.
+  6. Check each traced node's strongest direct effects against real ablations (attention patterns, norm scales
+     and error terms frozen; and with only the patterns frozen).
+  7. Write the report to $ATLAS_HOME/exports/case-study-<graph id>.md and print it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -66,21 +68,35 @@ def _label(transcoder_id: str, feature: int) -> tuple[str, float | None]:
     return card["stats"].get("label") or "", card["stats"].get("density")
 
 
+@dataclass
+class _Study:
+    """One prompt with the atlas's transcoders: everything the report's sections share."""
+
+    model: object
+    model_name: str
+    prompt: str
+    tokens: torch.Tensor  # [pos], BOS first
+    token_strs: list[str]
+    ids: dict[int, str]  # layer -> transcoder id
+    tcs: dict  # layer -> Transcoder
+    target: object  # the report's Target
+    pc: PromptCache
+
+
 def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "⏎")
 
 
 def _trace(
-    ctx: dict, target, heading: str, n_paths: int, n_steps: int, n_top: int
+    st: _Study, target, heading: str, n_paths: int, n_steps: int, n_top: int
 ) -> tuple[list[str], object, str]:
     """Build, store and export one graph; its top paths and its features (label, density, top examples)."""
-    tokens, ids, token_strs = ctx["tokens"], ctx["ids"], ctx["token_strs"]
+    tokens, ids, token_strs = st.tokens, st.ids, st.token_strs
     canonical = target_string(target, len(tokens), ids.get(getattr(target, "layer", None)))
     graph = attribute(
-        ctx["model"], tokens, ctx["tcs"], target, n_paths=n_paths, n_steps=n_steps, token_strs=token_strs,
-        cache=ctx["pc"],
+        st.model, tokens, st.tcs, target, n_paths=n_paths, n_steps=n_steps, token_strs=token_strs, cache=st.pc,
     )  # fmt: skip
-    gid = circuits.write_graph(graph, ctx["model_name"], ctx["prompt"], canonical, ids)
+    gid = circuits.write_graph(graph, st.model_name, st.prompt, canonical, ids)
     json_path = graph_export.export_graph(gid, token_strs=token_strs)
     kinds: dict[str, int] = {}
     for node in graph.nodes.values():
@@ -142,15 +158,15 @@ def _strongest_effects(effects, n: int) -> list[tuple[float, int, int, int]]:
     return sorted(flat, key=lambda e: -abs(e[0]))[:n]
 
 
-def _direct_effects(ctx: dict, node, n_top: int) -> tuple[list[str], tuple[int, int, int] | None]:
+def _direct_effects(st: _Study, node, n_top: int) -> tuple[list[str], tuple[int, int, int] | None]:
     """Where the target's value comes from, its strongest direct features (ablation-checked), and the strongest
-    feature of the highest transcoder layer, to follow."""
-    tcs, ids, token_strs = ctx["tcs"], ctx["ids"], ctx["token_strs"]
-    effects = direct_effects(ctx["pc"], node.stage, node.position, node.reader)
+    feature of the highest transcoder layer below it, to follow."""
+    ids, token_strs = st.ids, st.token_strs
+    effects = direct_effects(st.pc, node.stage, node.position, node.reader)
     budget = effects.budget()
     strongest = _strongest_effects(effects, n_top)
     measured = ablation_effects(
-        ctx["model"], ctx["tokens"], tcs, ctx["target"], [(la, s, i) for _, la, s, i in strongest],
+        st.model, st.tokens, st.tcs, st.target, [(la, s, i) for _, la, s, i in strongest],
         freeze=("pattern", "scale", "mlp"),
     )  # fmt: skip
     lines = [
@@ -169,14 +185,15 @@ def _direct_effects(ctx: dict, node, n_top: int) -> tuple[list[str], tuple[int, 
         lines.append(
             f"| {e:+.3f} | {-m:+.3f} | L{layer} #{i} (`{ids[layer]}`) | {s} {_md(repr(token_strs[s]))} | {_md(label)} |"
         )
-    top = effects.features.get(max(tcs))  # [pos, d_sae]
-    if top is None or not top.any():
+    if not effects.features:
         return lines + [""], None
+    layer = max(effects.features)
+    top = effects.features[layer]  # [pos, d_sae]
     position, feature = divmod(int(top.abs().argmax()), top.shape[1])
-    return lines + [""], (max(tcs), position, feature)
+    return lines + [""], (layer, position, feature) if top.any() else None
 
 
-def _faithfulness(ctx: dict, nodes: list, n_edges: int = 64) -> list[str]:
+def _faithfulness(st: _Study, nodes: list, n_edges: int = 64) -> list[str]:
     """Direct effects of each node's strongest upstream features against real zero-ablations."""
     lines = [
         "## Direct effects vs ablation",
@@ -185,13 +202,11 @@ def _faithfulness(ctx: dict, nodes: list, n_edges: int = 64) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for node, target in nodes:
-        strongest = _strongest_effects(
-            direct_effects(ctx["pc"], node.stage, node.position, node.reader), n_edges
-        )
+        strongest = _strongest_effects(direct_effects(st.pc, node.stage, node.position, node.reader), n_edges)
         if len(strongest) < 3:
             continue
         edges = [(layer, s, i) for _, layer, s, i in strongest]
-        args = (ctx["model"], ctx["tokens"], ctx["tcs"], target, edges)
+        args = (st.model, st.tokens, st.tcs, target, edges)
         frozen = ablation_effects(*args, freeze=("pattern", "scale", "mlp")).tolist()
         live = ablation_effects(*args, freeze=("pattern",)).tolist()
         predicted = [-e for e, *_ in strongest]
@@ -228,11 +243,10 @@ def run(
     tok = model.tokenizer
     tokens = torch.tensor([tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"])
     target = parse_target(target_spec, tok)
-    ctx = {
-        "model": model, "model_name": model_name, "prompt": prompt, "tokens": tokens, "ids": ids, "tcs": tcs,
-        "token_strs": [tok.decode([t]) for t in tokens.tolist()], "target": target,
-        "pc": PromptCache(model, tokens, tcs),
-    }  # fmt: skip
+    token_strs = [tok.decode([t]) for t in tokens.tolist()]
+    st = _Study(
+        model, model_name, prompt, tokens, token_strs, ids, tcs, target, PromptCache(model, tokens, tcs)
+    )
     # 2. the behaviour
     lines = [
         f"# Case study: {prompt!r}",
@@ -242,7 +256,7 @@ def run(
     if failed:
         lines.append(f"(failed their quality gate: {', '.join(failed)})")
     if isinstance(target, LogitTarget):
-        probs = ctx["pc"].logits[target.position].softmax(-1)
+        probs = st.pc.logits[target.position].softmax(-1)
         shown = [target.token] + ([target.other] if target.other is not None else [])
         behaviour = ", ".join(f"p({tok.decode([t])!r}) = {float(probs[t]):.3f}" for t in shown)
         lines += [
@@ -251,21 +265,21 @@ def run(
         ]
     lines.append("")
     # 3. the target's graph; 4. its direct effects
-    traced, graph, gid = _trace(ctx, target, "The target's circuit", n_paths, n_steps, n_top)
-    direct, follow = _direct_effects(ctx, graph.nodes["target"], n_top)
+    traced, graph, gid = _trace(st, target, "The target's circuit", n_paths, n_steps, n_top)
+    direct, follow = _direct_effects(st, graph.nodes["target"], n_top)
     lines += traced + direct
     checked = [(graph.nodes["target"], target)]
-    # 5. the strongest feature of the highest transcoder layer, traced in turn
-    if follow is not None and not (isinstance(target, FeatureTarget) and target.layer == follow[0]):
+    # 5. the strongest feature of the highest transcoder layer below the target, traced in turn
+    if follow is not None:
         layer, position, feature = follow
         sub_target = FeatureTarget(layer, feature, position)
         traced, sub, _ = _trace(
-            ctx, sub_target, f"Following L{layer} #{feature} at position {position}", n_paths, n_steps, n_top
+            st, sub_target, f"Following L{layer} #{feature} at position {position}", n_paths, n_steps, n_top
         )
         lines += traced
         checked.append((sub.nodes["target"], sub_target))
     # 6. faithfulness
-    lines += _faithfulness(ctx, checked)
+    lines += _faithfulness(st, checked)
     # 7. the report
     text = "\n".join(lines) + "\n"
     path = layout.join(layout.exports_dir(), f"case-study-{gid}.md")
