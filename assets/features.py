@@ -106,7 +106,7 @@ def _mine_layer(context, layer: int, tid: str, config: FeaturesConfig) -> dict:
 
     @torch.no_grad()
     def encode(x: torch.Tensor) -> torch.Tensor:
-        return tc.encode(x.to(device)).cpu()
+        return tc.encode_active(x.to(device)).cpu()  # sparse: TopK never builds the dense z
 
     t0 = time.perf_counter()
     stats = mine(encode, tc.d_sae, batches, cfg)

@@ -6,9 +6,9 @@ batches). Memory is bounded by the chunk size and the per-feature state, never b
 tokens x features matrix is kept.
 
 Algorithm, per chunk of C complete contexts of L positions each (L < 65536):
-  1. z = encode(x)                                           # [C*L, d_sae], >= 0
-  2. sparse view of z: (row, feature, value) of every active entry (z.nonzero(), the only dense pass besides the
-     encoder); from it: n_active, sum, min and max per feature; a fixed log-spaced histogram per feature
+  1. z = encode(x)                                           # [C*L, d_sae], >= 0, dense or sparse COO
+  2. sparse view of z: (row, feature, value) of every active entry (z.nonzero() on a dense z, the only dense pass
+     besides the encoder; a sparse z, as TopK's `encode_active` gives, has it already); from it: n_active, sum, min and max per feature; a fixed log-spaced histogram per feature
      (HIST_BINS_PER_OCTAVE bins per octave, 2^HIST_MIN_LOG2..2^HIST_MAX_LOG2, plus under- and overflow bins);
      token -> feature sums and counts (buffered, merged by sorting when the buffer doubles).
   3. top examples: in each (context, feature) cell, the `examples_per_context` best positions (scatter-max over
@@ -278,10 +278,14 @@ class FeatureMiner:
             on = self.cfg.windows
             self.top = _RunningTopK(self.cfg.n_top, self.d_sae, w, left, -1.0, on)
             self.reservoir = _RunningTopK(self.cfg.n_reservoir, self.d_sae, w, left, -1, on)
-        z = self.encode(chunk.x).float()  # [C*L, d_sae], >= 0 (ReLU / TopK)
-        self.n_tokens += len(z)
-        rows, feats = z.nonzero().unbind(1)  # [m] active entries: the only dense pass besides encode
-        vals = z[rows, feats]  # [m]
+        z = self.encode(chunk.x)  # [C*L, d_sae], >= 0 (ReLU / TopK), dense or sparse COO
+        self.n_tokens += z.shape[0]
+        if z.is_sparse:  # e.g. Transcoder.encode_active: no dense pass at all
+            z = z.coalesce()
+            (rows, feats), vals = z.indices(), z.values().float()
+        else:
+            rows, feats = z.nonzero().unbind(1)  # [m] active entries: the only dense pass besides encode
+            vals = z[rows, feats].float()  # [m]
         self._update_stats(feats, vals)
         self._update_token_index(chunk.token_id.view(-1), rows, feats, vals)
         del z
@@ -491,7 +495,8 @@ def mine(
     cfg: MinerConfig = MinerConfig(),
     total_tokens: int | None = None,
 ) -> FeatureStats:
-    """One streaming pass over `batches` (see the module docstring); `encode` maps x [n, d_in] -> z [n, d_sae]."""
+    """One streaming pass over `batches` (see the module docstring); `encode` maps x [n, d_in] -> z [n, d_sae],
+    dense or sparse COO (`Transcoder.encode_active`, which spares TopK the dense matrix)."""
     miner = FeatureMiner(encode, d_sae, cfg)
     with tqdm(total=total_tokens, unit="tok", desc="mining features", disable=None) as bar:
         for chunk in context_chunks(batches, cfg.tokens_per_chunk):

@@ -132,6 +132,16 @@ class Transcoder(nn.Module):
     def encode(self, x: Tensor) -> Tensor:  # [..., d_in] -> z [..., d_sae]
         return self.activation(self.pre_acts(x))
 
+    def encode_active(self, x: Tensor) -> Tensor:  # x [n, d_in] -> z [n, d_sae], sparse COO, coalesced
+        """encode(x) as a sparse tensor of its nonzero entries; TopK never materializes the dense [n, d_sae]."""
+        if self.cfg.architecture != "topk":
+            return self.encode(x).to_sparse().coalesce()
+        vals, idx = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)  # [n, k]
+        keep = vals > 0
+        rows = torch.arange(len(x), device=x.device).unsqueeze(1).expand_as(idx)[keep]
+        z = torch.sparse_coo_tensor(torch.stack([rows, idx[keep]]), vals[keep], (len(x), self.cfg.d_sae))
+        return z.coalesce()
+
     def encode_topk_sparse(self, x: Tensor, k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """TopK as (values [n, k], indices [n, k], all pre-activations [n, d_sae] without grad).
 

@@ -201,6 +201,20 @@ def test_context_counts(data, stats):
     assert torch.equal(stats.n_contexts, (z > 0).any(1).sum(0))
 
 
+def test_a_sparse_encoder_mines_the_same(data):
+    """A sparse COO encoder (TopK's encode_active) gives the same statistics, examples and token index."""
+    encode, x, tokens, context_ids = data
+    stats = mine(encode, D_SAE, batches(x, tokens, context_ids), CFG)
+    sparse = mine(lambda v: encode(v).to_sparse(), D_SAE, batches(x, tokens, context_ids), CFG)
+    for name in ("n_active", "n_contexts", "max_act", "min_act", "hist"):
+        assert torch.equal(getattr(sparse, name), getattr(stats, name)), name
+    torch.testing.assert_close(sparse.mean_act, stats.mean_act)
+    for name in ("feature", "rank", "context_id", "position", "activation", "token_acts"):
+        assert torch.equal(getattr(sparse.examples, name), getattr(stats.examples, name)), name
+    for name, column in stats.token_index.items():
+        torch.testing.assert_close(sparse.token_index[name], column, msg=name)
+
+
 def test_windows_off_finds_the_same_examples(data):
     encode, x, tokens, context_ids = data
     full = mine(encode, D_SAE, batches(x, tokens, context_ids), CFG)

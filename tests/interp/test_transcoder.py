@@ -52,6 +52,16 @@ def test_sparse_topk_gradients_equal_dense_autograd():
     assert (sparse["W_enc"] != 0).any(0).sum() < 48  # only selected features got encoder gradient
 
 
+@pytest.mark.parametrize("architecture", ["topk", "relu"])
+def test_encode_active_is_encode_as_a_sparse_tensor(architecture):
+    tc = _random_tc(architecture)
+    x = torch.randn(30, 12)
+    z = tc.encode_active(x)
+    assert z.is_sparse and z.is_coalesced() and z.shape == (30, 48)
+    assert torch.equal(z.to_dense(), tc.encode(x))
+    assert (z.values() > 0).all()  # only the active entries are stored
+
+
 def test_fold_b_pre_keeps_the_function():
     tc = _random_tc("topk")
     x = torch.randn(7, 12)
