@@ -201,6 +201,22 @@ class PromptCache:
             v = v - v.mean()
         return v * self.inv_scale[stage, position]
 
+    def target_reader(self, target: Target) -> tuple[int, int, Tensor, float]:
+        """(stage, position, reader [d_model], bias): the target's value is reader · resid[stage][position] + bias."""
+        t = target.position % len(self.tokens)
+        if isinstance(target, FeatureTarget):
+            if target.layer not in self.transcoders:
+                raise ValueError(
+                    f"Target layer {target.layer} has no transcoder (have {sorted(self.transcoders)})."
+                )
+            stage = 2 * target.layer + 1
+            v = self.transcoders[target.layer].W_enc[:, target.feature]
+            return stage, t, self.reader(stage, t, v), float(self.b_enc[target.layer][target.feature])
+        stage, v, bias = 2 * self.n_layers, self.W_U[:, target.token], self.b_U[target.token]
+        if target.other is not None:
+            v, bias = v - self.W_U[:, target.other], bias - self.b_U[target.other]
+        return stage, t, self.reader(stage, t, v.detach()), float(bias)
+
     def feature_value(self, layer: int, position: int, feature: int) -> float:
         """Pre-activation of a transcoder feature (independent of the decomposition: straight from the encoder)."""
         tc = self.transcoders[layer]
@@ -523,29 +539,18 @@ def attribute(
     """Greedy top-`n_paths` path search from `target` back through features, heads and embeddings (see top)."""
     pc = cache or PromptCache(model, tokens, transcoders)
     b = _Builder(pc, token_strs)
-    n_pos = len(tokens)
-    t = target.position % n_pos
     # 2. the target reader
+    stage, t, reader, bias = pc.target_reader(target)
     if isinstance(target, FeatureTarget):
-        if target.layer not in pc.transcoders:
-            raise ValueError(
-                f"Target layer {target.layer} has no transcoder (have {sorted(pc.transcoders)})."
-            )
-        tc = pc.transcoders[target.layer]
-        stage, v = 2 * target.layer + 1, tc.W_enc[:, target.feature]
         value = pc.feature_value(target.layer, t, target.feature)
-        own_bias = (f"bias:enc:L{target.layer}:{t}", float(pc.b_enc[target.layer][target.feature]))
+        own_bias = (f"bias:enc:L{target.layer}:{t}", bias)
         layer, label = target.layer, f"L{target.layer} #{target.feature} @{t}"
     else:
-        stage, v = 2 * pc.n_layers, pc.W_U[:, target.token]
-        bias = pc.b_U[target.token]
-        if target.other is not None:
-            v, bias = v - pc.W_U[:, target.other], bias - pc.b_U[target.other]
-        value, own_bias = pc.logit_value(target, t), (f"bias:unembed:L{pc.n_layers}:{t}", float(bias))
+        value, own_bias = pc.logit_value(target, t), (f"bias:unembed:L{pc.n_layers}:{t}", bias)
         layer, label = None, f"logit {target.token}" + ("" if target.other is None else f" − {target.other}")
     b.nodes["target"] = GraphNode(
         "target", "target", layer, t, getattr(target, "feature", getattr(target, "token", None)), value,
-        label=label, stage=stage, reader=pc.reader(stage, t, v), own_bias=own_bias,
+        label=label, stage=stage, reader=reader, own_bias=own_bias,
     )  # fmt: skip
     # 3. greedy search
     frontier: list[tuple[str, float]] = [("target", 1.0)]

@@ -143,11 +143,7 @@ def test_direct_effects_equal_ablations_across_positions_and_layers(tiny_model, 
     t = len(TOKENS) - 1
     if isinstance(target, FeatureTarget):
         target = FeatureTarget(2, int(pc.z[2][t].argmax()), t)
-        stage, reader = 5, pc.reader(5, t, tcs[2].W_enc[:, target.feature])
-    else:
-        stage = 2 * tiny_model.cfg.n_layers
-        reader = pc.reader(stage, t, tiny_model.W_U[:, 25] - tiny_model.W_U[:, 30])
-    e = direct_effects(pc, stage, t, reader)
+    e = direct_effects(pc, *pc.target_reader(target)[:3])
     ablations = [(layer, int(s), int(i)) for layer, f in e.features.items() for s, i in f.nonzero().tolist()]
     assert len({s for _, s, _ in ablations}) == t and len(ablations) > 40
     measured = ablation_effects(

@@ -67,12 +67,9 @@ def test_direct_effects_equal_real_ablations(arch_model, kind):
     t = len(TOKENS) - 1
     if kind == "feature":
         target = FeatureTarget(2, int(pc.z[2][t].argmax()), t)
-        stage, reader = 5, pc.reader(5, t, tcs[2].W_enc[:, target.feature])
     else:
         target = LogitTarget(token=25, other=30, position=t)
-        stage = 2 * model.cfg.n_layers
-        reader = pc.reader(stage, t, (model.W_U[:, 25] - model.W_U[:, 30]).detach())
-    e = direct_effects(pc, stage, t, reader)
+    e = direct_effects(pc, *pc.target_reader(target)[:3])
     ablations = [(layer, s, i) for layer, f in e.features.items() for s, i in f.nonzero().tolist()]
     assert len({s for _, s, _ in ablations}) == t
     measured = ablation_effects(model, TOKENS, tcs, target, ablations, freeze=("pattern", "scale", "mlp"))

@@ -26,7 +26,6 @@ from interp.ablation import ablation_effects, effect_correlation
 from interp.activations import harvest
 from interp.attribution import (
     FeatureTarget,
-    LogitTarget,
     PromptCache,
     attribute,
     direct_effects,
@@ -85,18 +84,6 @@ def _targets(pc: PromptCache, spec: str, tok, n_positions: int) -> list:
     return [parse_target(spec, tok)] + [FeatureTarget(top, int(pc.z[top][t].argmax()), t) for t in positions]
 
 
-def _reader(pc: PromptCache, target) -> tuple[int, int, torch.Tensor]:
-    t = target.position % len(pc.tokens)
-    if isinstance(target, FeatureTarget):
-        stage = 2 * target.layer + 1
-        return stage, t, pc.reader(stage, t, pc.transcoders[target.layer].W_enc[:, target.feature])
-    assert isinstance(target, LogitTarget)
-    stage, v = 2 * pc.n_layers, pc.W_U[:, target.token]
-    if target.other is not None:
-        v = v - pc.W_U[:, target.other]
-    return stage, t, pc.reader(stage, t, v.detach())
-
-
 def test_direct_feature_attributions_predict_ablations(real):
     model, tcs = real
     tok = model.tokenizer
@@ -114,7 +101,7 @@ def test_direct_feature_attributions_predict_ablations(real):
                     node.activation, abs=1e-3 * max(1.0, *map(abs, incoming))
                 )
         for target in _targets(pc, spec, tok, n_positions=3):
-            stage, t, reader = _reader(pc, target)
+            stage, t, reader, _ = pc.target_reader(target)
             effects = direct_effects(pc, stage, t, reader)
             assert effects.total() == pytest.approx(float(pc.resid[stage, t] @ reader), rel=1e-3, abs=1e-3)
             edges = [(la, s, i) for la, f in effects.features.items() for s, i in f.nonzero().tolist()]
