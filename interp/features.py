@@ -8,7 +8,8 @@ tokens x features matrix is kept.
 Algorithm, per chunk of C complete contexts of L positions each (L < 65536):
   1. z = encode(x)                                           # [C*L, d_sae], >= 0, dense or sparse COO
   2. sparse view of z: (row, feature, value) of every active entry (z.nonzero() on a dense z, the only dense pass
-     besides the encoder; a sparse z, as TopK's `encode_active` gives, has it already); from it: n_active, sum, min and max per feature; a fixed log-spaced histogram per feature
+     besides the encoder; a sparse z, as TopK's `encode_active` gives, has it already); from it: n_active, sum,
+     min and max per feature; a fixed log-spaced histogram per feature
      (HIST_BINS_PER_OCTAVE bins per octave, 2^HIST_MIN_LOG2..2^HIST_MAX_LOG2, plus under- and overflow bins);
      token -> feature sums and counts (buffered, merged by sorting when the buffer doubles).
   3. top examples: in each (context, feature) cell, the `examples_per_context` best positions (scatter-max over
@@ -496,7 +497,7 @@ def mine(
     total_tokens: int | None = None,
 ) -> FeatureStats:
     """One streaming pass over `batches` (see the module docstring); `encode` maps x [n, d_in] -> z [n, d_sae],
-    dense or sparse COO (`Transcoder.encode_active`, which spares TopK the dense matrix)."""
+    dense or sparse COO (`Transcoder.encode_active`, which spares TopK the dense z and its nonzero scan)."""
     miner = FeatureMiner(encode, d_sae, cfg)
     with tqdm(total=total_tokens, unit="tok", desc="mining features", disable=None) as bar:
         for chunk in context_chunks(batches, cfg.tokens_per_chunk):

@@ -133,7 +133,8 @@ class Transcoder(nn.Module):
         return self.activation(self.pre_acts(x))
 
     def encode_active(self, x: Tensor) -> Tensor:  # x [n, d_in] -> z [n, d_sae], sparse COO, coalesced
-        """encode(x) as a sparse tensor of its nonzero entries; TopK never materializes the dense [n, d_sae]."""
+        """encode(x) as a sparse tensor of its nonzero entries. TopK builds it from topk directly: no dense z and no
+        scan for its nonzeros (the pre-activations are still dense)."""
         if self.cfg.architecture != "topk":
             return self.encode(x).to_sparse().coalesce()
         vals, idx = self.pre_acts(x).topk(self.cfg.k, dim=-1, sorted=False)  # [n, k]
