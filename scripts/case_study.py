@@ -158,32 +158,46 @@ def _strongest_effects(effects, n: int) -> list[tuple[float, int, int, int]]:
     return sorted(flat, key=lambda e: -abs(e[0]))[:n]
 
 
-def _direct_effects(st: _Study, node, n_top: int) -> tuple[list[str], tuple[int, int, int] | None]:
+@dataclass
+class _Check:
+    """A node's direct effects, and its strongest upstream features zero-ablated in the real model."""
+
+    label: str
+    effects: object  # DirectEffects
+    strongest: list[tuple[float, int, int, int]]  # (direct effect, layer, position, feature), by |effect|
+    frozen: list[float]  # ablated minus clean: patterns, scales and other MLP outputs frozen
+    live: list[float]  # ablated minus clean: only patterns frozen
+
+
+def _check(st: _Study, node, target, n_edges: int = 64) -> _Check:
+    effects = direct_effects(st.pc, node.stage, node.position, node.reader)
+    strongest = _strongest_effects(effects, n_edges)
+    args = (st.model, st.tokens, st.tcs, target, [(layer, s, i) for _, layer, s, i in strongest])
+    frozen = ablation_effects(*args, freeze=("pattern", "scale", "mlp")).tolist()
+    live = ablation_effects(*args, freeze=("pattern",)).tolist()
+    return _Check(node.label, effects, strongest, frozen, live)
+
+
+def _direct_effects(st: _Study, check: _Check, n_top: int) -> tuple[list[str], tuple[int, int, int] | None]:
     """Where the target's value comes from, its strongest direct features (ablation-checked), and the strongest
     feature of the highest transcoder layer below it, to follow."""
-    ids, token_strs = st.ids, st.token_strs
-    effects = direct_effects(st.pc, node.stage, node.position, node.reader)
-    budget = effects.budget()
-    strongest = _strongest_effects(effects, n_top)
-    measured = ablation_effects(
-        st.model, st.tokens, st.tcs, st.target, [(la, s, i) for _, la, s, i in strongest],
-        freeze=("pattern", "scale", "mlp"),
-    )  # fmt: skip
+    effects = check.effects
     lines = [
         "## Direct effects on the target",
         "",
         "The target's value splits exactly into direct effects (residual stream and every attention path, "
         "patterns frozen): "
-        + ", ".join(f"{k.replace('_', ' ')} {v:+.3f}" for k, v in budget.items())
+        + ", ".join(f"{k.replace('_', ' ')} {v:+.3f}" for k, v in effects.budget().items())
         + f" (sum {effects.total():+.3f}; own bias excluded).",
         "",
         "| direct effect | ablation (frozen) | feature | position | label |",
         "|---:|---:|---|---|---|",
     ]
-    for (e, layer, s, i), m in zip(strongest, measured.tolist()):
-        label, _ = _label(ids[layer], i)
+    for (e, layer, s, i), m in zip(check.strongest[:n_top], check.frozen):
+        label, _ = _label(st.ids[layer], i)
+        where = _md(repr(st.token_strs[s]))
         lines.append(
-            f"| {e:+.3f} | {-m:+.3f} | L{layer} #{i} (`{ids[layer]}`) | {s} {_md(repr(token_strs[s]))} | {_md(label)} |"
+            f"| {e:+.3f} | {-m:+.3f} | L{layer} #{i} (`{st.ids[layer]}`) | {s} {where} | {_md(label)} |"
         )
     if not effects.features:
         return lines + [""], None
@@ -193,7 +207,7 @@ def _direct_effects(st: _Study, node, n_top: int) -> tuple[list[str], tuple[int,
     return lines + [""], (layer, position, feature) if top.any() else None
 
 
-def _faithfulness(st: _Study, nodes: list, n_edges: int = 64) -> list[str]:
+def _faithfulness(checks: list[_Check]) -> list[str]:
     """Direct effects of each node's strongest upstream features against real zero-ablations."""
     lines = [
         "## Direct effects vs ablation",
@@ -201,19 +215,14 @@ def _faithfulness(st: _Study, nodes: list, n_edges: int = 64) -> list[str]:
         "| node | edges | r (errors frozen) | max abs diff | r (only patterns frozen) |",
         "|---|---:|---:|---:|---:|",
     ]
-    for node, target in nodes:
-        strongest = _strongest_effects(direct_effects(st.pc, node.stage, node.position, node.reader), n_edges)
-        if len(strongest) < 3:
+    for check in checks:
+        if len(check.strongest) < 3:
             continue
-        edges = [(layer, s, i) for _, layer, s, i in strongest]
-        args = (st.model, st.tokens, st.tcs, target, edges)
-        frozen = ablation_effects(*args, freeze=("pattern", "scale", "mlp")).tolist()
-        live = ablation_effects(*args, freeze=("pattern",)).tolist()
-        predicted = [-e for e, *_ in strongest]
-        diff = max(abs(p - m) for p, m in zip(predicted, frozen))
+        predicted = [-e for e, *_ in check.strongest]
+        diff = max(abs(p - m) for p, m in zip(predicted, check.frozen))
         lines.append(
-            f"| {_md(node.label)} | {len(edges)} | {effect_correlation(predicted, frozen):.4f} | {diff:.2g} | "
-            f"{effect_correlation(predicted, live):.4f} |"
+            f"| {_md(check.label)} | {len(predicted)} | {effect_correlation(predicted, check.frozen):.4f} | "
+            f"{diff:.2g} | {effect_correlation(predicted, check.live):.4f} |"
         )
     return lines + [
         "",
@@ -266,9 +275,9 @@ def run(
     lines.append("")
     # 3. the target's graph; 4. its direct effects
     traced, graph, gid = _trace(st, target, "The target's circuit", n_paths, n_steps, n_top)
-    direct, follow = _direct_effects(st, graph.nodes["target"], n_top)
+    checks = [_check(st, graph.nodes["target"], target)]
+    direct, follow = _direct_effects(st, checks[0], n_top)
     lines += traced + direct
-    checked = [(graph.nodes["target"], target)]
     # 5. the strongest feature of the highest transcoder layer below the target, traced in turn
     if follow is not None:
         layer, position, feature = follow
@@ -277,9 +286,9 @@ def run(
             st, sub_target, f"Following L{layer} #{feature} at position {position}", n_paths, n_steps, n_top
         )
         lines += traced
-        checked.append((sub.nodes["target"], sub_target))
+        checks.append(_check(st, sub.nodes["target"], sub_target))
     # 6. faithfulness
-    lines += _faithfulness(st, checked)
+    lines += _faithfulness(checks)
     # 7. the report
     text = "\n".join(lines) + "\n"
     path = layout.join(layout.exports_dir(), f"case-study-{gid}.md")
