@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from interp.train import TrainConfig, Trainer, shuffled_batches
+from interp.train import ShuffleBuffer, TrainConfig, Trainer
 from interp.transcoder import TranscoderConfig
 
 D = int(os.environ.get("ATLAS_BENCH_D", "576"))
@@ -96,11 +96,15 @@ def _from_shards() -> float | None:
         first["x"][:256],
     )
     t0 = time.perf_counter()
-    batches = shuffled_batches(chunks, BATCH, cfg.buffer_tokens, 0)
+    buffer = ShuffleBuffer(BATCH, cfg.buffer_tokens, 0)
     n = 0
-    for _ in range(STEPS + 1):
-        trainer.step(*next(batches))
-        n += BATCH
+    for chunk in chunks():
+        buffer.push(chunk["x"], chunk["y"])
+        for x, y in buffer.release():
+            trainer.step(x, y)
+            n += BATCH
+        if n > STEPS * BATCH:
+            break
     return n / (time.perf_counter() - t0)
 
 

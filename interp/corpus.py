@@ -1,9 +1,12 @@
 """Text corpus -> fixed-length token contexts with a deterministic train/eval split.
 
 Steps:
-  1. `read_documents(source)` yields (name, text) from a folder, a glob, or single files (.txt, .jsonl with a
-     'text' field, .parquet with a 'text' column), or `hf:<dataset>[:<split>]` for a Hugging Face dataset (online).
-     Bytes that are not UTF-8 are decoded as cp1252 (then latin-1), with a warning naming the file.
+  1. `read_documents(sources)` yields Documents (corpus, name, text) from folders, globs, or single files (.txt,
+     .jsonl with a 'text' field, .parquet with a 'text' column), or `hf:<dataset>[:<split>]` for a Hugging Face
+     dataset (online). Bytes that are not UTF-8 are decoded as cp1252 (then latin-1), with a warning naming the
+     file. `corpus` names the source a document belongs to, the unit that samples are stratified by
+     (interp.sampling): a folder's first-level subfolder (the default corpora folder holds sotu/, shakespeare/,
+     moby-dick/), else the folder, file, glob or dataset the user named.
   2. `split_of(name, eval_fraction)` assigns a whole document to 'train' or 'eval' by a stable hash of its name,
      so no held-out document ever leaks into training.
   3. `make_contexts` tokenizes each document without special tokens, cuts it into windows of ctx_len - 1 tokens,
@@ -19,6 +22,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +33,16 @@ class EmptyCorpusError(ValueError):
     pass
 
 
+class Document(NamedTuple):
+    corpus: str  # the source it belongs to, for stratified sampling
+    name: str  # file path, 'path:row' or 'dataset:row'
+    text: str
+
+
 @dataclass(frozen=True)
 class Context:
     split: str
+    corpus: str
     source: str
     tokens: list[int]  # [ctx_len], BOS first
 
@@ -96,24 +107,34 @@ def _read_hf(spec: str) -> Iterator[tuple[str, str]]:
         yield f"{name}:{i}", row["text"]
 
 
-def read_documents(sources: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """(document name, text) for every document of every source; an empty result is an error."""
+def corpus_name(source: str, path: str) -> str:
+    """The corpus a file of `source` belongs to: its first-level subfolder of a folder source, else the source."""
+    if os.path.isdir(source):
+        rel = os.path.relpath(path, source).split(os.sep)
+        return rel[0] if len(rel) > 1 else os.path.basename(os.path.normpath(source))
+    return os.path.basename(source) if os.path.isfile(source) else source
+
+
+def read_documents(sources: Iterable[str]) -> Iterator[Document]:
+    """Every document of every source; an empty result is an error."""
     n = 0
     for source in sources:
         if source.startswith("hf:"):
-            docs: Iterable[tuple[str, str]] = _read_hf(source)
+            docs: Iterable[Document] = (Document(source[3:], name, t) for name, t in _read_hf(source))
         else:
             files = _files(source)
             if not files:
                 raise EmptyCorpusError(
                     f"Corpus source {source!r} matches no {'/'.join(TEXT_SUFFIXES)} files."
                 )
-            docs = (doc for path in files for doc in _read_file(path))
-        for name, text in docs:
-            text = text.replace("\x00", "")
+            docs = (
+                Document(corpus_name(source, path), name, t) for path in files for name, t in _read_file(path)
+            )
+        for doc in docs:
+            text = doc.text.replace("\x00", "")
             if text.strip():
                 n += 1
-                yield name, text
+                yield doc._replace(text=text)
     if n == 0:
         raise EmptyCorpusError(f"Corpus {list(sources)} holds no text; point the corpus at non-empty files.")
 
@@ -124,7 +145,7 @@ def split_of(name: str, eval_fraction: float) -> str:
 
 
 def make_contexts(
-    docs: Iterable[tuple[str, str]], tokenizer, ctx_len: int, eval_fraction: float, batch_docs: int = 64
+    docs: Iterable[Document], tokenizer, ctx_len: int, eval_fraction: float, batch_docs: int = 64
 ) -> Iterator[Context]:
     """Tokenize documents into BOS-prefixed windows of `ctx_len` tokens (batched through a fast tokenizer)."""
     if ctx_len < 2:
@@ -133,14 +154,16 @@ def make_contexts(
     if bos is None:
         raise ValueError("The tokenizer has no BOS token; contexts need one to start each window.")
     body = ctx_len - 1
-    batch: list[tuple[str, str]] = []
+    batch: list[Document] = []
 
     def flush() -> Iterator[Context]:
-        ids = tokenizer([text for _, text in batch], add_special_tokens=False)["input_ids"]
-        for (name, _), toks in zip(batch, ids):
-            split = split_of(name, eval_fraction)
+        ids = tokenizer([doc.text for doc in batch], add_special_tokens=False)["input_ids"]
+        for doc, toks in zip(batch, ids):
+            split = split_of(doc.name, eval_fraction)
             for start in range(0, len(toks) - body + 1, body):
-                yield Context(split, os.path.basename(name), [bos, *toks[start : start + body]])
+                yield Context(
+                    split, doc.corpus, os.path.basename(doc.name), [bos, *toks[start : start + body]]
+                )
         batch.clear()
 
     for doc in docs:

@@ -18,9 +18,13 @@ Algorithm:
      Adam, lr warm-up over `lr_warmup_steps`, linear decay to 0 over the last `lr_decay_frac` of the steps.
   4. Features that have not fired for `dead_window_tokens` are dead. relu: every `resample_every` steps dead
      features are re-initialized towards badly reconstructed inputs (Anthropic's resampling); topk: AuxK.
-  5. Every `checkpoint_every` steps the full state (weights, Adam moments, dead-feature counters, curve) is saved
-     atomically; `train(..., checkpoint_path=p)` resumes from p by replaying the (cheap, seeded) data stream to the
-     saved step, so a killed and resumed run ends with the same weights as an uninterrupted one.
+  5. Every `checkpoint_every` stream items the full state (weights, Adam moments, dead-feature counters, curve,
+     shuffle buffer and the count of items consumed) is saved atomically; a resumed run skips the items already
+     consumed, so a killed and resumed run ends with the same weights as an uninterrupted one.
+  6. `train_layers` trains the transcoders of several layers from one stream: one forward pass of the model per
+     item feeds every layer, each through its own shuffle buffer and Trainer, exactly as `train` would on that
+     layer's chunks alone. `train` is the one-layer case, cycling its chunks for as many epochs as the budget
+     needs.
 """
 
 from __future__ import annotations
@@ -63,7 +67,9 @@ class TrainConfig:
     train_tokens: int = 400_000  # token budget (steps = train_tokens // batch_size)
     buffer_tokens: int = 65_536  # shuffle buffer
     seed: int = 0
-    checkpoint_every: int = 100  # steps; 0 = never
+    checkpoint_every: int = (
+        25  # stream items (chunks, or forward batches when streaming) between checkpoints; 0 = never
+    )
     log_every: int = 10  # steps between curve rows
     dead_window_tokens: int = 200_000  # a feature silent this long is dead
     aux_k: int = 256  # topk: dead features used by AuxK
@@ -101,58 +107,70 @@ def _check_finite(chunk: Mapping[str, Tensor]) -> None:
             )
 
 
-def shuffled_batches(
-    data: Chunks, batch_size: int, buffer_tokens: int, seed: int
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless (x [batch, d_in], y [batch, d_out]) batches: chunks cycled, mixed in a seeded shuffle buffer."""
-    gen = torch.Generator().manual_seed(seed)
-    xs: list[Tensor] = []
-    ys: list[Tensor] = []
-    held = 0
-    while True:
-        seen = 0
-        for chunk in data():
-            _check_finite(chunk)
-            xs.append(chunk["x"].float())
-            ys.append(chunk["y"].float())
-            held += chunk["x"].shape[0]
-            seen += chunk["x"].shape[0]
-            if held < buffer_tokens:
-                continue
-            x, y = torch.cat(xs), torch.cat(ys)
-            perm = torch.randperm(held, generator=gen)
-            n_out = (held - buffer_tokens // 2) // batch_size * batch_size
-            for i in range(0, n_out, batch_size):
-                sel = perm[i : i + batch_size]
-                yield x[sel], y[sel]
-            keep = perm[n_out:]
-            xs, ys, held = [x[keep]], [y[keep]], len(keep)
-        if seen == 0:
-            raise ValueError("The activation stream is empty: no training tokens (harvest some first).")
-        if held >= batch_size and seen < buffer_tokens // 2:  # an epoch smaller than the buffer: flush it
-            x, y = torch.cat(xs), torch.cat(ys)
-            perm = torch.randperm(held, generator=gen)
-            n_out = held // batch_size * batch_size
-            for i in range(0, n_out, batch_size):
-                sel = perm[i : i + batch_size]
-                yield x[sel], y[sel]
-            xs, ys, held = [x[perm[n_out:]]], [y[perm[n_out:]]], held - n_out
+class ShuffleBuffer:
+    """A seeded shuffle buffer of (x, y) rows: `push` chunks, then `release` the batches they free.
+
+    Rows are kept in `dtype` (float16 by default, the precision of the activation shards, so a buffer per layer of
+    a 30-layer streaming run fits in memory) and released as float32. Once `capacity` rows are held, `release`
+    yields random batches until half the buffer is left; `release(final=True)` empties it down to one partial
+    batch (the end of a stream).
+    """
+
+    def __init__(self, batch_size: int, capacity: int, seed: int, dtype: torch.dtype = torch.float16):
+        self.batch_size, self.capacity, self.dtype = batch_size, capacity, dtype
+        self.gen = torch.Generator().manual_seed(seed)
+        self.xs: list[Tensor] = []
+        self.ys: list[Tensor] = []
+        self.held = 0
+
+    def push(self, x: Tensor, y: Tensor) -> None:  # x [n, d_in], y [n, d_out]
+        _check_finite({"x": x, "y": y})
+        self.xs.append(x.detach().to("cpu", self.dtype))
+        self.ys.append(y.detach().to("cpu", self.dtype))
+        self.held += x.shape[0]
+
+    @property
+    def full(self) -> bool:
+        return self.held >= self.capacity
+
+    def peek(self, n: int) -> tuple[Tensor, Tensor]:
+        """The first n rows held, in arrival order, as float32."""
+        self._merge()
+        return self.xs[0][:n].float(), self.ys[0][:n].float()
+
+    def release(self, final: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """Random batches (x [batch, d_in], y [batch, d_out]) while more than half the buffer is held (all of it
+        when final)."""
+        if not (final or self.full) or self.held < self.batch_size:
+            return
+        self._merge()
+        perm = torch.randperm(self.held, generator=self.gen)
+        keep = 0 if final else self.capacity // 2
+        n_out = (self.held - keep) // self.batch_size * self.batch_size
+        x, y = self.xs[0], self.ys[0]
+        rest = perm[n_out:]
+        self.xs, self.ys, self.held = [x[rest]], [y[rest]], len(rest)
+        for i in range(0, n_out, self.batch_size):
+            sel = perm[i : i + self.batch_size]
+            yield x[sel].float(), y[sel].float()
+
+    def _merge(self) -> None:
+        if len(self.xs) > 1:
+            self.xs, self.ys = [torch.cat(self.xs)], [torch.cat(self.ys)]
+
+    def state_dict(self) -> dict:
+        self._merge()
+        return {"xs": self.xs, "ys": self.ys, "held": self.held, "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.xs, self.ys, self.held = state["xs"], state["ys"], state["held"]
+        self.gen.set_state(state["gen"])
 
 
-def _stream_stats(data: Chunks, n_tokens: int) -> tuple[Tensor, Tensor, float, Tensor]:
-    """mean(x) [d_in], mean(y) [d_out], s = median ||y - mean y||, and a sample of x [<= 4096, d_in] from the
-    first n_tokens of the stream."""
-    xs, ys, n = [], [], 0
-    for chunk in data():
-        _check_finite(chunk)
-        xs.append(chunk["x"].double())
-        ys.append(chunk["y"].double())
-        n += chunk["x"].shape[0]
-        if n >= n_tokens:
-            break
-    if n == 0:
-        raise ValueError("The activation stream is empty: no training tokens (harvest some first).")
-    x, y = torch.cat(xs)[:n_tokens], torch.cat(ys)[:n_tokens]
+def _init_stats(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float, Tensor]:
+    """mean(x) [d_in], mean(y) [d_out], s = median ||y - mean y|| and a sample x [<= 4096, d_in] of the first rows
+    of a stream (x [n, d_in], y [n, d_out])."""
+    x, y = x.double(), y.double()
     y_mean = y.mean(0)
     scale = (y - y_mean).norm(dim=-1).median().item()  # robust to rare massive activations
     return x.mean(0).float(), y_mean.float(), max(scale, 1e-8), x[:4096].float()
@@ -355,12 +373,6 @@ class Trainer:
         self.curve, self.scale, self.y_mean = state["curve"], state["scale"], state["y_mean"]
         self.y_center = (self.y_mean / self.scale).to(self.device)
 
-    def save_checkpoint(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-
     def finish(self) -> Transcoder:
         """A copy with the target scale folded into the decoder and b_pre into b_enc (the saved form)."""
         out = Transcoder(self.tc.cfg)
@@ -383,6 +395,169 @@ def _comparable(cfg: TrainConfig) -> dict:
     }
 
 
+class LayerRun:
+    """One transcoder's training inside a stream: its shuffle buffer, and its Trainer from the moment the buffer
+    first fills (the first `buffer_tokens` rows give the initial statistics, step 1 of the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, tc_cfg: TranscoderConfig):
+        k = cfg.k if cfg.architecture == "topk" else None
+        self.cfg = cfg
+        self.tc_cfg = dataclasses.replace(
+            tc_cfg, d_sae=cfg.d_sae, architecture=cfg.architecture, skip=cfg.skip, k=k
+        )
+        self.buffer = ShuffleBuffer(cfg.batch_size, cfg.buffer_tokens, cfg.seed)
+        self.trainer: Trainer | None = None
+        self.stats: tuple[Tensor, Tensor, float, Tensor] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.trainer is not None and self.trainer.step_no >= self.cfg.steps
+
+    def feed(self, x: Tensor, y: Tensor, on_log: Callable[[dict], None] | None = None) -> int:
+        """Push a chunk (x [n, d_in], y [n, d_out]) and take the steps it frees; returns the steps taken."""
+        if self.done:
+            return 0
+        self.buffer.push(x, y)
+        return self._steps(final=False, on_log=on_log)
+
+    def end_of_stream(self, on_log: Callable[[dict], None] | None = None) -> int:
+        """The stream is over: train on what the buffer still holds."""
+        if self.buffer.held == 0 and self.trainer is None:
+            raise ValueError("The activation stream is empty: no training tokens (harvest some first).")
+        return self._steps(final=True, on_log=on_log)
+
+    def _steps(self, final: bool, on_log) -> int:
+        if self.trainer is None:
+            if not (final or self.buffer.full):
+                return 0
+            self._start()
+        taken = 0
+        for x, y in self.buffer.release(final):
+            row = self.trainer.step(x, y)
+            taken += 1
+            if row is not None and on_log:
+                on_log(row)
+            if self.done:
+                break
+        return taken
+
+    def _start(self) -> None:
+        self.stats = _init_stats(*self.buffer.peek(self.cfg.buffer_tokens))
+        x_mean, y_mean = self.stats[0], self.stats[1]
+        if x_mean.shape[0] != self.tc_cfg.d_in or y_mean.shape[0] != self.tc_cfg.d_out:
+            raise ValueError(
+                f"Activations are {x_mean.shape[0]} -> {y_mean.shape[0]} wide, transcoder expects "
+                f"{self.tc_cfg.d_in} -> {self.tc_cfg.d_out}."
+            )
+        self.trainer = Trainer(self.cfg, self.tc_cfg, *self.stats)
+
+    def result(self) -> TrainResult:
+        if self.trainer is None:
+            raise ValueError("The activation stream ended before training started (too few tokens).")
+        if not self.done:
+            log.warning(
+                "%s: the stream ended after %d of %d steps",
+                self.tc_cfg.hook_name,
+                self.trainer.step_no,
+                self.cfg.steps,
+            )
+        t = self.trainer
+        return TrainResult(t.finish(), t.curve, t.tokens, t.y_mean, t.dead_frac())
+
+    def state_dict(self) -> dict:
+        return {
+            "config": _comparable(self.cfg),
+            "buffer": self.buffer.state_dict(),
+            "stats": self.stats,
+            "trainer": None if self.trainer is None else self.trainer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["buffer"])
+        self.stats = state["stats"]
+        if state["trainer"] is not None:
+            self.trainer = Trainer(self.cfg, self.tc_cfg, *self.stats)
+            self.trainer.load_state_dict(state["trainer"])
+
+
+Stream = Callable[[int], Iterable[Mapping[int, tuple[Tensor, Tensor]]]]
+"""stream(start) yields items start, start+1, ... of a stream of {layer: (x [n, d_in], y [n, d_out])}."""
+
+
+def _save(path: str, consumed: int, runs: Mapping[int, LayerRun]) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save({"consumed": consumed, "layers": {k: r.state_dict() for k, r in runs.items()}}, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(path: str | None, runs: Mapping[int, LayerRun]) -> int:
+    """Load `path` into `runs` when it was made with the same configs; returns the stream items it consumed."""
+    if not path or not os.path.exists(path):
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = state["layers"]
+    if set(saved) != set(runs) or any(saved[k]["config"] != _comparable(r.cfg) for k, r in runs.items()):
+        log.warning("checkpoint %s was made with other layers or configs; starting over", path)
+        return 0
+    for k, run in runs.items():
+        run.load_state_dict(saved[k])
+    log.info("resuming from %s after %d stream items", path, state["consumed"])
+    return state["consumed"]
+
+
+def train_layers(
+    stream: Stream,
+    cfgs: Mapping[int, TrainConfig],
+    tc_cfgs: Mapping[int, TranscoderConfig],
+    checkpoint_path: str | None = None,
+    checkpoint_every: int = 0,
+    on_log: Callable[[int, dict], None] | None = None,
+    progress: bool = True,
+) -> dict[int, TrainResult]:
+    """Train one transcoder per key of `cfgs` from ONE stream of {layer: (x, y)} items (one forward pass of the
+    model per item feeds every layer); each layer steps on its own data exactly as `train` would on that layer's
+    chunks alone.
+
+    Every `checkpoint_every` items (0 = never) the whole state — each layer's weights, optimizer, counters and
+    shuffle buffer, and the number of items consumed — is saved atomically to `checkpoint_path`; a killed run
+    resumes from it with `stream(consumed)`, so it skips the forward passes already done and ends with the same
+    weights as an uninterrupted run.
+    """
+    runs = {k: LayerRun(cfgs[k], tc_cfgs[k]) for k in sorted(cfgs)}
+    consumed = _resume(checkpoint_path, runs)
+    total_steps = sum(c.steps for c in cfgs.values())
+    bar = tqdm(total=total_steps, desc=f"training {len(runs)} layer(s)", disable=not progress)
+    bar.update(sum(r.trainer.step_no for r in runs.values() if r.trainer is not None))
+    for item in stream(consumed):
+        for k, run in runs.items():
+            bar.update(run.feed(*item[k], on_log=(lambda row, k=k: on_log(k, row)) if on_log else None))
+        consumed += 1
+        if checkpoint_path and checkpoint_every and consumed % checkpoint_every == 0:
+            _save(checkpoint_path, consumed, runs)
+        if all(r.done for r in runs.values()):
+            break
+    else:
+        for k, run in runs.items():
+            bar.update(run.end_of_stream((lambda row, k=k: on_log(k, row)) if on_log else None))
+    bar.close()
+    return {k: run.result() for k, run in runs.items()}
+
+
+def _epochs(data: Chunks, start: int) -> Iterator[Mapping[int, tuple[Tensor, Tensor]]]:
+    """Chunks of `data` cycled for ever as single-layer stream items, from item `start` on."""
+    i = 0
+    while True:
+        seen = 0
+        for chunk in data():
+            seen += 1
+            if i >= start:
+                yield {0: (chunk["x"], chunk["y"])}
+            i += 1
+        if seen == 0:
+            raise ValueError("The activation stream is empty: no training tokens (harvest some first).")
+
+
 def train(
     data: Chunks,
     cfg: TrainConfig,
@@ -391,37 +566,14 @@ def train(
     on_log: Callable[[dict], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train a transcoder on `data` (see module docstring); resumes from `checkpoint_path` if it exists."""
-    k = cfg.k if cfg.architecture == "topk" else None
-    tc_cfg = dataclasses.replace(tc_cfg, d_sae=cfg.d_sae, architecture=cfg.architecture, skip=cfg.skip, k=k)
-    x_mean, y_mean, scale, x_sample = _stream_stats(data, cfg.buffer_tokens)
-    if x_mean.shape[0] != tc_cfg.d_in or y_mean.shape[0] != tc_cfg.d_out:
-        raise ValueError(
-            f"Activations are {x_mean.shape[0]} -> {y_mean.shape[0]} wide, transcoder expects {tc_cfg.d_in} -> {tc_cfg.d_out}."
-        )
-    trainer = Trainer(cfg, tc_cfg, x_mean, y_mean, scale, x_sample)
-    if checkpoint_path and os.path.exists(checkpoint_path):
-        state = torch.load(checkpoint_path, map_location=cfg.device, weights_only=False)
-        if _comparable(TrainConfig(**state["train_config"])) != _comparable(cfg):
-            log.warning("checkpoint %s was made with another config; starting over", checkpoint_path)
-        else:
-            trainer.load_state_dict(state)
-            log.info("resuming from %s at step %d", checkpoint_path, trainer.step_no)
-    batches = shuffled_batches(data, cfg.batch_size, cfg.buffer_tokens, cfg.seed)
-    for _ in range(trainer.step_no):  # replay the stream to where the checkpoint left it
-        next(batches)
-    bar = tqdm(
-        total=cfg.steps, initial=trainer.step_no, desc=f"training {tc_cfg.hook_name}", disable=not progress
-    )
-    while trainer.step_no < cfg.steps:
-        x, y = next(batches)
-        row = trainer.step(x, y)
-        bar.update(1)
-        if row is not None:
-            bar.set_postfix(fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_frac']:.2f}")
-            if on_log:
-                on_log(row)
-        if checkpoint_path and cfg.checkpoint_every and trainer.step_no % cfg.checkpoint_every == 0:
-            trainer.save_checkpoint(checkpoint_path)
-    bar.close()
-    return TrainResult(trainer.finish(), trainer.curve, trainer.tokens, trainer.y_mean, trainer.dead_frac())
+    """Train a transcoder on `data`, chunks cycled for as many epochs as the budget needs (see module docstring);
+    checkpoints every `cfg.checkpoint_every` chunks to `checkpoint_path` and resumes from it if it exists."""
+    return train_layers(
+        lambda start: _epochs(data, start),
+        {0: cfg},
+        {0: tc_cfg},
+        checkpoint_path,
+        cfg.checkpoint_every,
+        (lambda _, row: on_log(row)) if on_log else None,
+        progress,
+    )[0]

@@ -46,7 +46,7 @@ def test_real_embedded_model_offline_predicts_held_out_text(no_network, monkeypa
     corpora = os.path.join(home, "corpora")
     if not os.path.isdir(corpora):
         pytest.fail(f"corpus missing at {corpora}: run `make data` first")
-    docs = (d for d in read_documents([corpora]) if split_of(d[0], 0.05) == "eval")
+    docs = (d for d in read_documents([corpora]) if split_of(d.name, 0.05) == "eval")
     ctxs = [c.tokens for _, c in zip(range(8), make_contexts(docs, model.tokenizer, 128, 0.05))]
     assert len(ctxs) == 8 and all(len(c) == 128 for c in ctxs)
     with torch.inference_mode():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.train import NonFiniteActivationsError, TrainConfig, shuffled_batches, train
+from interp.train import NonFiniteActivationsError, ShuffleBuffer, TrainConfig, train
 from interp.transcoder import Transcoder, TranscoderConfig
 
 D, D_SAE = 16, 128  # the teacher has 64 features
@@ -92,7 +92,8 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     ckpt = str(tmp_path / "ckpt.pt")
     with pytest.raises(Killed):
         train(data, cfg, tc_cfg, checkpoint_path=ckpt, on_log=kill_at_step_45, progress=False)
-    assert torch.load(ckpt, weights_only=False)["step"] == 40  # last checkpoint before the kill
+    saved = torch.load(ckpt, weights_only=False)  # the last checkpoint before the kill: 10 chunks in
+    assert saved["consumed"] == 10 and 0 < saved["layers"][0]["trainer"]["step"] < 45
     resumed = train(data, cfg, tc_cfg, checkpoint_path=ckpt, progress=False)
     for name, value in full.transcoder.state_dict().items():
         torch.testing.assert_close(
@@ -114,14 +115,83 @@ def test_empty_stream_and_wrong_width_raise():
         train(_data(), _cfg(), TranscoderConfig(d_in=D + 1, d_sae=D_SAE, d_out=D), progress=False)
 
 
-def test_shuffle_buffer_yields_every_row_once_per_epoch():
+def test_shuffle_buffer_yields_every_row_once_and_drains_at_the_end():
     rows = torch.arange(1000, dtype=torch.float32)[:, None].repeat(1, 2)
-
-    def chunks():
-        for i in range(0, 1000, 100):
-            yield {"x": rows[i : i + 100], "y": rows[i : i + 100]}
-
-    it = shuffled_batches(chunks, batch_size=50, buffer_tokens=400, seed=0)
-    seen = torch.cat([next(it)[0][:, 0] for _ in range(16)])  # 800 rows: within the first epoch
-    assert seen.unique().numel() == 800  # no row twice
+    buf, out = ShuffleBuffer(batch_size=50, capacity=400, seed=0), []
+    for i in range(0, 1000, 100):
+        buf.push(rows[i : i + 100], rows[i : i + 100])
+        out += [x[:, 0] for x, _ in buf.release()]
+    assert buf.held >= 200  # half the buffer stays to mix with what comes next
+    out += [x[:, 0] for x, _ in buf.release(final=True)]
+    seen = torch.cat(out)
+    assert seen.numel() == 1000 and seen.unique().numel() == 1000  # every row once, none twice
     assert not torch.equal(seen[:50], torch.arange(50.0))  # shuffled
+
+
+def _stream_setup(tiny_model):
+    from interp.activations import harvest
+    from interp.model import mlp_hooks
+
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(3, 60, (64, 16), generator=g)
+    tokens[:, 0] = 1  # BOS
+    ids, batch, layers = torch.arange(64), 8, [0, 1, 2]
+
+    def stream(start, layers=layers):  # item i = forward batch i: every layer from one pass
+        for b in harvest(tiny_model, tokens[start * batch :], ids[start * batch :], layers, batch):
+            yield b.acts
+
+    d = tiny_model.cfg.d_model
+    cfg = _cfg(d_sae=64, batch_size=32, buffer_tokens=128, train_tokens=20 * 32, log_every=5)
+    tc_cfgs = {
+        layer: TranscoderConfig(d_in=d, d_sae=64, d_out=d, hook_name=mlp_hooks(layer)[0], layer=layer)
+        for layer in layers
+    }
+    return stream, {layer: cfg for layer in layers}, tc_cfgs
+
+
+def test_streaming_every_layer_equals_training_each_layer_alone(tiny_model):
+    from interp.train import train_layers
+
+    stream, cfgs, tc_cfgs = _stream_setup(tiny_model)
+    joint = train_layers(stream, cfgs, tc_cfgs, progress=False)
+    for layer, res in joint.items():
+        # the same layer alone: its own harvest (a forward pass that stops after it), the one-layer trainer
+        chunks = [{"x": a[layer][0], "y": a[layer][1]} for a in stream(0, layers=[layer])]
+        alone = train(lambda chunks=chunks: iter(chunks), cfgs[layer], tc_cfgs[layer], progress=False)
+        assert res.train_tokens == alone.train_tokens == 20 * 32
+        for name, value in alone.transcoder.state_dict().items():
+            assert torch.equal(res.transcoder.state_dict()[name], value), (layer, name)
+    # and the layers really are different transcoders
+    assert not torch.equal(joint[0].transcoder.W_enc, joint[2].transcoder.W_enc)
+
+
+def test_streaming_run_killed_and_resumed_ends_with_the_same_weights(tiny_model, tmp_path):
+    from interp.train import train_layers
+
+    stream, cfgs, tc_cfgs = _stream_setup(tiny_model)
+    full = train_layers(stream, cfgs, tc_cfgs, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(layer, row):
+        if layer == 2 and row["step"] == 15:
+            raise Killed
+
+    ckpt = str(tmp_path / "stream.pt")
+    with pytest.raises(Killed):
+        train_layers(stream, cfgs, tc_cfgs, ckpt, checkpoint_every=2, on_log=kill, progress=False)
+    assert torch.load(ckpt, weights_only=False)["consumed"] > 0
+    skipped = []
+
+    def counting_stream(start):
+        skipped.append(start)
+        return stream(start)
+
+    resumed = train_layers(counting_stream, cfgs, tc_cfgs, ckpt, checkpoint_every=2, progress=False)
+    assert skipped[0] > 0  # forward passes already done are not run again
+    for layer in cfgs:
+        for name, value in full[layer].transcoder.state_dict().items():
+            assert torch.equal(resumed[layer].transcoder.state_dict()[name], value), (layer, name)
+        assert [r["step"] for r in resumed[layer].curve] == [r["step"] for r in full[layer].curve]
