@@ -24,8 +24,11 @@ from storage import layout
 
 
 class ActivationsConfig(dg.Config):
-    train_contexts: int = 2048  # 2048 x 127 = 260k training tokens per layer (~600 MB fp16 per layer)
-    eval_contexts: int = 256  # held-out contexts for evaluation and mining (32.5k tokens)
+    # training shards are optional (`transcoders` streams from forward passes by default); set this to re-train a
+    # layer from stored activations (`source: shards`): 2048 x 127 = 260k tokens, ~600 MB fp16 per SmolLM2 layer
+    train_contexts: int = 0
+    eval_contexts: int = 256  # held-out contexts for mining (32.5k tokens, ~75 MB fp16 per layer)
+    seed: int = 2  # both samples are seeded and stratified by source
     batch_size: int = 32  # contexts per forward pass
     shard_tokens: int = 32768  # rows per Parquet shard, rounded up to whole batches (~75 MB at d_model 576)
 
@@ -33,7 +36,9 @@ class ActivationsConfig(dg.Config):
 def _harvest_split(
     model, layers: list[int], split: str, n_contexts: int, config: ActivationsConfig, run: str
 ):
-    tokens, context_ids = corpus_store.load_contexts(split, limit=n_contexts)
+    tokens, context_ids = corpus_store.sample_contexts(split, n_contexts, config.seed)
+    order = context_ids.argsort()  # shards hold contiguous context-id ranges
+    tokens, context_ids = tokens[order], context_ids[order]
     writer = act_store.ShardWriter(settings.model_name(), layers, split, run, config.shard_tokens)
     bar = tqdm(total=tokens.shape[0], desc=f"harvest {split} L{layers}", unit="ctx")
     t0 = time.perf_counter()
@@ -89,6 +94,10 @@ def activations(context: dg.AssetExecutionContext, config: ActivationsConfig) ->
     run = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     stats = {}
     for split, n in (("train", config.train_contexts), ("eval", config.eval_contexts)):
+        if n == 0:  # not harvested: the old shards of this split go too
+            for layer in layers:
+                act_store.clear_manifest(settings.model_name(), layer, split)
+            continue
         n_tok, seconds, shards = _harvest_split(model, layers, split, n, config, run)
         stats[split] = (n_tok, seconds, shards)
         context.log.info(
@@ -106,14 +115,18 @@ def activations(context: dg.AssetExecutionContext, config: ActivationsConfig) ->
             "mean_norm_y": [preview["y"].norm(dim=-1).mean().item()],
         }
     )
-    train_tok, train_s, _ = stats["train"]
+    if "eval" not in stats:
+        raise ValueError(
+            "eval_contexts is 0: mining needs held-out activations; harvest at least one context."
+        )
+    n_tok, n_s = sum(v[0] for v in stats.values()), sum(v[1] for v in stats.values())
     return dg.MaterializeResult(
         metadata={
             "layers": str(layers),
             "rows_per_layer": {s: v[0] for s, v in stats.items()},
             "bytes": n_bytes,
             "storage_dtype": act_store.STORAGE_DTYPE,
-            "tokens_per_s": round(train_tok / train_s),
+            "tokens_per_s": round(n_tok / n_s),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "preview": md_table(norms),
             "run": run,

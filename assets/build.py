@@ -23,7 +23,7 @@ log = logging.getLogger("atlas.build")
 STEPS: list[tuple[str, str, str | None]] = [
     ("corpus", "contexts,vocab", None),
     ("activations", "activations", "range"),
-    ("transcoders", "transcoders", "each"),
+    ("transcoders", "transcoders", "range"),  # one run: one forward pass per batch feeds every layer
     ("splice", "splice_metrics", None),
     ("features", "features,feature_tokens", "each"),
     ("edges", "feature_edges", None),

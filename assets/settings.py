@@ -2,8 +2,8 @@
 partitions must be known when the definitions load.
 
     ATLAS_MODEL   model name (default 'smollm2-135m', the embedded offline default)
-    ATLAS_LAYERS  comma-separated layer partitions (default '0,2,8,11': the SmolLM2 MLPs whose mean-ablation
-                  costs >= 0.3 nats, DESIGN §3, so splice quality is measurable on them)
+    ATLAS_LAYERS  'all' (the default: every layer of the model, read from its config) or comma-separated layer
+                  partitions, e.g. '0,2,8,11'
     ATLAS_DEVICE  'cpu', 'cuda', 'cuda:1' or 'auto' (default)
     ATLAS_HOME    artifact root (storage.layout)
 """
@@ -14,9 +14,9 @@ import os
 
 import dagster as dg
 
-from interp.model import DEFAULT_MODEL, resolve_device
+from interp.model import DEFAULT_MODEL, n_layers, resolve_device
 
-DEFAULT_LAYERS = "0,2,8,11"
+DEFAULT_LAYERS = "all"
 
 
 def model_name() -> str:
@@ -25,6 +25,10 @@ def model_name() -> str:
 
 def layers() -> list[int]:
     raw = os.environ.get("ATLAS_LAYERS", DEFAULT_LAYERS)
+    if raw.strip() == "all":
+        from storage import layout
+
+        return list(range(n_layers(model_name(), layout.models_dir())))
     try:
         out = sorted({int(x) for x in raw.split(",") if x.strip()})
     except ValueError as e:

@@ -14,8 +14,14 @@ the ablations below replace the same positions. Loss metrics on held-out context
     kl               mean over predicted tokens of KL(clean || spliced)
 
 Reconstruction metrics over the same tokens (positions 1..): l0 (mean active features per token), fvu = sum||y - y_hat||^2 /
-sum||y - mean(y)||^2, mse (mean over tokens of ||y - y_hat||^2), dead_frac (never active), dense_frac (active on
-> 10% of tokens).
+sum||y - mean(y)||^2, mse (mean over tokens of ||y - y_hat||^2), dead_frac (never active over n_eval_tokens),
+dense_frac (active on > 10% of tokens). Given a massive-activation threshold t (interp.train: 4x the median
+||y - mean y|| of the training stream), also fvu_typical, the FVU over tokens with ||y - mean y|| <= t, and
+massive_frac, the share of tokens above it: on SmolLM2 a few sink tokens carry most of the variance of y, and the
+overall FVU says nothing about the other 99%.
+
+`evaluate_each` evaluates several layers' transcoders each spliced alone, sharing one clean forward pass per batch
+(1 + 2 x layers forward passes per batch, instead of 3 x layers).
 """
 
 from __future__ import annotations
@@ -78,9 +84,12 @@ def zero_ablated(model, layers) -> contextlib.AbstractContextManager[None]:
 
 
 class ReconstructionStats:
-    """Streaming L0 / FVU / MSE / feature firing counts over batches of (x, y)."""
+    """Streaming L0 / FVU / MSE / feature firing counts over batches of (x, y); with `massive` = (y_center [d_out],
+    threshold), the same FVU over the typical tokens (||y - y_center|| <= threshold)."""
 
-    def __init__(self, d_sae: int):
+    def __init__(self, d_sae: int, massive: tuple[Tensor, float] | None = None):
+        self.massive = massive
+        self.typical = [0, 0.0, None, 0.0]  # n, err_sum, y_sum, y_sq_sum over typical tokens
         self.n = 0
         self.l0_sum = 0.0
         self.err_sum = 0.0
@@ -101,13 +110,31 @@ class ReconstructionStats:
         ys = y.sum(0).cpu()
         self.y_sum = ys if self.y_sum is None else self.y_sum + ys
         self.y_sq_sum += y.pow(2).sum().item()
+        if self.massive is not None:
+            center, threshold = self.massive
+            keep = (y - center.to(y)).norm(dim=-1) <= threshold  # [n]
+            yt, et = y[keep], (y - y_hat)[keep]
+            n, err, y_sum, y_sq = self.typical
+            yts = yt.sum(0).cpu()
+            self.typical = [
+                n + int(keep.sum()),
+                err + et.pow(2).sum().item(),
+                yts if y_sum is None else y_sum + yts,
+                y_sq + yt.pow(2).sum().item(),
+            ]
 
     def result(self) -> dict[str, float]:
         if self.n == 0:
             raise ValueError("No evaluation tokens: the held-out set is empty.")
         total_var = self.y_sq_sum - (self.y_sum.pow(2).sum().item() / self.n)  # sum ||y - mean y||^2
         density = self.fired.double() / self.n
+        typical = {}
+        if self.massive is not None:
+            n, err, y_sum, y_sq = self.typical
+            var = y_sq - y_sum.pow(2).sum().item() / n if n else 0.0
+            typical = {"fvu_typical": err / max(var, 1e-12), "massive_frac": 1 - n / self.n}
         return {
+            **typical,
             "n_eval_tokens": self.n,
             "l0": self.l0_sum / self.n,
             "fvu": self.err_sum / max(total_var, 1e-12),
@@ -205,3 +232,54 @@ def evaluate_layer(model, tc: Transcoder, layer: int, tokens: Tensor, mean: Tens
     res = evaluate(model, {layer: tc}, tokens, {layer: mean}, **kw)
     per_layer = res.pop("layers")[layer]
     return {**per_layer, **res}
+
+
+@torch.no_grad()
+def evaluate_each(
+    model,
+    transcoders: Mapping[int, Transcoder],
+    tokens: Tensor,  # [n_ctx, ctx_len] held-out contexts, BOS first
+    means: Mapping[int, Tensor],  # layer -> train-split mean MLP output [d_out]
+    massive: Mapping[int, tuple[Tensor, float]] | None = None,  # layer -> (y_center [d_out], threshold)
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[int, dict]:
+    """Each layer's transcoder spliced ALONE: {layer: the flat metric dict of `transcoder_metrics`}, sharing one
+    clean forward pass (reconstruction metrics of every layer and the clean loss) per batch."""
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        raise ValueError(
+            f"Evaluation needs [n_ctx >= 1, ctx_len >= 2] tokens, got shape {tuple(tokens.shape)}."
+        )
+    layers = sorted(transcoders)
+    massive = massive or {}
+    device = next(iter(transcoders.values())).W_enc.device
+    stats = {layer: ReconstructionStats(transcoders[layer].d_sae, massive.get(layer)) for layer in layers}
+    names = {h for layer in layers for h in mlp_hooks(layer)}
+    sums = {layer: {"ce_spliced": 0.0, "ce_ablated": 0.0, "kl": 0.0} for layer in layers}
+    ce_clean, n_pred = 0.0, 0
+    for i in tqdm(range(0, tokens.shape[0], batch_size), desc="evaluating", disable=not progress):
+        batch = tokens[i : i + batch_size].to(device)  # [b, p]
+        logits, cache = model.run_with_cache(batch, names_filter=lambda n: n in names)
+        logp_clean = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [b, p-1, vocab]
+        del logits
+        for layer in layers:
+            hook_in, hook_out = mlp_hooks(layer)
+            x, y = cache[hook_in][:, 1:].flatten(0, 1), cache[hook_out][:, 1:].flatten(0, 1)  # [b*(p-1), d]
+            stats[layer].update(transcoders[layer], x, y)
+        del cache
+        ce_clean += _nll(logp_clean, batch).sum().item()
+        for layer in layers:
+            with spliced(model, {layer: transcoders[layer]}):
+                logp = _next_token_logprobs(model, batch)
+            sums[layer]["ce_spliced"] += _nll(logp, batch).sum().item()
+            sums[layer]["kl"] += (logp_clean.exp() * (logp_clean - logp)).sum().item()
+            with mean_ablated(model, {layer: means[layer]}):
+                sums[layer]["ce_ablated"] += _nll(_next_token_logprobs(model, batch), batch).sum().item()
+        n_pred += batch.shape[0] * (batch.shape[1] - 1)
+    out = {}
+    for layer in layers:
+        m = {k: v / n_pred for k, v in sums[layer].items()}
+        m["ce_clean"] = ce_clean / n_pred
+        m["ce_recovered"] = ce_recovered(m["ce_clean"], m["ce_spliced"], m["ce_ablated"])
+        out[layer] = {**stats[layer].result(), **m, "n_ce_tokens": n_pred}
+    return out

@@ -134,6 +134,17 @@ def local_checkpoint(name: str, cache_dir: str | None = None) -> str | None:
     return None
 
 
+def n_layers(name: str, cache_dir: str | None = None) -> int:
+    """Number of transformer blocks of `name`, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    path = local_checkpoint(name, cache_dir)
+    if path is None:
+        _require_hub(name)
+        path = name
+    return int(AutoConfig.from_pretrained(path).num_hidden_layers)
+
+
 def load_tokenizer(name: str, cache_dir: str | None = None):
     from transformers import AutoTokenizer
 

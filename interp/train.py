@@ -90,6 +90,9 @@ class TrainResult:
     train_tokens: int = 0
     y_mean: Tensor | None = None  # [d_out] train-split mean MLP output (for mean ablation)
     dead_frac: float = 0.0  # at the end of training
+    scale: float = (
+        1.0  # s, the median ||y - mean y|| of the first buffer (outlier_norm * s: massive activations)
+    )
 
 
 class NonFiniteActivationsError(ValueError):
@@ -462,7 +465,7 @@ class LayerRun:
                 self.cfg.steps,
             )
         t = self.trainer
-        return TrainResult(t.finish(), t.curve, t.tokens, t.y_mean, t.dead_frac())
+        return TrainResult(t.finish(), t.curve, t.tokens, t.y_mean, t.dead_frac(), t.scale)
 
     def state_dict(self) -> dict:
         return {

@@ -132,6 +132,11 @@ def record_manifest(model: str, layer: int, split: str, shards: list[Shard], met
     db.write("activation_shards", rows, {"model": model, "layer": layer, "split": split})
 
 
+def clear_manifest(model: str, layer: int, split: str) -> None:
+    """Forget the shards of (model, layer, split) (their files are removed by the activations asset)."""
+    db.write("activation_shards", pl.DataFrame(), {"model": model, "layer": layer, "split": split})
+
+
 def shard_paths(model: str, layer: int, split: str) -> list[str]:
     """Manifest paths of the shards for (model, layer, split), in order; a clear error if none exist."""
     frame = db.query(

@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from interp.sampling import stratified_sample
 from storage import db
 
 
@@ -30,18 +31,56 @@ def write_vocab(model: str, token_strs: list[str]) -> int:
     return db.write("vocab", rows, {"model": model})
 
 
-def load_contexts(split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens [n_ctx, ctx_len] int64, context_ids [n_ctx] int64) of a split, in context_id order."""
-    sql = "SELECT context_id, tokens FROM contexts WHERE split = ? ORDER BY context_id"
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
-    frame = db.query(sql, [split])
+def load_contexts(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [n_ctx, ctx_len] int64, context_ids [n_ctx] int64): every context of a split, in context_id order."""
+    frame = db.query("SELECT context_id, tokens FROM contexts WHERE split = ? ORDER BY context_id", [split])
     if frame.height == 0:
         raise LookupError(
             f"No {split!r} contexts in the atlas database; materialize the `contexts` asset first."
         )
     tokens = torch.tensor(frame["tokens"].to_list(), dtype=torch.long)
     return tokens, torch.tensor(frame["context_id"].to_numpy(), dtype=torch.long)
+
+
+def context_length() -> int:
+    """Tokens per context (BOS included)."""
+    frame = db.query("SELECT len(tokens) AS n FROM contexts LIMIT 1")
+    if frame.height == 0:
+        raise LookupError("No contexts in the atlas database; materialize the `contexts` asset first.")
+    return int(frame["n"][0])
+
+
+def sample_context_ids(split: str, n: int, seed: int) -> list[int]:
+    """A seeded sample of n context ids of a split, stratified by corpus (interp.sampling), in random order."""
+    frame = db.query(
+        "SELECT context_id, coalesce(corpus, '') AS corpus FROM contexts WHERE split = ? ORDER BY context_id",
+        [split],
+    )
+    if frame.height == 0:
+        raise LookupError(
+            f"No {split!r} contexts in the atlas database; materialize the `contexts` asset first."
+        )
+    if n > frame.height:
+        raise ValueError(
+            f"Asked for {n} {split!r} contexts but the split holds {frame.height}; lower the count, or give the "
+            "corpus more text (or another eval_fraction) and re-materialize `contexts`."
+        )
+    picked = stratified_sample(frame["corpus"].to_list(), n, seed)
+    return frame["context_id"].to_numpy()[picked].tolist()
+
+
+def sample_contexts(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [n, ctx_len] int64, context_ids [n] int64) of `sample_context_ids(split, n, seed)`."""
+    ids = sample_context_ids(split, n, seed)
+    return contexts_by_id(ids), torch.tensor(ids, dtype=torch.long)
+
+
+def corpus_shares(split: str | None = None) -> dict[str, float]:
+    """Each corpus' share of the contexts (of one split, or all)."""
+    sql = "SELECT coalesce(corpus, '') AS corpus, count(*) AS n FROM contexts"
+    frame = db.query(sql + (" WHERE split = ?" if split else "") + " GROUP BY 1", [split] if split else None)
+    total = frame["n"].sum()
+    return {c: n / total for c, n in frame.iter_rows()}
 
 
 def contexts_by_id(context_ids: list[int]) -> torch.Tensor:

@@ -37,7 +37,8 @@ def _t(name: str, doc: str, key: tuple[str, ...], *cols: tuple[str, str, str]) -
 TID = (
     "transcoder_id",
     "VARCHAR",
-    "Transcoder id, '<model>/L<layer>/<architecture>-<d_sae>' (see `transcoders`).",
+    "Transcoder id, '<model>/L<layer>/<architecture>-<d_sae>-<version>', version a hash of the training config "
+    "and data (see `transcoders`).",
 )
 
 TABLES: tuple[Table, ...] = (
@@ -48,6 +49,12 @@ TABLES: tuple[Table, ...] = (
         ("context_id", "INTEGER", "Dense id, 0..n-1, in corpus order."),
         ("split", "VARCHAR", "'train' or 'eval' (deterministic hash of the source document)."),
         ("source", "VARCHAR", "Document the window came from (file name or dataset row)."),
+        (
+            "corpus",
+            "VARCHAR",
+            "Source the document belongs to (e.g. 'sotu', 'shakespeare', 'moby-dick'); every sample of contexts "
+            "is stratified by it.",
+        ),
         ("tokens", "INTEGER[]", "Token ids, BOS first, length = context length."),
         ("text", "VARCHAR", "Decoded text of `tokens` (without BOS)."),
     ),
@@ -93,6 +100,17 @@ TABLES: tuple[Table, ...] = (
         ("created_at", "TIMESTAMP", "When training finished."),
     ),
     _t(
+        "current_transcoders",
+        "The transcoder version each layer serves: every downstream asset and the app follow this choice. The "
+        "`transcoders` asset points a layer here when it trains it; point it back with storage.transcoders."
+        "set_current.",
+        ("model", "layer"),
+        ("model", "VARCHAR", "Model name."),
+        ("layer", "INTEGER", "Layer."),
+        TID,
+        ("chosen_at", "TIMESTAMP", "When this version became current."),
+    ),
+    _t(
         "training_curves",
         "Training curve of each transcoder, one row per logged step.",
         ("transcoder_id", "step"),
@@ -116,6 +134,13 @@ TABLES: tuple[Table, ...] = (
         ("n_ce_tokens", "BIGINT", "Held-out predicted tokens of the loss metrics (ce_*, kl)."),
         ("l0", "REAL", "Mean active features per token."),
         ("fvu", "REAL", "sum ||y - y_hat||^2 / sum ||y - mean(y)||^2."),
+        (
+            "fvu_typical",
+            "REAL",
+            "FVU over the tokens below the massive-activation threshold (||y - mean y|| under 4x its median), "
+            "the tokens the overall FVU hides on layers where a few sink tokens carry most of the variance.",
+        ),
+        ("massive_frac", "REAL", "Share of eval tokens above the massive-activation threshold."),
         ("mse", "REAL", "Mean over tokens of ||y - y_hat||^2."),
         ("ce_clean", "REAL", "Next-token loss (nats) of the unmodified model."),
         ("ce_spliced", "REAL", "Loss with this layer's MLP output replaced by the transcoder."),
@@ -123,19 +148,25 @@ TABLES: tuple[Table, ...] = (
         ("ce_zero_ablated", "REAL", "Loss with the MLP output zeroed."),
         ("ce_recovered", "REAL", "(ce_ablated - ce_spliced) / (ce_ablated - ce_clean)."),
         ("kl", "REAL", "Mean per-token KL(clean || spliced) of next-token distributions (nats)."),
-        ("dead_frac", "REAL", "Features that never fired on the eval tokens."),
+        ("dead_frac", "REAL", "Features that never fired on the n_eval_tokens eval tokens."),
         ("dense_frac", "REAL", "Features firing on more than 10% of eval tokens."),
         (
             "gate_passed",
             "BOOLEAN",
-            "Whether the transcoder passed the quality gate (FVU, dead fraction, CE recovered).",
+            "Whether the transcoder passed the blocking gate (not broken: fvu_typical, and CE recovered on "
+            "layers whose MLP matters).",
         ),
         (
             "gate_reason",
             "VARCHAR",
             "Why the gate failed ('' when it passed), naming each metric and its threshold.",
         ),
-        ("thresholds", "JSON", "Gate thresholds used: max_fvu, max_dead_frac, min_ce_recovered."),
+        ("thresholds", "JSON", "Gate thresholds and quality goals used (see assets/transcoders.py)."),
+        (
+            "goal_misses",
+            "VARCHAR",
+            "Quality goals this transcoder misses ('' when none): the non-blocking WARN checks.",
+        ),
         ("created_at", "TIMESTAMP", "When evaluated."),
     ),
     _t(
@@ -294,8 +325,25 @@ TABLES: tuple[Table, ...] = (
 
 TABLE_BY_NAME = {t.name: t for t in TABLES}
 
+
 # version -> statements. Version 1 creates everything above; later versions append ALTER/CREATE statements.
-MIGRATIONS: dict[int, list[str]] = {1: [t.create_sql() for t in TABLES]}
+def _add_columns(table: str, *names: str) -> list[str]:
+    return [
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {c.name} {c.type}"
+        for c in TABLE_BY_NAME[table].columns
+        if c.name in names
+    ]
+
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [t.create_sql() for t in TABLES],
+    # sources for stratified samples, honest evaluation columns, transcoder versions
+    2: [
+        *_add_columns("contexts", "corpus"),
+        *_add_columns("transcoder_metrics", "fvu_typical", "massive_frac", "goal_misses"),
+        TABLE_BY_NAME["current_transcoders"].create_sql(),
+    ],
+}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

@@ -5,12 +5,19 @@
 `layout.transcoder_dir(id)`), then replaces the three tables' rows for that id in one transaction, so a failure
 leaves either the previous transcoder or the new one, never a mix. The quality-gate verdict lives in
 `transcoder_metrics.gate_passed / gate_reason`; `gate_status` reads it for downstream assets.
+
+Versions: a transcoder id ends in a short hash of everything that determines its weights (training config, layer,
+data sample), so re-training with another k, skip setting, budget or seed adds a version beside the old one
+instead of overwriting it. `current_transcoders` says which version each layer serves; `list_transcoders` (what
+every downstream asset and the app read) follows it, and `set_current` points a layer at another version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
+from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
@@ -23,6 +30,8 @@ METRIC_COLUMNS = (
     "n_ce_tokens",
     "l0",
     "fvu",
+    "fvu_typical",
+    "massive_frac",
     "mse",
     "ce_clean",
     "ce_spliced",
@@ -34,14 +43,25 @@ METRIC_COLUMNS = (
     "dense_frac",
     "gate_passed",
     "gate_reason",
+    "goal_misses",
 )
-_NON_REAL = ("n_eval_tokens", "n_ce_tokens", "gate_passed", "gate_reason")
+_NON_REAL = ("n_eval_tokens", "n_ce_tokens", "gate_passed", "gate_reason", "goal_misses")
 CURVE_COLUMNS = ("step", "tokens", "loss", "mse", "sparsity_loss", "l0", "fvu", "dead_frac", "lr")
 
 
-def transcoder_id(model: str, layer: int, architecture: str, d_sae: int) -> str:
-    """'<model>/L<layer>/<architecture>-<d_sae>', e.g. 'smollm2-135m/L8/topk-4608'."""
-    return f"{model}/L{layer}/{architecture}-{d_sae}"
+def version_hash(recipe: Mapping[str, Any]) -> str:
+    """8 hex digits identifying a training recipe (config and data); key order does not matter."""
+    blob = json.dumps(recipe, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
+
+
+def transcoder_id(
+    model: str, layer: int, architecture: str, d_sae: int, recipe: Mapping[str, Any] | None = None
+) -> str:
+    """'<model>/L<layer>/<architecture>-<d_sae>-<version>', e.g. 'smollm2-135m/L8/topk-4608-1a2b3c4d', the
+    version hashing the training recipe; without a recipe (an imported or hand-made transcoder) no version."""
+    base = f"{model}/L{layer}/{architecture}-{d_sae}"
+    return base if recipe is None else f"{base}-{version_hash(recipe)}"
 
 
 def save_transcoder(
@@ -86,6 +106,7 @@ def save_transcoder(
             "n_ce_tokens": pl.Int64,
             "gate_passed": pl.Boolean,
             "gate_reason": pl.Utf8,
+            "goal_misses": pl.Utf8,
             **{k: pl.Float64 for k in METRIC_COLUMNS if k not in _NON_REAL},
         },
     ).with_columns(created_at=db.now())
@@ -102,15 +123,38 @@ def save_transcoder(
     return path
 
 
-def list_transcoders(model: str) -> pl.DataFrame:
-    """The latest transcoder of each layer of `model`, with its metrics (one row per layer, ordered by layer)."""
+def set_current(model: str, layer: int, transcoder_id: str) -> None:
+    """Make `transcoder_id` the version that layer `layer` of `model` serves."""
+    row = transcoder_row(transcoder_id)
+    if row["model"] != model or row["layer"] != layer:
+        raise ValueError(
+            f"Transcoder {transcoder_id!r} imitates {row['model']} layer {row['layer']}, not {model} layer {layer}."
+        )
+    frame = pl.DataFrame(
+        {"model": [model], "layer": [layer], "transcoder_id": [transcoder_id]},
+        schema_overrides={"layer": pl.Int32},
+    ).with_columns(chosen_at=db.now())
+    db.write("current_transcoders", frame, {"model": model, "layer": layer})
+
+
+def list_transcoders(model: str, versions: bool = False) -> pl.DataFrame:
+    """The current transcoder of each layer of `model` with its metrics, one row per layer ordered by layer (a
+    layer with no `current_transcoders` row serves its newest version). versions=True: every version, with an
+    `is_current` column."""
     return db.query(
-        """
-        SELECT t.*, m.* EXCLUDE (transcoder_id, created_at)
-        FROM transcoders t LEFT JOIN transcoder_metrics m USING (transcoder_id)
-        WHERE t.model = ?
-        QUALIFY row_number() OVER (PARTITION BY t.layer ORDER BY t.created_at DESC, t.transcoder_id) = 1
-        ORDER BY t.layer
+        f"""
+        WITH listed AS (
+          SELECT t.*, m.* EXCLUDE (transcoder_id, created_at),
+                 coalesce(c.transcoder_id = t.transcoder_id,
+                          row_number() OVER (PARTITION BY t.layer ORDER BY t.created_at DESC, t.transcoder_id) = 1
+                 ) AS is_current
+          FROM transcoders t
+          LEFT JOIN transcoder_metrics m USING (transcoder_id)
+          LEFT JOIN current_transcoders c ON c.model = t.model AND c.layer = t.layer
+          WHERE t.model = ?
+        )
+        SELECT * FROM listed {"" if versions else "WHERE is_current"}
+        ORDER BY layer, created_at DESC
         """,
         [model],
     )

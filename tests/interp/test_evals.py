@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from interp.evals import ReconstructionStats, evaluate, evaluate_layer, spliced
+from interp.evals import ReconstructionStats, evaluate, evaluate_each, evaluate_layer, spliced
 from interp.model import load_model, mlp_hooks
 from interp.transcoder import Transcoder, TranscoderConfig
 from tests.conftest import make_tiny_checkpoint
@@ -137,3 +137,42 @@ def test_reconstruction_stats_match_direct_computation():
     assert r["dense_frac"] == pytest.approx(((z > 0).mean(0) > 0.1).mean())
     assert r["dead_frac"] >= 5 / 32 and r["dense_frac"] >= 1 / 32
     assert np.isclose(r["l0"], 3.0) or r["l0"] < 3.0
+
+
+def test_typical_fvu_leaves_out_the_massive_tokens():
+    torch.manual_seed(0)
+    tc = Transcoder(TranscoderConfig(d_in=8, d_sae=32, d_out=6, architecture="topk", k=3))
+    x, y = torch.randn(60, 8), torch.randn(60, 6)
+    y[:3] *= 100.0  # three massive tokens
+    center = torch.zeros(6)
+    s = ReconstructionStats(32, massive=(center, 10.0))
+    s.update(tc, x[:25], y[:25])
+    s.update(tc, x[25:], y[25:])
+    r = s.result()
+    keep = y.norm(dim=-1) <= 10.0
+    assert keep.sum() == 57
+    yt, err = y[keep].double(), (y - tc(x)).detach()[keep].double()
+    want = err.pow(2).sum() / (yt - yt.mean(0)).pow(2).sum()
+    # float64 sums of the same terms in another order: rounding ~1e-15 relative
+    assert r["fvu_typical"] == pytest.approx(float(want), rel=1e-9)
+    assert r["massive_frac"] == pytest.approx(3 / 60, abs=1e-12)
+    everything = ReconstructionStats(32, massive=(center, float("inf")))
+    everything.update(tc, x, y)
+    assert everything.result()["fvu_typical"] == pytest.approx(r["fvu"], rel=1e-9)
+
+
+def test_each_layer_alone_equals_evaluating_it_alone(tiny_model):
+    tokens = _tokens(n_ctx=4, ctx_len=16)
+    d = tiny_model.cfg.d_model
+    tcs, means = {}, {}
+    for layer in (0, 2):
+        torch.manual_seed(layer)
+        tcs[layer] = Transcoder(TranscoderConfig(d_in=d, d_sae=64, d_out=d, architecture="topk", k=4))
+        means[layer] = _mean_y(tiny_model, tokens, layer)
+    each = evaluate_each(tiny_model, tcs, tokens, means, batch_size=2)
+    for layer, tc in tcs.items():
+        alone = evaluate_layer(tiny_model, tc, layer, tokens, means[layer], batch_size=2, zero_ablation=False)
+        for key in ("ce_clean", "ce_spliced", "ce_ablated", "ce_recovered", "kl", "fvu", "l0", "dead_frac"):
+            # the same forward passes in the same batches: equal up to float32 summation of the losses
+            assert each[layer][key] == pytest.approx(alone[key], rel=1e-5, abs=1e-7), (layer, key)
+    assert each[0]["ce_spliced"] != pytest.approx(each[2]["ce_spliced"], rel=1e-4)

@@ -1,0 +1,62 @@
+"""Quality gates for a trained transcoder, on its held-out metrics (interp.evals), in two levels.
+
+1. The blocking gate answers "is this transcoder broken?" — randomly initialized, barely trained, or trained on
+   another layer. It fails when the transcoder explains less than `1 - max_fvu_typical` of the variance of the
+   typical tokens (the FVU over tokens below the massive-activation threshold; the overall FVU is dominated by a
+   few sink tokens on some layers), or, on a layer whose MLP matters (mean-ablating it costs at least
+   `matters_delta_ce` nats), when it recovers less than `min_ce_recovered_blocking` of the loss. A layer whose MLP
+   does not matter has a CE recovered that is a ratio of two tiny numbers: noise, never a verdict.
+2. The quality goals are warnings (non-blocking): CE recovered >= `goal_ce_recovered` on layers that matter,
+   L0 <= `goal_l0` and dead fraction <= `goal_dead_frac`. A transcoder can pass the gate and miss a goal.
+
+NaN metrics fail whatever they are compared with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # blocking: a trained SmolLM2 transcoder explains most typical-token variance; a random, 10-step or
+    # wrong-layer one explains almost none (FVU near or above 1)
+    max_fvu_typical: float = 0.8
+    min_ce_recovered_blocking: float = 0.5
+    matters_delta_ce: float = 0.1  # nats of mean-ablation loss that make a layer's MLP matter (DESIGN §3)
+    # goals (warnings)
+    goal_ce_recovered: float = 0.90
+    goal_l0: float = 32.0
+    goal_dead_frac: float = 0.05
+
+    def asdict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def mlp_matters(m: Mapping[str, float], t: Thresholds) -> bool:
+    return m["ce_ablated"] - m["ce_clean"] >= t.matters_delta_ce
+
+
+def gate(m: Mapping[str, float], t: Thresholds) -> tuple[bool, str]:
+    """(passed, reason): the blocking gate; every failure named with its value and threshold."""
+    fails = []
+    if not m["fvu_typical"] <= t.max_fvu_typical:
+        fails.append(f"fvu_typical {m['fvu_typical']:.3f} > {t.max_fvu_typical}")
+    if not m["ce_recovered"] == m["ce_recovered"]:  # NaN: ablation and clean loss are equal
+        fails.append("ce_recovered is NaN")
+    elif mlp_matters(m, t) and not m["ce_recovered"] >= t.min_ce_recovered_blocking:
+        fails.append(f"ce_recovered {m['ce_recovered']:.3f} < {t.min_ce_recovered_blocking}")
+    return not fails, "; ".join(fails)
+
+
+def goal_misses(m: Mapping[str, float], t: Thresholds) -> list[str]:
+    """The quality goals missed, each with its value and goal ([] when all are met)."""
+    out = []
+    if mlp_matters(m, t) and not m["ce_recovered"] >= t.goal_ce_recovered:
+        out.append(f"ce_recovered {m['ce_recovered']:.3f} < {t.goal_ce_recovered}")
+    if not m["l0"] <= t.goal_l0:
+        out.append(f"l0 {m['l0']:.1f} > {t.goal_l0:g}")
+    if not m["dead_frac"] <= t.goal_dead_frac:
+        out.append(f"dead_frac {m['dead_frac']:.3f} > {t.goal_dead_frac}")
+    return out

@@ -1,0 +1,86 @@
+"""The blocking gate fails broken transcoders — random, barely trained, another layer's — and passes a trained one
+with its default thresholds; goals are separate warnings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp.activations import harvest
+from interp.evals import evaluate_each
+from interp.model import mlp_hooks
+from interp.quality import Thresholds, gate, goal_misses
+from interp.train import TrainConfig, train
+from interp.transcoder import Transcoder, TranscoderConfig
+
+
+def _tokens(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(3, 60, (n, 24), generator=g)
+    t[:, 0] = 1
+    return t
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model):
+    """Layer 1 and layer 2 transcoders trained for 600 steps and for 10, on the tiny model's activations."""
+    tokens = _tokens(160, seed=0)
+    acts = list(harvest(tiny_model, tokens, torch.arange(160), [1, 2], batch_size=16))
+    d = tiny_model.cfg.d_model
+    out = {}
+    for layer in (1, 2):
+        chunks = [{"x": b.acts[layer][0], "y": b.acts[layer][1]} for b in acts]
+        tc_cfg = TranscoderConfig(d_in=d, d_sae=8 * d, d_out=d, hook_name=mlp_hooks(layer)[0], layer=layer)
+        for steps in (600, 10):
+            cfg = TrainConfig(d_sae=8 * d, k=8, batch_size=128, buffer_tokens=1024, train_tokens=128 * steps)
+            out[layer, steps] = train(lambda chunks=chunks: iter(chunks), cfg, tc_cfg, progress=False)
+    return out
+
+
+def _metrics(model, tc, ref):
+    """Held-out metrics of `tc` spliced in at layer 1; the layer's mean and massive threshold come from `ref`, the
+    run trained on layer 1 (they describe the layer's data, not the transcoder)."""
+    tokens = _tokens(16, seed=1)
+    massive = {1: (ref.y_mean, 4 * ref.scale)}
+    return evaluate_each(model, {1: tc}, tokens, {1: ref.y_mean}, massive, batch_size=8)[1]
+
+
+def test_gate_passes_a_trained_transcoder_and_fails_broken_ones(tiny_model, trained):
+    t, ref = Thresholds(), trained[1, 600]
+    good = _metrics(tiny_model, ref.transcoder, ref)
+    assert gate(good, t) == (True, ""), good
+    broken = {
+        "random": Transcoder(ref.transcoder.cfg),  # same shape, freshly initialized
+        "10 steps": trained[1, 10].transcoder,
+        "layer 2's": trained[2, 600].transcoder,  # spliced in at layer 1
+    }
+    for name, tc in broken.items():
+        m = _metrics(tiny_model, tc, ref)
+        passed, reason = gate(m, t)
+        assert not passed and "fvu_typical" in reason, (name, m["fvu_typical"], good["fvu_typical"])
+
+
+def test_ce_recovered_blocks_only_where_the_mlp_matters():
+    t = Thresholds()
+    base = {"fvu_typical": 0.3, "ce_clean": 3.0, "l0": 20.0, "dead_frac": 0.01}
+    matters = {**base, "ce_ablated": 3.5, "ce_spliced": 3.4, "ce_recovered": 0.2}
+    assert gate(matters, t) == (False, "ce_recovered 0.200 < 0.5")
+    noise = {**base, "ce_ablated": 3.02, "ce_spliced": 3.03, "ce_recovered": -0.5}  # a ratio of tiny numbers
+    assert gate(noise, t) == (True, "")
+    assert gate({**noise, "ce_recovered": float("nan")}, t)[0] is False
+    assert gate({**noise, "fvu_typical": float("nan")}, t)[0] is False
+
+
+def test_goals_are_warnings_listed_with_their_values():
+    t = Thresholds()
+    m = {
+        "fvu_typical": 0.3,
+        "ce_clean": 3.0,
+        "ce_ablated": 3.5,
+        "ce_recovered": 0.85,
+        "l0": 40.0,
+        "dead_frac": 0.1,
+    }
+    assert gate(m, t)[0]
+    assert goal_misses(m, t) == ["ce_recovered 0.850 < 0.9", "l0 40.0 > 32", "dead_frac 0.100 > 0.05"]
+    assert goal_misses({**m, "ce_recovered": 0.95, "l0": 32.0, "dead_frac": 0.05}, t) == []
