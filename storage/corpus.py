@@ -51,7 +51,8 @@ def context_length() -> int:
 
 
 def sample_context_ids(split: str, n: int, seed: int) -> list[int]:
-    """A seeded sample of n context ids of a split, stratified by corpus (interp.sampling), in random order."""
+    """A seeded sample of n context ids of a split, stratified by corpus in the proportions of the whole corpus
+    (interp.sampling), in random order."""
     frame = db.query(
         "SELECT context_id, coalesce(corpus, '') AS corpus FROM contexts WHERE split = ? ORDER BY context_id",
         [split],
@@ -65,7 +66,9 @@ def sample_context_ids(split: str, n: int, seed: int) -> list[int]:
             f"Asked for {n} {split!r} contexts but the split holds {frame.height}; lower the count, or give the "
             "corpus more text (or another eval_fraction) and re-materialize `contexts`."
         )
-    picked = stratified_sample(frame["corpus"].to_list(), n, seed)
+    whole = db.query("SELECT coalesce(corpus, '') AS corpus, count(*) AS n FROM contexts GROUP BY 1")
+    weights = dict(zip(whole["corpus"].to_list(), whole["n"].to_list()))  # the corpus' mix, not the split's
+    picked = stratified_sample(frame["corpus"].to_list(), n, seed, weights)
     return frame["context_id"].to_numpy()[picked].tolist()
 
 

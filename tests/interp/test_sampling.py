@@ -38,5 +38,21 @@ def test_allocation_is_exact_and_bad_sizes_are_clear_errors():
     assert sum(allocate({"a": 5, "b": 7, "c": 1}, 6).values()) == 6
     with pytest.raises(ValueError, match="at most 4"):
         stratified_sample(["a", "a", "a", "b"], 5, seed=0)
+    # a source too small for its share gives all it has; the others fill the rest in proportion
+    assert allocate({"a": 50, "b": 30, "c": 20}, 60, {"a": 20, "b": 100, "c": 100}) == {
+        "a": 20,
+        "b": 24,
+        "c": 16,
+    }
     with pytest.raises(ValueError, match="at least one"):
         stratified_sample(["a"], 0, seed=0)
+
+
+def test_a_split_sampled_in_the_corpus_proportions():
+    """Whole documents are held out, so a split's mix drifts from the corpus'; weights restore the corpus mix."""
+    split = ["moby-dick"] * 183 + ["shakespeare"] * 1_004 + ["sotu"] * 981  # 8% / 46% / 45%
+    idx = stratified_sample(
+        split, 1_000, seed=0, weights={"moby-dick": 2_135, "shakespeare": 12_826, "sotu": 16_205}
+    )
+    got, want = shares([split[i] for i in idx]), shares(CORPUS)
+    assert all(abs(got[s] - want[s]) <= 1 / 1_000 for s in want)
