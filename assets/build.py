@@ -2,8 +2,9 @@
 
 Each step is an ordinary Dagster run recorded in $DAGSTER_HOME, so the UI (`make ui`) shows the lineage and
 metadata of the build afterwards. Steps whose assets are not defined are skipped; layer-partitioned steps run
-either as one run over the whole partition range (activations: one forward pass for all layers) or one run per
-layer (training, mining). Usage: python -m assets.build [--from STEP] [--only STEP ...]
+as one run over the whole partition range: training and mining each make one forward pass per batch for all
+layers. Activation shards are optional (`activations`, for re-training a layer from stored activations) and not
+part of the default build. Usage: python -m assets.build [--from STEP] [--only STEP ...]
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from assets import settings
 
 log = logging.getLogger("atlas.build")
 
-# (step name, asset selection, how partitions run: None | 'range' | 'each')
+# (step name, asset selection, None | 'range': unpartitioned, or one run over every layer partition)
 STEPS: list[tuple[str, str, str | None]] = [
     ("corpus", "contexts,vocab", None),
-    ("activations", "activations", "range"),
-    ("transcoders", "transcoders", "range"),  # one run: one forward pass per batch feeds every layer
+    # one run per step over every layer: one forward pass per batch feeds every layer's trainer or miner
+    ("transcoders", "transcoders", "range"),
     ("splice", "splice_metrics", None),
-    ("features", "features,feature_tokens", "each"),
+    ("features", "features,feature_tokens", "range"),
     ("edges", "feature_edges", None),
     ("graphs", "attribution_graphs", None),
 ]
@@ -57,15 +58,13 @@ def _materialize(select: str, partition_args: list[str]) -> bool:
 def run_step(select: str, partitions: str | None) -> list[str]:
     """Materialize one step; returns the partitions (or '-') whose run failed.
 
-    A failed layer does not stop the other layers: a transcoder that fails its quality gate fails its blocking
-    checks (so its run exits non-zero) and later steps skip that layer with the reason in their metadata.
+    A layer whose transcoder fails its quality gate fails the step's blocking check (so the run exits non-zero);
+    later steps still run and skip that layer, with the reason in their metadata.
     """
-    layers = [str(x) for x in settings.layers()]
     if partitions is None:
         return [] if _materialize(select, []) else ["-"]
-    if partitions == "range":
-        return [] if _materialize(select, ["--partition-range", f"{layers[0]}...{layers[-1]}"]) else layers
-    return [layer for layer in layers if not _materialize(select, ["--partition", layer])]
+    layers = [str(x) for x in settings.layers()]
+    return [] if _materialize(select, ["--partition-range", f"{layers[0]}...{layers[-1]}"]) else layers
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if bad:
             failed[name] = bad
-            if name in ("corpus", "activations"):
+            if name == "corpus":
                 break  # nothing downstream can run without these
     log.info(
         "atlas built in %.0f s (ATLAS_HOME=%s)",

@@ -1,7 +1,10 @@
 """Assets `features` and `feature_tokens`: the feature database of every layer's transcoder.
 
-`features` mines the held-out activation shards in one streaming pass (interp.features), re-encodes the example
-contexts with a float32 forward pass (shards are float16) and labels each feature; `feature_tokens` computes
+`features` mines every layer of its run in one streaming pass (interp.features) and labels each feature. With
+`source: stream` (the default) the pass is a float32 forward pass over a seeded, source-stratified sample of
+held-out contexts (`mining_contexts`, 2,000 x 127 = 254k tokens), one pass for all layers of the run, so example
+activations are exact; with `source: shards` it reads the `activations` asset's float16 eval shards of each layer
+and re-encodes the example contexts with a float32 forward pass. `feature_tokens` computes
 de-embeddings, logit effects and decoder-cosine neighbours across all gated layers. A layer whose transcoder
 failed its quality gate is skipped: its old rows are removed and the reason is logged and put in the metadata.
 """
@@ -15,7 +18,7 @@ import torch
 
 from assets import resources, settings
 from assets.metadata import md_table
-from interp.features import MinerConfig, exact_examples, fresh_encoder, mine
+from interp.features import MinerConfig, exact_examples, forward_chunks, fresh_encoder, mine, mine_layers
 from interp.labels import label_from_tokens
 from interp.neighbors import decoder_neighbors
 from interp.token_effects import deembedding, logit_effects
@@ -38,7 +41,11 @@ class FeaturesConfig(dg.Config):
     window_left: int = MinerConfig.window_left
     token_index_top: int = MinerConfig.token_index_top
     tokens_per_chunk: int = MinerConfig.tokens_per_chunk
-    exact_examples: bool = True  # re-encode example contexts in float32 so stored values equal a fresh pass
+    source: str = "stream"  # 'stream': forward passes over a held-out sample; 'shards': the eval shards
+    mining_contexts: int = 2000  # stream: held-out contexts mined (x 127 tokens), stratified by source
+    seed: int = 3  # stream: seeds the mining sample
+    forward_batch: int = 16  # stream: contexts per forward pass
+    exact_examples: bool = True  # shards: re-encode example contexts in float32 (shards hold float16 x)
 
 
 class FeatureTokensConfig(dg.Config):
@@ -123,19 +130,48 @@ def _mine_layer(context, layer: int, tid: str, config: FeaturesConfig) -> dict:
             stats.examples, fresh_encoder(resources.model(), tc.encode, layer), tokens_of, which
         )
     exact_s = time.perf_counter() - t0 - mine_s
-    labels = _labels(stats, corpus_store.token_strings(model_name))
+    context.log.info(f"layer {layer}: {n_exact} contexts re-encoded exactly in {exact_s:.1f}s")
+    return _write_layer(context, layer, tid, stats, mine_s) | {
+        "exact_contexts": n_exact,
+        "exact_seconds": round(exact_s, 1),
+    }
+
+
+def _mine_stream(context, tids: dict[int, str], config: FeaturesConfig) -> dict[int, dict]:
+    """Mine every layer in `tids` from one float32 forward pass per batch of a stratified held-out sample."""
+    tokens, context_ids = corpus_store.sample_contexts("eval", config.mining_contexts, config.seed)
+    order = context_ids.argsort()
+    tokens, context_ids = tokens[order], context_ids[order]
+    device = settings.device()
+    encoders = {}
+    for layer, tid in tids.items():
+        tc = tc_store.load_transcoder(tid, device=device)
+
+        @torch.no_grad()
+        def encode(x: torch.Tensor, tc=tc) -> torch.Tensor:
+            return tc.encode_active(x.to(device)).cpu()  # sparse: TopK never builds the dense z
+
+        encoders[layer] = (encode, tc.d_sae)
+    shared = {k: getattr(config, k) for k in MinerConfig.__dataclass_fields__ if hasattr(config, k)}
+    chunks = forward_chunks(resources.model(), tokens, context_ids, sorted(tids), config.forward_batch)
+    t0 = time.perf_counter()
+    n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+    stats = mine_layers(encoders, chunks, MinerConfig(**shared, windows=True), total_tokens=n_tokens)
+    seconds = time.perf_counter() - t0
+    return {layer: _write_layer(context, layer, tids[layer], stats[layer], seconds) for layer in tids}
+
+
+def _write_layer(context, layer: int, tid: str, stats, mine_s: float) -> dict:
+    labels = _labels(stats, corpus_store.token_strings(settings.model_name()))
     counts = feature_store.write_mined(tid, stats, labels)
     cover = feature_store.coverage(tid)
     context.log.info(
-        f"layer {layer}: mined {stats.n_tokens} tokens at {stats.n_tokens / mine_s:.0f} tok/s; "
-        f"{n_exact} contexts re-encoded exactly in {exact_s:.1f}s; coverage {cover}"
+        f"layer {layer}: mined {stats.n_tokens} tokens at {stats.n_tokens / mine_s:.0f} tok/s; coverage {cover}"
     )
     return {
         "transcoder_id": tid,
         "n_tokens": stats.n_tokens,
         "mining_tokens_per_s": round(stats.n_tokens / mine_s),
-        "exact_contexts": n_exact,
-        "exact_seconds": round(exact_s, 1),
         "live_features": int((stats.n_active > 0).sum()),
         "coverage": cover,
         "rows": counts,
@@ -147,19 +183,28 @@ def _mine_layer(context, layer: int, tid: str, config: FeaturesConfig) -> dict:
 
 @dg.asset(
     partitions_def=settings.layer_partitions,
-    deps=["transcoders", "activations", "contexts"],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=["transcoders", "contexts"],
     group_name="features",
     kinds={"duckdb"},
 )
 def features(context: dg.AssetExecutionContext, config: FeaturesConfig) -> dg.MaterializeResult:
     """Per-feature statistics, top and quantile-band examples, token -> feature index, labels (one mining pass)."""
+    if config.source not in ("stream", "shards"):
+        raise ValueError(f"source must be 'stream' or 'shards', got {config.source!r}.")
     metadata: dict = {}
+    tids = {}
     for layer in settings.partition_layers(context):
         tid, skipped = _layer_gate(context, layer, feature_store.MINED_TABLES)
         if skipped:
             metadata[f"L{layer}_skipped"] = skipped
-            continue
-        out = _mine_layer(context, layer, tid, config)
+        else:
+            tids[layer] = tid
+    if config.source == "stream":
+        results = _mine_stream(context, tids, config) if tids else {}
+    else:
+        results = {layer: _mine_layer(context, layer, tid, config) for layer, tid in tids.items()}
+    for layer, out in results.items():
         preview = out.pop("preview")
         metadata.update({f"L{layer}_{k}": v for k, v in out.items()})
         metadata[f"L{layer}_densest"] = md_table(preview, max_rows=10)
@@ -167,7 +212,11 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig) -> dg.Ma
 
 
 @dg.asset(
-    partitions_def=settings.layer_partitions, deps=["transcoders"], group_name="features", kinds={"duckdb"}
+    partitions_def=settings.layer_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=["transcoders"],
+    group_name="features",
+    kinds={"duckdb"},
 )
 def feature_tokens(context: dg.AssetExecutionContext, config: FeatureTokensConfig) -> dg.MaterializeResult:
     """De-embeddings, logit effects (top/bottom tokens) and decoder-cosine neighbours across gated layers."""
@@ -199,6 +248,7 @@ def feature_tokens(context: dg.AssetExecutionContext, config: FeatureTokensConfi
 
 @dg.asset(
     partitions_def=settings.layer_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[features, feature_tokens],
     group_name="features",
     kinds={"json"},

@@ -506,6 +506,41 @@ def mine(
     return miner.finish()
 
 
+def forward_chunks(
+    model,
+    tokens: Tensor,  # [n_ctx, ctx_len] int64, BOS first
+    context_ids: Tensor,  # [n_ctx] int64
+    layers: list[int],
+    batch_size: int = 16,
+) -> Iterator[dict[int, Chunk]]:
+    """Chunks of whole contexts for every layer from one float32 forward pass per batch (positions 1..): the
+    stream `mine_layers` takes, with exact activations, so no re-encoding pass is needed."""
+    from interp.activations import harvest
+
+    body = tokens.shape[1] - 1
+    for i, batch in enumerate(harvest(model, tokens, context_ids, layers, batch_size)):
+        rows = slice(i * batch_size, i * batch_size + batch.context_id.numel() // body)
+        ids, toks = context_ids[rows].long(), tokens[rows, 1:].long().contiguous()  # [C], [C, body]
+        position = torch.arange(1, body + 1).repeat(len(ids), 1)  # [C, body]
+        yield {layer: Chunk(ids, position, toks, x.float().cpu()) for layer, (x, _) in batch.acts.items()}
+
+
+def mine_layers(
+    encoders: dict[int, tuple[Callable[[Tensor], Tensor], int]],  # layer -> (encode, d_sae)
+    chunks: Iterable[dict[int, Chunk]],
+    cfg: MinerConfig = MinerConfig(),
+    total_tokens: int | None = None,
+) -> dict[int, FeatureStats]:
+    """`mine` for several layers at once from one stream of {layer: Chunk} (one forward pass feeds every layer)."""
+    miners = {layer: FeatureMiner(encode, d_sae, cfg) for layer, (encode, d_sae) in encoders.items()}
+    with tqdm(total=total_tokens, unit="tok", desc=f"mining {len(miners)} layer(s)", disable=None) as bar:
+        for item in chunks:
+            for layer, miner in miners.items():
+                miner.update(item[layer])
+            bar.update(next(iter(item.values())).x.shape[0])
+    return {layer: miner.finish() for layer, miner in miners.items()}
+
+
 @torch.no_grad()
 def exact_examples(
     examples: Examples,

@@ -16,9 +16,11 @@ from storage import corpus as corpus_store
 from storage import db
 from storage import features as feature_store
 from storage import transcoders as tc_store
-from tests.storage.test_features import D_SAE, build_atlas
+from tests.storage.test_features import D_SAE, N_CTX, build_atlas
 
-SMALL = {"ops": {"features": {"config": {"n_top": 6, "window": 8, "window_left": 5}}}}
+MINER = {"n_top": 6, "window": 8, "window_left": 5, "mining_contexts": N_CTX, "forward_batch": 5}
+SMALL = {"ops": {"features": {"config": MINER}}}
+SHARDS = {"ops": {"features": {"config": {**MINER, "source": "shards"}}}}
 
 
 @pytest.fixture
@@ -36,9 +38,10 @@ def _count(table: str, tid: str) -> int:
     return db.query(f"SELECT count(*) AS n FROM {table} WHERE transcoder_id = ?", [tid])["n"][0]
 
 
-def test_top_examples_equal_a_fresh_forward_pass(atlas, tiny_model):
+@pytest.mark.parametrize("config", [SMALL, SHARDS], ids=["stream", "shards"])
+def test_top_examples_equal_a_fresh_forward_pass(atlas, tiny_model, config):
     tid = atlas[1]
-    _run([features], "1", SMALL)
+    _run([features], "1", config)
     ex = db.query(
         "SELECT feature, context_id, position, activation, window_start, token_acts FROM feature_examples "
         "WHERE transcoder_id = ? AND kind = 'top' AND rank = 0 ORDER BY feature",
@@ -134,7 +137,7 @@ def test_real_model_top_examples_equal_a_fresh_forward_pass(atlas_home, monkeypa
     tokens = torch.cat([torch.full((12, 1), model.tokenizer.bos_token_id), body], 1)  # [12, 48], BOS first
     vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)]
     tid = build_atlas(model, "smollm2-135m", {2: True}, tokens=tokens, vocab=vocab, d_sae=256)[2]
-    _run([features], "2", SMALL)
+    _run([features], "2", {"ops": {"features": {"config": {**MINER, "mining_contexts": 12}}}})
     ex = db.query(
         "SELECT feature, context_id, position, activation FROM feature_examples "
         "WHERE transcoder_id = ? AND kind = 'top' AND rank = 0 ORDER BY feature",

@@ -229,3 +229,35 @@ def test_windows_off_finds_the_same_examples(data):
     for name in ("feature", "rank", "context_id", "position", "token_id", "window_start", "activation"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert not b.token_acts.any()
+
+
+def test_mining_every_layer_from_one_forward_pass_equals_mining_each(tiny_model):
+    from interp.activations import harvest
+    from interp.features import forward_chunks, mine_layers
+
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randint(3, 60, (10, 12), generator=g)
+    tokens[:, 0] = 1
+    ids = torch.arange(10) * 2 + 1
+    d = tiny_model.cfg.d_model
+    encoders = {}
+    for layer in (0, 2):
+        w = torch.randn(d, 16, generator=g)
+        encoders[layer] = ((lambda x, w=w: torch.relu(x @ w - 0.5)), 16)
+    cfg = dataclasses.replace(CFG, tokens_per_chunk=40)
+    together = mine_layers(encoders, forward_chunks(tiny_model, tokens, ids, [0, 2], batch_size=3), cfg)
+    for layer, (encode, d_sae) in encoders.items():
+        rows = [  # the layer alone, as the shard path feeds it: flat batches of (context, position) rows
+            {
+                "context_id": b.context_id,
+                "position": b.position,
+                "token_id": tokens[(b.context_id - 1) // 2, b.position],
+                "x": b.acts[layer][0],
+            }
+            for b in harvest(tiny_model, tokens, ids, [layer], batch_size=4)
+        ]
+        alone = mine(encode, d_sae, rows, cfg)
+        assert torch.equal(together[layer].n_active, alone.n_active) and alone.n_active.sum() > 0
+        assert torch.equal(together[layer].examples.context_id, alone.examples.context_id)
+        torch.testing.assert_close(together[layer].examples.token_acts, alone.examples.token_acts)
+    assert not torch.equal(together[0].n_active, together[2].n_active)
