@@ -34,6 +34,9 @@ class FeatureEdgesConfig(dg.Config):
     k: int = 8  # upstream features kept per downstream feature and via
     heads: bool = True  # also through each attention head's OV circuit (else the residual stream only)
     block: int = 2048  # features per block: working memory ~ 2 x block² floats, independent of d_sae
+    # upstream transcoders at most this many layers below the downstream one (0 = every layer below). Every
+    # layer below costs O(layers³) head routes: at 30 layers that is ~100 TFLOP and ~150M rows
+    max_gap: int = 2
 
 
 class GraphSpec(dg.Config):
@@ -65,7 +68,14 @@ def feature_edges(context: dg.AssetExecutionContext, config: FeatureEdgesConfig)
     W_V, W_O = (w.detach().to(device) for w in ov_weights(model))
     t0 = time.perf_counter()
     tops = compute_feature_edges(
-        tcs, W_V, W_O, k=config.k, heads=config.heads, block=config.block, parallel=parallel_blocks(model)
+        tcs,
+        W_V,
+        W_O,
+        k=config.k,
+        heads=config.heads,
+        block=config.block,
+        parallel=parallel_blocks(model),
+        max_gap=config.max_gap or None,
     )
     frames = [circuits.edges_frame(top, ids) for top in tops]
     seconds = time.perf_counter() - t0

@@ -55,11 +55,21 @@ class TopEdges:
     weight: Tensor  # [d_sae_dst, k] float32, sorted by |weight| descending
 
 
+def upstream(dst_layer: int, src_layers: list[int], max_gap: int | None = None) -> list[int]:
+    """The transcoder layers whose features may write into `dst_layer`: below it, at most `max_gap` layers below."""
+    return [s for s in src_layers if s < dst_layer and (max_gap is None or dst_layer - s <= max_gap)]
+
+
 def vias(
-    dst_layer: int, src_layers: list[int], heads: bool, n_heads: int, parallel: bool = False
+    dst_layer: int,
+    src_layers: list[int],
+    heads: bool,
+    n_heads: int,
+    parallel: bool = False,
+    max_gap: int | None = None,
 ) -> list[tuple[str, int | None, int | None]]:
-    """(via, attention layer, head) for every path from any upstream transcoder into `dst_layer`."""
-    above = [layer for layer in src_layers if layer < dst_layer]
+    """(via, attention layer, head) for every path from an upstream transcoder into `dst_layer`."""
+    above = upstream(dst_layer, src_layers, max_gap)
     if not above:
         return []
     out: list[tuple[str, int | None, int | None]] = [("resid", None, None)]
@@ -130,22 +140,25 @@ def feature_edges(
     heads: bool = True,
     block: int = 2048,
     parallel: bool = False,  # attention and MLP read the same block input (see interp.model.parallel_blocks)
+    max_gap: int | None = None,  # only upstream transcoders at most this many layers below (None: all)
 ) -> Iterator[TopEdges]:
     """Top-k upstream features of every feature of every transcoder, through the residual stream and each head.
 
     Norms are treated as constant scales (the weights are folded into W_V and W_enc in compatibility mode).
-    Transcoders with a b_pre are fine: only W_enc and W_dec enter.
+    Transcoders with a b_pre are fine: only W_enc and W_dec enter. With `max_gap`, the work is linear in the
+    number of layers instead of cubic (every head of every layer between every pair).
     """
     layers = sorted(transcoders)
     n_heads = W_O.shape[1]
-    jobs = [(dst, via) for dst in layers for via in vias(dst, layers, heads, n_heads, parallel)]
+    jobs = [(dst, via) for dst in layers for via in vias(dst, layers, heads, n_heads, parallel, max_gap)]
     for dst, (name, m, h) in tqdm(jobs, desc="feature_edges", disable=len(jobs) < 8):
         W_enc = transcoders[dst].W_enc  # [d_model, d_sae_dst]
+        near = upstream(dst, layers, max_gap)
         if m is None:
-            lefts = [(src, transcoders[src].W_dec) for src in layers if src < dst]
+            lefts = [(src, transcoders[src].W_dec) for src in near]
             right, left_map = W_enc, None
         else:
-            lefts = [(src, transcoders[src].W_dec) for src in layers if src < m]
+            lefts = [(src, transcoders[src].W_dec) for src in near if src < m]
             right = W_O[m, h].to(W_enc) @ W_enc  # [d_head, d_sae_dst]
             left_map = W_V[m, h].to(W_enc)  # [d_model, d_head]
         src_layer, src_feature, weight = top_upstream(lefts, right, k, block, left_map)

@@ -262,7 +262,9 @@ TABLES: tuple[Table, ...] = (
     ),
     _t(
         "feature_edges",
-        "Input-invariant feature-to-feature weights: top-k upstream features of each downstream feature.",
+        "Input-invariant feature-to-feature weights: for each downstream feature and each via, the top-k "
+        "(FeatureEdgesConfig.k, default 8) upstream features by |weight|, among the transcoders at most max_gap "
+        "layers below (default 2; 0 = all, which grows with the cube of the depth).",
         ("src_transcoder_id", "src_feature", "dst_transcoder_id", "dst_feature", "via"),
         ("src_transcoder_id", "VARCHAR", "Upstream transcoder (layer l)."),
         ("src_feature", "INTEGER", "Upstream feature."),

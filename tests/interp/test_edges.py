@@ -95,3 +95,13 @@ def test_top_upstream_k_larger_than_sources_keeps_all():
     layer, feat, w = top_upstream(left, right, k=10, block=2)
     assert w.shape == (5, 3)
     torch.testing.assert_close(w.abs().sort(dim=1).values, (left[0][1] @ right).T.abs().sort(dim=1).values)
+
+
+def test_max_gap_keeps_only_nearby_upstream_layers():
+    from interp.edges import upstream, vias
+
+    assert upstream(5, [0, 2, 3, 4, 5, 6], max_gap=2) == [3, 4]
+    assert upstream(5, [0, 2, 3, 4, 5, 6]) == [0, 2, 3, 4]
+    heads = {m for _, m, _ in vias(5, [0, 3, 4], heads=True, n_heads=2, max_gap=2) if m is not None}
+    assert heads == {4, 5}  # from layer 3 on: its attention successors up to the MLP of layer 5
+    assert vias(5, [0, 1], heads=True, n_heads=2, max_gap=2) == []  # nothing close enough
