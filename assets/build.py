@@ -10,6 +10,7 @@ part of the default build. Usage: python -m assets.build [--from STEP] [--only S
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import subprocess
@@ -17,6 +18,9 @@ import sys
 import time
 
 from assets import settings
+from storage import layout
+
+BUILD_TIMES = "build_times.json"
 
 log = logging.getLogger("atlas.build")
 
@@ -67,6 +71,14 @@ def run_step(select: str, partitions: str | None) -> list[str]:
     return [] if _materialize(select, ["--partition-range", f"{layers[0]}...{layers[-1]}"]) else layers
 
 
+def _record(seconds: dict[str, float], failed: dict[str, list[str]], layers: list[str]) -> None:
+    """The build's per-stage wall times, for `make bench` (bench/build.py)."""
+    path = layout.join(layout.atlas_home(), BUILD_TIMES)
+    record = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "layers": layers, "seconds": seconds}
+    with layout.fs_for(path).open(path, "w") as f:
+        json.dump(record | {"failed": failed}, f, indent=1)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     first = names.index(args.start) if args.start else 0
     t0 = time.perf_counter()
     failed: dict[str, list[str]] = {}
+    seconds: dict[str, float] = {}
     for i, (name, select, partitions) in enumerate(STEPS):
         if i < first or (args.only and name not in args.only):
             continue
@@ -89,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         t = time.perf_counter()
         bad = run_step(select, partitions)
+        seconds[name] = round(time.perf_counter() - t, 1)
         log.info(
             "step %s done in %.0f s%s", name, time.perf_counter() - t, f" (failed: {bad})" if bad else ""
         )
@@ -96,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             failed[name] = bad
             if name == "corpus":
                 break  # nothing downstream can run without these
+    _record(seconds, failed, [str(x) for x in settings.layers()])
     log.info(
         "atlas built in %.0f s (ATLAS_HOME=%s)",
         time.perf_counter() - t0,

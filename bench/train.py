@@ -4,8 +4,10 @@
   dense ReLU + L1    tokens/s of interp.train's step at d_sae = 16 x d_model; MFU = tokens/s x 12 d d_sae / FLOP/s
                      (forward 4 d d_sae per token, backward twice that)
   TopK k=32 sparse   tokens/s of the sparse step (gathered decoder rows, sparse encoder gradient); ratio to dense
-  from shards        when $ATLAS_HOME holds train activation shards: TopK training tokens/s reading them (fp16
-                     Parquet -> shuffle buffer -> step), i.e. the pipeline as the `transcoders` asset runs it
+  encoder bound      TopK must compute every pre-activation (x @ W_enc, 2 d d_sae FLOPs per token): tokens/s of
+                     that GEMM alone at d_sae = 8 x d_model, and the TopK step's rate as a fraction of it
+  from shards        when $ATLAS_HOME holds train activation shards (`activations` with train_contexts > 0):
+                     TopK training tokens/s reading them (fp16 Parquet -> shuffle buffer -> step)
 
 Synthetic activations with d_model 576 (SmolLM2) unless ATLAS_BENCH_D says otherwise; ATLAS_BENCH_STEPS sets the
 timed steps per measurement (default 4).
@@ -44,6 +46,16 @@ def _matmul_flops(n: int, d: int, d_sae: int) -> float:
             op()
     seconds = time.perf_counter() - t0
     return STEPS * 5 * 2 * n * d * d_sae / seconds
+
+
+def _encoder_bound(n: int, d: int, d_sae: int) -> float:
+    """Tokens/s of the encoder GEMM x @ W_enc alone: the floor of any step that needs every pre-activation."""
+    a, w_enc = torch.randn(n, d), torch.randn(d, d_sae)
+    a @ w_enc
+    t0 = time.perf_counter()
+    for _ in range(STEPS):
+        a @ w_enc
+    return STEPS * n / (time.perf_counter() - t0)
 
 
 def _trainer(architecture: str, d_sae: int) -> Trainer:
@@ -121,6 +133,12 @@ def main() -> None:
     print(f"   dense ReLU+L1 d_sae={d_sae}: {dense:,.0f} tokens/s, MFU {mfu:.2f}")
     sparse = _tokens_per_s(_trainer("topk", d_sae), _synthetic())
     print(f"   TopK k=32 sparse d_sae={d_sae}: {sparse:,.0f} tokens/s = {sparse / dense:.2f}x dense")
+    bound = _encoder_bound(BATCH, D, 8 * D)
+    topk8 = _tokens_per_s(_trainer("topk", 8 * D), _synthetic())
+    print(
+        f"   TopK k=32 d_sae={8 * D} (the default): {topk8:,.0f} tokens/s = {topk8 / bound:.2f} of the encoder-matmul "
+        f"bound ({bound:,.0f} tokens/s for x @ W_enc alone)"
+    )
     shards = _from_shards()
     if shards is None:
         print("   from shards: no activation shards under $ATLAS_HOME (run `make atlas` first)")
