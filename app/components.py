@@ -178,7 +178,7 @@ def _transcoders(path: str, version: tuple[float, ...]) -> pl.DataFrame:
     return queries.transcoders()
 
 
-def _version(path: str) -> tuple[float, ...]:
+def db_version(path: str) -> tuple[float, ...]:
     """Modification times of the database and its WAL: a write anywhere invalidates the cached table."""
     return tuple(os.path.getmtime(p) if os.path.exists(p) else 0.0 for p in (path, path + ".wal"))
 
@@ -215,7 +215,7 @@ def transcoders_or_stop() -> pl.DataFrame:
     message when the atlas has not been built yet."""
     path = layout.db_path()
     try:
-        tcs = _transcoders(path, _version(path))
+        tcs = _transcoders(path, db_version(path))
     except FileNotFoundError as e:
         st.info(f"{esc(str(e).split(';')[0])}. Run `make atlas` to build it (or set ATLAS_HOME).")
         st.stop()
