@@ -14,6 +14,7 @@ MIN_CE_RECOVERED = 0.90
 MAX_L0 = 32.0
 MAX_DEAD_FRAC = 0.05
 MAX_FVU = 0.9
+EPS = 1e-6  # metrics are stored as REAL (float32): 0.05 reads back as 0.0500000007
 
 
 def mlp_matters(row: dict[str, Any]) -> bool | None:
@@ -26,14 +27,14 @@ def mlp_matters(row: dict[str, Any]) -> bool | None:
 def goal_misses(row: dict[str, Any]) -> list[str]:
     """Each goal the transcoder's metrics miss, as a short phrase ('CE recovered 0.82 < 0.90')."""
     misses = []
-    if row.get("fvu") is not None and row["fvu"] > MAX_FVU:
+    if row.get("fvu") is not None and row["fvu"] > MAX_FVU + EPS:
         misses.append(f"FVU {row['fvu']:.2f} > {MAX_FVU:.1f}")
     if not mlp_matters(row):
         return misses
-    if row.get("ce_recovered") is not None and row["ce_recovered"] < MIN_CE_RECOVERED:
+    if row.get("ce_recovered") is not None and row["ce_recovered"] < MIN_CE_RECOVERED - EPS:
         misses.append(f"CE recovered {row['ce_recovered']:.2f} < {MIN_CE_RECOVERED:.2f}")
-    if row.get("l0") is not None and row["l0"] > MAX_L0:
+    if row.get("l0") is not None and row["l0"] > MAX_L0 + EPS:
         misses.append(f"L0 {row['l0']:.1f} > {MAX_L0:.0f}")
-    if row.get("dead_frac") is not None and row["dead_frac"] > MAX_DEAD_FRAC:
+    if row.get("dead_frac") is not None and row["dead_frac"] > MAX_DEAD_FRAC + EPS:
         misses.append(f"dead {row['dead_frac']:.1%} > {MAX_DEAD_FRAC:.0%}")
     return misses
