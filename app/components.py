@@ -221,7 +221,7 @@ def transcoders_or_stop() -> pl.DataFrame:
         st.stop()
     except Exception as e:  # a database from another version, a corrupt file, a lock held too long
         log.exception("reading the transcoders failed")
-        st.info(f"{friendly_error(e)} If this persists, run `make atlas`.")
+        st.error(f"{friendly_error(e)} If this persists, run `make atlas`.")
         st.stop()
     if tcs.height == 0:
         st.info(f"The atlas database {esc(path)} has no transcoders yet. Run `make atlas`.")
