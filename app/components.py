@@ -11,6 +11,7 @@ import html
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -25,11 +26,19 @@ FEW_ACTIVATIONS = 100  # fewer active tokens than this behind a statistic: the c
 _MARKDOWN_SPECIALS = "\\`*_{}[]()#+-.!|~$:"
 
 
+WORD_JOINER = "\u2060"  # invisible; breaks GFM's autolink triggers ('https://', 'www.', 'a@b.c')
+_AUTOLINK = re.compile(r"(?i)(?<=:)(?=//)|(?<=\bwww)(?=\.)|(?<=@)")
+
+
 def esc(text: object) -> str:
-    """`text` safe to put inside HTML or markdown: tags, attributes and markdown syntax render as plain text."""
+    """`text` safe to put inside HTML or markdown: tags, attributes and markdown syntax render as plain text.
+
+    Streamlit's markdown autolinks bare URLs even when their characters are entities, so an invisible word
+    joiner goes after ':' before '//', after 'www' before '.', and after '@'.
+    """
     return "".join(
         html.escape(c, quote=True) if c in "&<>\"'" else f"&#{ord(c)};" if c in _MARKDOWN_SPECIALS else c
-        for c in str(text)
+        for c in _AUTOLINK.sub(WORD_JOINER, str(text))
     )
 
 

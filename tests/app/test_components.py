@@ -8,6 +8,7 @@ import re
 import pytest
 
 from app.components import (
+    WORD_JOINER,
     bin_ratio,
     card_url,
     esc,
@@ -27,6 +28,7 @@ HOSTILE = [
     "$x^2$",
     "**b** _i_ `c`",
     "&amp;",
+    "see https://evil.example or www.evil.example, mail a@evil.example",
 ]
 
 
@@ -34,7 +36,8 @@ HOSTILE = [
 def test_esc_leaves_no_markup_and_decodes_back_to_the_text(text):
     out = esc(text)
     assert not re.search(r"[<>\"'`*_\[\]()$]", out)
-    assert html.unescape(out) == text
+    assert html.unescape(out).replace(WORD_JOINER, "") == text
+    assert not re.search(r"https?://|www\.|@[a-z]", html.unescape(out))  # nothing left to autolink
 
 
 def test_shaded_tokens_scale_activation_to_opacity_and_keep_values_on_hover():
@@ -87,4 +90,4 @@ def test_friendly_error_is_one_escaped_line_without_a_traceback():
 
     msg = friendly_error(duckdb.ConnectionException("Can't open [x](https://evil.example)\nline two"))
     assert "reload the page" in msg and "line two" not in msg and "](" not in msg
-    assert "[x](https://evil.example)" in html.unescape(msg)
+    assert "[x](https://evil.example)" in html.unescape(msg).replace(WORD_JOINER, "")
