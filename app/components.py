@@ -171,8 +171,9 @@ def histogram_svg(edges: list[float], counts: list[int], width: int = 440, heigh
         f'<text x="{left + width / 2:.0f}" y="{y0 + 30}" font-size="10" fill="grey" text-anchor="middle">'
         f"activation ({scale})</text>"
     )
+    w, h = left + width + 10, y0 + bottom + 4
     return (
-        f'<svg class="atlas-hist" width="{left + width + 10}" height="{y0 + bottom + 4}">'
+        f'<svg class="atlas-hist" viewBox="0 0 {w} {h}" width="100%" style="max-width:{w}px;height:auto">'
         f"{bars}{axes}{xlabels}</svg>"
     )
 

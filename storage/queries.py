@@ -121,11 +121,12 @@ def _flags_sql(where: str) -> str:
                  (e.position <= 1 OR c.tokens[e.position] = c.tokens[1]) AS after_bos
           FROM feature_examples e JOIN contexts c USING (context_id)
           WHERE e.kind = 'top' AND {where}),
-        per_token AS (SELECT transcoder_id, feature, count(*) AS n FROM top GROUP BY transcoder_id, feature, token_id)
-        SELECT a.transcoder_id, a.feature, a.n_top, a.bos_share, m.n_modal / a.n_top AS token_share
+        per_token AS (SELECT transcoder_id, feature, count(*) AS n FROM top WHERE token_id IS NOT NULL
+                      GROUP BY transcoder_id, feature, token_id)
+        SELECT a.transcoder_id, a.feature, a.n_top, a.bos_share, coalesce(m.n_modal, 0) / a.n_top AS token_share
         FROM (SELECT transcoder_id, feature, count(*) AS n_top, avg(after_bos::INTEGER) AS bos_share
               FROM top GROUP BY ALL) a
-        JOIN (SELECT transcoder_id, feature, max(n) AS n_modal FROM per_token GROUP BY ALL) m
+        LEFT JOIN (SELECT transcoder_id, feature, max(n) AS n_modal FROM per_token GROUP BY ALL) m
           USING (transcoder_id, feature)"""
 
 
