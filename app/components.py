@@ -207,7 +207,8 @@ def friendly_error(e: BaseException) -> str:
             "The atlas database could not be read just now; reload the page in a moment. "
             f"({esc(type(e).__name__)}: {esc(first)})"
         )
-    return f"This page failed ({esc(type(e).__name__)}: {esc(first)}). The details are in the server log."
+    # anything else is a bug: its message may name server paths, so only its type reaches the page
+    return f"This page failed ({esc(type(e).__name__)}). The details are in the server log."
 
 
 def run_page(body: Callable[[], None]) -> None:

@@ -374,6 +374,35 @@ def test_sql_examples_open_with_parameters_drawn_from_the_atlas(atlas_db):
     assert len(at.dataframe[0].value) > 0
 
 
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "live"])
+def test_a_failing_storage_call_shows_one_clear_line_and_logs_the_traceback(
+    atlas_db, page, monkeypatch, caplog
+):
+    from storage import queries
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom at /srv/secret/path.py line 1\nTraceback (most recent call last)")
+
+    for name in ("table_counts", "search_features", "feature_card", "graphs", "run_console"):
+        monkeypatch.setattr(queries, name, broken)
+    at = run(page)
+    # one line, no message (it may name server paths), no traceback
+    assert [e.value for e in at.error] == [
+        "This page failed (RuntimeError). The details are in the server log."
+    ]
+    assert not at.exception
+    assert any("Traceback" in r.exc_text for r in caplog.records if r.exc_text)
+
+
+def test_streamlit_config_hides_error_details_and_usage_statistics():
+    import tomllib
+
+    config = tomllib.loads((APP.parent / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showErrorDetails"] == "none"
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["server"]["address"] == "127.0.0.1"
+
+
 @pytest.mark.slow
 def test_live_page_runs_the_embedded_model_by_name(atlas_home, tmp_path):
     """The real SmolLM2 found by its name under $ATLAS_HOME/models (as `make atlas` leaves it), real hooks."""
@@ -396,10 +425,11 @@ def test_live_page_runs_the_embedded_model_by_name(atlas_home, tmp_path):
     text = " The President said"
     at.text_area(key="live_text").input(text).run()
     assert not at.exception, at.exception
-    rows = html(at).split("<tr>")
+    page = html(at)
+    block = page[page.index("atlas-live-text") :].split("</div></div>")[0]
     model = load_model(str(converted), device="cpu")
     tokens = model.to_tokens(text)
-    assert len(rows) == 2 + tokens.shape[1]
+    assert block.count("atlas-tok") == tokens.shape[1] - 1  # BOS left out
     store = {}
 
     def keep(x, hook):
@@ -410,4 +440,5 @@ def test_live_page_runs_the_embedded_model_by_name(atlas_home, tmp_path):
         model(tokens)
     tid = ids["transcoders"][1]
     z = Transcoder.load(layout.transcoder_dir(tid)).encode(store["x"][0, -1])
-    assert esc(card_url(tid, int(z.argmax()))) in rows[-1]
+    last = shown([type("M", (), {"value": block.split('class="atlas-tok"')[-1]})])[0]
+    assert f"L1 #{int(z.argmax())} " in last and f"{z.max():.2f}" in last
