@@ -9,6 +9,7 @@ them when it renders (app/components.py).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import re
@@ -454,8 +455,10 @@ def _apply_console_limits(con: duckdb.DuckDBPyConnection) -> None:
 @contextlib.contextmanager
 def console_connection() -> Iterator[duckdb.DuckDBPyConnection]:
     """The SQL console's connection: storage.db's sandboxed reader (read_only, no file or network access), with
-    CONSOLE_LIMITS applied right after it opens."""
-    with db.reader(sandboxed=True) as con:
+    CONSOLE_LIMITS given to the reader when it takes settings (then they are locked with the sandbox) and SET
+    right after it opens otherwise; either way checked before any user SQL runs."""
+    takes_settings = "settings" in inspect.signature(db.reader).parameters
+    with db.reader(sandboxed=True, **({"settings": CONSOLE_LIMITS} if takes_settings else {})) as con:
         _apply_console_limits(con)
         yield con
 
