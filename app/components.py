@@ -202,6 +202,8 @@ def friendly_error(e: BaseException) -> str:
         return esc(first)
     if isinstance(e, getattr(db, "DatabaseLockedError", ())):
         return "The atlas database is busy (a materialization holds it); reload the page in a moment."
+    if type(e).__module__ == db.__name__:  # storage.db's own errors name the problem and what to do
+        return esc(first)
     if type(e).__module__.startswith(("duckdb", "_duckdb", "storage")):
         return (
             "The atlas database could not be read just now; reload the page in a moment. "

@@ -160,7 +160,10 @@ def test_every_page_renders_without_errors_and_is_screenshotted(server, atlas_db
             page.wait_for_selector(selector, timeout=180_000)
             _settle(page)
             assert page.locator("[data-testid='stException']").count() == 0, name
-            assert "Traceback" not in page.inner_text("body"), name
+            body = page.inner_text("body")
+            assert "Traceback" not in body, name
+            # escaped text is decoded exactly once: no entity is left visible (double escaping)
+            assert not re.search(r"&#\d+;|&lt;|&gt;|&amp;|&quot;", body), (name, body[:2000])
             for d in dirs:
                 page.screenshot(path=str(d / f"{name}.png"), full_page=True)
             watch.assert_clean(name)

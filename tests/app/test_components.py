@@ -91,3 +91,19 @@ def test_friendly_error_is_one_escaped_line_without_a_traceback():
     msg = friendly_error(duckdb.ConnectionException("Can't open [x](https://evil.example)\nline two"))
     assert "reload the page" in msg and "line two" not in msg and "](" not in msg
     assert "[x](https://evil.example)" in html.unescape(msg).replace(WORD_JOINER, "")
+
+
+def test_friendly_error_passes_storage_db_messages_through():
+    from storage import db
+
+    class Fake(RuntimeError):
+        pass
+
+    Fake.__module__ = db.__name__  # as storage.db's own error classes
+    assert friendly_error(Fake("The atlas file is not a DuckDB database; rebuild it.")) == esc(
+        "The atlas file is not a DuckDB database; rebuild it."
+    )
+    assert (
+        friendly_error(RuntimeError("/srv/x.py failed"))
+        == "This page failed (RuntimeError). The details are in the server log."
+    )
