@@ -194,7 +194,8 @@ def search_features(
           LEFT JOIN flags fl USING (transcoder_id, feature)
           WHERE {" AND ".join(where)})
         SELECT * FROM rows WHERE {status_filter}
-        ORDER BY {order_by} DESC NULLS LAST, layer, feature
+        ORDER BY {order_by} DESC NULLS LAST, {"n_active DESC NULLS LAST," if order_by == "n_contexts" else ""}
+                 layer, feature
         LIMIT ?"""
     return db.query(sql, [*params, int(limit)])
 

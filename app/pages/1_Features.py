@@ -4,7 +4,7 @@ every row links to its card."""
 import streamlit as st
 
 from app import components
-from storage import queries
+from storage import layout, queries
 
 st.set_page_config(page_title="Features · Transcoder Atlas", layout="wide")
 st.title("Features")
@@ -25,6 +25,13 @@ SORTS = {
 }
 
 
+@st.cache_data(ttl=60, max_entries=64, show_spinner=False)
+def search(args: tuple, path: str, version: tuple[float, ...]):
+    """queries.search_features, cached until the database changes (a row click reruns the page)."""
+    layers, density, label, token, order, limit, show = args
+    return queries.search_features(list(layers), density, label, token, order, limit, show)
+
+
 def main() -> None:
     components.transcoders_or_stop()
     c1, c2, c3, c4 = st.columns([2, 2, 2, 2])
@@ -39,7 +46,9 @@ def main() -> None:
     order = c6.selectbox("Sort by", list(SORTS), format_func=SORTS.get, key="order")
     limit = c7.number_input("Rows", 10, 5000, 500, step=100, key="limit")
 
-    rows = queries.search_features(layers, density, label, token, order, int(limit), show)
+    path = layout.db_path()
+    args = (tuple(layers), tuple(density), label, token, order, int(limit), show)
+    rows = search(args, path, components.db_version(path))
     st.caption(
         f"{rows.height} features (sorted by {SORTS[order]}, descending; click a column header to re-sort, "
         "select a row to open its card). Artifacts: at least "
