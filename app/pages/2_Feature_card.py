@@ -12,6 +12,7 @@ import streamlit as st
 
 from app import components
 from app.components import esc
+from app.overview import goal_misses
 from storage import queries
 
 t_page = time.perf_counter()
@@ -182,6 +183,13 @@ def main() -> None:
         f"<span class='atlas-label'>{esc(s['label'] or '')}</span>{badge}</h2>"
         f"<div style='color:grey'>{esc(tid)}</div>"
     )
+    misses = goal_misses(tcs.filter(pl.col("transcoder_id") == tid).row(0, named=True))
+    if misses:
+        st.caption(
+            f"⚠️ This feature's transcoder misses a quality goal ({esc('; '.join(misses))}): read its features with "
+            "that in mind (see Home).",
+            help="An FVU above 0.9 means the transcoder explains under 10% of its MLP's output variance.",
+        )
     stats_block(s, card["flags"])
     if s.get("n_active"):
         examples_block(card, s)

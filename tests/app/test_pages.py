@@ -192,6 +192,20 @@ def test_feature_card_marks_the_context_start_and_flags_an_artifact(atlas_db):
     assert any("100% of its 3 top examples fire on the first token after BOS" in w for w in shown(at.warning))
 
 
+def test_feature_card_flags_a_transcoder_that_misses_a_goal(atlas_db):
+    from storage import db
+
+    tid = atlas_db["transcoders"][1]
+    at = run("card", transcoder=tid, feature="1")
+    before = [c for c in shown(at.caption) if "misses a quality goal" in c]
+    assert len(before) == 1 and "CE recovered 0.80 < 0.90" in before[0] and "FVU" not in before[0]
+    with db.writer() as con:
+        con.execute("UPDATE transcoder_metrics SET fvu = 0.97 WHERE transcoder_id = ?", [tid])
+    at = run("card", transcoder=tid, feature="1")
+    flagged = [c for c in shown(at.caption) if "misses a quality goal" in c]
+    assert len(flagged) == 1 and "FVU 0.97 > 0.9" in flagged[0] and "CE recovered 0.80 < 0.90" in flagged[0]
+
+
 def test_dead_feature_card_says_dead_instead_of_zero_statistics(atlas_db):
     tid = atlas_db["transcoders"][0]
     at = run("card", transcoder=tid, feature=str(DEAD_FEATURE))
