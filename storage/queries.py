@@ -225,7 +225,7 @@ def _linked_features(con, side: str, tid: str, feature: int, limit: int) -> list
     ).to_dicts()
 
 
-def _card_flags(con, tid: str, feature: int, stats: dict[str, Any]) -> dict[str, Any]:
+def _card_flags(con, tid: str, feature: int) -> dict[str, Any]:
     """The feature's status (as in search_features) with n_top, bos_share and token_share."""
     rows = db.frame(
         con,
@@ -252,7 +252,7 @@ def feature_card(transcoder_id: str, feature: int, n_links: int = 12) -> dict[st
     ):  # its own cursor: it leaves a result open
         card = features.feature_card(transcoder_id, int(feature), cur)
         if card is not None:
-            card["flags"] = _card_flags(con, transcoder_id, int(feature), card["stats"])
+            card["flags"] = _card_flags(con, transcoder_id, int(feature))
             card["upstream"] = _linked_features(con, "src", transcoder_id, int(feature), n_links)
             card["downstream"] = _linked_features(con, "dst", transcoder_id, int(feature), n_links)
     return card
