@@ -454,5 +454,5 @@ def test_live_page_runs_the_embedded_model_by_name(atlas_home, tmp_path):
         model(tokens)
     tid = ids["transcoders"][1]
     z = Transcoder.load(layout.transcoder_dir(tid)).encode(store["x"][0, -1])
-    last = shown([type("M", (), {"value": block.split('class="atlas-tok"')[-1]})])[0]
+    last = html_lib.unescape(block.split('class="atlas-tok"')[-1]).replace(WORD_JOINER, "")
     assert f"L1 #{int(z.argmax())} " in last and f"{z.max():.2f}" in last
