@@ -8,7 +8,11 @@ characters markdown or Streamlit's LaTeX would interpret become numeric entities
 from __future__ import annotations
 
 import html
+import logging
+import math
 import os
+import re
+from collections.abc import Callable
 from urllib.parse import quote
 
 import polars as pl
@@ -16,14 +20,25 @@ import streamlit as st
 
 from storage import layout, queries
 
+log = logging.getLogger("atlas.app")
+FEW_ACTIVATIONS = 100  # fewer active tokens than this behind a statistic: the card warns it is rough
+
 _MARKDOWN_SPECIALS = "\\`*_{}[]()#+-.!|~$:"
 
 
+WORD_JOINER = "\u2060"  # invisible; breaks GFM's autolink triggers ('https://', 'www.', 'a@b.c')
+_AUTOLINK = re.compile(r"(?i)(?<=:)(?=//)|(?<=\bwww)(?=\.)|(?<=@)")
+
+
 def esc(text: object) -> str:
-    """`text` safe to put inside HTML or markdown: tags, attributes and markdown syntax render as plain text."""
+    """`text` safe to put inside HTML or markdown: tags, attributes and markdown syntax render as plain text.
+
+    Streamlit's markdown autolinks bare URLs even when their characters are entities, so an invisible word
+    joiner goes after ':' before '//', after 'www' before '.', and after '@'.
+    """
     return "".join(
         html.escape(c, quote=True) if c in "&<>\"'" else f"&#{ord(c)};" if c in _MARKDOWN_SPECIALS else c
-        for c in str(text)
+        for c in _AUTOLINK.sub(WORD_JOINER, str(text))
     )
 
 
@@ -34,6 +49,16 @@ def show_token(token: str) -> str:
     if not shown:
         return "\u00b7"
     return shown if shown.strip() else shown.replace(" ", "\u2423")
+
+
+def parse_feature(raw: str | None, d_sae: int) -> int | None:
+    """A deep link's feature index if `raw` is a whole number in [0, d_sae), else None (no rounding, no clamping:
+    '3.5', '-1', 'abc' and d_sae itself are all invalid)."""
+    text = (raw or "").strip()
+    if not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value < d_sae else None
 
 
 def card_url(transcoder_id: str, feature: int) -> str:
@@ -48,16 +73,42 @@ def feature_link(transcoder_id: str, feature: int, layer: int | None, label: str
     return text + (f" <span class='atlas-label'>{esc(label)}</span>" if label else "")
 
 
-def shaded_tokens(tokens: list[str], acts: list[float], scale: float, highlight: int | None = None) -> str:
-    """One line of tokens, each shaded by its activation / scale, the value on hover (title attribute)."""
+def shaded_tokens(
+    tokens: list[str],
+    acts: list[float],
+    scale: float,
+    highlight: int | None = None,
+    window_start: int | None = None,
+    titles: list[str] | None = None,
+) -> str:
+    """One line of tokens, each shaded by its activation / scale, the value on hover (title attribute).
+
+    `window_start` says where the window sits in its context: 0 marks the first token as the context's start
+    (BOS), more than 0 puts an ellipsis before it (the context goes on to the left). `titles` replace the
+    hover text per token (escaped here).
+    """
     scale = scale if scale and scale > 0 else 1.0
     spans = []
+    if window_start is not None and window_start > 0:
+        spans.append(
+            f'<span class="atlas-cont" title="the context continues to the left: this window starts at '
+            f'position {int(window_start)}" style="color:grey">&hellip;</span>'
+        )
     for i, (tok, act) in enumerate(zip(tokens, acts)):
         alpha = max(0.0, min(1.0, (act or 0.0) / scale))
         border = "border-bottom:2px solid #333;" if i == highlight else ""
+        title = esc(titles[i]) if titles is not None else f"{act:.3f}"
+        text = esc(show_token(tok))
+        if i == 0 and window_start == 0:  # the context's first token is BOS
+            spans.append(
+                f'<span class="atlas-bos" title="start of the context (BOS {esc(tok)}); activation {act:.3f}" '
+                f'style="font-size:80%;color:#fff;background:#777;border-radius:3px;padding:0 3px;'
+                f'margin-right:2px;{border}">start</span>'
+            )
+            continue
         spans.append(
-            f'<span class="atlas-tok" title="{act:.3f}" '
-            f'style="background:rgba(255,120,0,{alpha:.2f});{border}">{esc(show_token(tok))}</span>'
+            f'<span class="atlas-tok" title="{title}" '
+            f'style="background:rgba(255,120,0,{alpha:.2f});{border}">{text}</span>'
         )
     return (
         '<div class="atlas-example" style="font-family:monospace;white-space:pre-wrap;line-height:1.8">'
@@ -72,20 +123,59 @@ def value_table(rows: list[tuple[str, float]], name: str, css_class: str) -> str
     return f"<table class='{css_class}'><tr><th>{esc(name)}</th><th>value</th></tr>{body}</table>"
 
 
-def histogram_svg(edges: list[float], counts: list[int], width: int = 420, height: int = 140) -> str:
-    """Bars of a histogram (bin edges may be log-spaced: bars are drawn per bin, range and count on hover)."""
+def bin_ratio(edges: list[float]) -> float | None:
+    """Width ratio hi/lo of the histogram's inner bins when they are log-spaced (None for linear or too few)."""
+    inner = [(lo, hi) for lo, hi in zip(edges[1:-2], edges[2:-1]) if lo > 0]
+    if not inner:
+        return None
+    ratios = [hi / lo for lo, hi in inner]
+    mean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    return mean if max(ratios) / min(ratios) < 1.01 and mean > 1.0 else None
+
+
+def histogram_svg(edges: list[float], counts: list[int], width: int = 440, height: int = 140) -> str:
+    """Bars of a histogram with axes: count on y (0 and the tallest bar), activation on x at bin edges.
+
+    Bins may be log-spaced (the miner's are): every bin gets the same width, as on a log axis, and the x labels
+    are the actual edges. Each bar's range and count show on hover.
+    """
+    left, bottom, top_pad = 44, 34, 8
     top = max(counts, default=0) or 1
-    bar_w = width / max(len(counts), 1)
+    n = max(len(counts), 1)
+    bar_w = width / n
     bars = "".join(
-        f'<rect x="{i * bar_w:.1f}" y="{height - height * c / top:.1f}" width="{max(bar_w - 1, 1):.1f}" '
-        f'height="{height * c / top:.1f}" fill="#f28e2b"><title>{lo:.3g} to {hi:.3g}: {c}</title></rect>'
+        f'<rect x="{left + i * bar_w:.1f}" y="{top_pad + height - height * c / top:.1f}" '
+        f'width="{max(bar_w - 1, 1):.1f}" height="{height * c / top:.1f}" fill="#f28e2b">'
+        f"<title>{lo:.3g} to {hi:.3g}: {c:,} tokens</title></rect>"
         for i, (lo, hi, c) in enumerate(zip(edges[:-1], edges[1:], counts))
     )
-    axis = (
-        f'<text x="0" y="{height + 14}" font-size="11" fill="grey">{edges[0]:.3g}</text>'
-        f'<text x="{width}" y="{height + 14}" font-size="11" fill="grey" text-anchor="end">{edges[-1]:.3g}</text>'
+    y0 = top_pad + height
+    step = max(1, n // 4)
+    ticks = sorted({*range(0, n + 1, step), n})
+    xlabels = "".join(
+        f'<line x1="{left + i * bar_w:.1f}" y1="{y0}" x2="{left + i * bar_w:.1f}" y2="{y0 + 4}" stroke="grey"/>'
+        f'<text x="{left + i * bar_w:.1f}" y="{y0 + 15}" font-size="10" fill="grey" '
+        f'text-anchor="{"start" if i == 0 else "end" if i == n else "middle"}">{edges[i]:.3g}</text>'
+        for i in ticks
+        if i < len(edges)
     )
-    return f'<svg class="atlas-hist" width="{width}" height="{height + 18}">{bars}{axis}</svg>'
+    ratio = bin_ratio(edges)
+    scale = f"log-spaced bins, each x{ratio:.2f} wider" if ratio else "bins"
+    axes = (
+        f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{y0}" stroke="grey"/>'
+        f'<line x1="{left}" y1="{y0}" x2="{left + width}" y2="{y0}" stroke="grey"/>'
+        f'<text x="{left - 4}" y="{top_pad + 8}" font-size="10" fill="grey" text-anchor="end">{top:,}</text>'
+        f'<text x="{left - 4}" y="{y0}" font-size="10" fill="grey" text-anchor="end">0</text>'
+        f'<text x="10" y="{top_pad + height / 2:.0f}" font-size="10" fill="grey" text-anchor="middle" '
+        f'transform="rotate(-90 10 {top_pad + height / 2:.0f})">tokens</text>'
+        f'<text x="{left + width / 2:.0f}" y="{y0 + 30}" font-size="10" fill="grey" text-anchor="middle">'
+        f"activation ({scale})</text>"
+    )
+    w, h = left + width + 10, y0 + bottom + 4
+    return (
+        f'<svg class="atlas-hist" viewBox="0 0 {w} {h}" width="100%" style="max-width:{w}px;height:auto">'
+        f"{bars}{axes}{xlabels}</svg>"
+    )
 
 
 def html_block(markup: str) -> None:
@@ -98,9 +188,39 @@ def _transcoders(path: str, version: tuple[float, ...]) -> pl.DataFrame:
     return queries.transcoders()
 
 
-def _version(path: str) -> tuple[float, ...]:
+def db_version(path: str) -> tuple[float, ...]:
     """Modification times of the database and its WAL: a write anywhere invalidates the cached table."""
     return tuple(os.path.getmtime(p) if os.path.exists(p) else 0.0 for p in (path, path + ".wal"))
+
+
+def friendly_error(e: BaseException) -> str:
+    """One escaped line for a user about a failed page (the traceback goes to the server log only)."""
+    from storage import db
+
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    if isinstance(e, FileNotFoundError):
+        return esc(first)
+    if isinstance(e, getattr(db, "DatabaseLockedError", ())):
+        return "The atlas database is busy (a materialization holds it); reload the page in a moment."
+    if type(e).__module__ == db.__name__:  # storage.db's own errors name the problem and what to do
+        return esc(first)
+    if type(e).__module__.startswith(("duckdb", "_duckdb", "storage")):
+        return (
+            "The atlas database could not be read just now; reload the page in a moment. "
+            f"({esc(type(e).__name__)}: {esc(first)})"
+        )
+    # anything else is a bug: its message may name server paths, so only its type reaches the page
+    return f"This page failed ({esc(type(e).__name__)}). The details are in the server log."
+
+
+def run_page(body: Callable[[], None]) -> None:
+    """Run a page's body; an exception becomes one clear message on the page and a traceback in the server log
+    (st.stop / reruns pass through: they are not Exceptions)."""
+    try:
+        body()
+    except Exception as e:
+        log.exception("page failed")
+        st.error(friendly_error(e))
 
 
 def transcoders_or_stop() -> pl.DataFrame:
@@ -108,14 +228,15 @@ def transcoders_or_stop() -> pl.DataFrame:
     message when the atlas has not been built yet."""
     path = layout.db_path()
     try:
-        tcs = _transcoders(path, _version(path))
+        tcs = _transcoders(path, db_version(path))
     except FileNotFoundError as e:
-        st.info(str(e))
+        st.info(f"{esc(str(e).split(';')[0])}. Run `make atlas` to build it (or set ATLAS_HOME).")
         st.stop()
     except Exception as e:  # a database from another version, a corrupt file, a lock held too long
-        st.info(f"The atlas database `{path}` cannot be read ({e}); run `make atlas`.")
+        log.exception("reading the transcoders failed")
+        st.error(f"{friendly_error(e)} If this persists, run `make atlas`.")
         st.stop()
     if tcs.height == 0:
-        st.info(f"The atlas database `{path}` has no transcoders yet. Run `make atlas`.")
+        st.info(f"The atlas database {esc(path)} has no transcoders yet. Run `make atlas`.")
         st.stop()
     return tcs

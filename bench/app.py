@@ -20,7 +20,7 @@ from bench import scoped_env
 from storage import db, layout, queries
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app" / "pages" / "2_Feature_card.py")
-TARGET_S = 0.5  # issue 6: the feature card renders in <= 0.5 s
+TARGET_S = 0.3  # issue 14: the card page renders in <= 0.3 s server side, warm (issue 6 asked <= 0.5 s)
 
 
 def build_synthetic(n_features: int, n_transcoders: int = 4, seed: int = 0) -> list[str]:

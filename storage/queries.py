@@ -9,9 +9,12 @@ them when it renders (app/components.py).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
+import logging
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import duckdb
@@ -20,10 +23,23 @@ import pyarrow as pa
 
 from storage import db, features
 
+log = logging.getLogger(__name__)
+
 MAX_SQL_ROWS = 1000  # rows the SQL console returns at most
 SQL_TIMEOUT_S = 20.0  # the console interrupts longer queries
 
-FEATURE_SORTS = ("density", "max_act", "mean_act", "feature", "token_act")
+# Sort keys of the feature browser; the default, n_contexts, ranks features by how many held-out contexts they
+# fire in, so the best-supported features come first (max_act puts BOS/first-token artifacts on top).
+FEATURE_SORTS = ("n_contexts", "density", "max_act", "mean_act", "feature", "token_act")
+FEATURE_SHOW = ("live", "all", "artifacts", "dead")  # browser filter: live = neither dead nor an artifact
+
+# Artifact flags, computed at query time from the top examples (feature_examples, kind 'top'):
+ARTIFACT_SHARE = 0.9  # share of top examples that must sit at the first token / after BOS, or on one token
+ARTIFACT_MIN_EXAMPLES = 3  # fewer top examples than this: too few to call the feature anything
+ARTIFACT_MIN_DENSITY = 0.05  # "one token everywhere": one token, and firing on >= 5% of all held-out tokens
+ARTIFACT_FIRST = "artifact: BOS / first token"
+ARTIFACT_TOKEN = "artifact: one frequent token"
+DEAD = "dead"
 
 
 def table_counts() -> dict[str, int]:
@@ -96,21 +112,54 @@ def splice_metrics() -> pl.DataFrame:
 # ---- feature browser -----------------------------------------------------------------------------------
 
 
+def _flags_sql(where: str) -> str:
+    """Per feature of the top examples matching `where` (on feature_examples e): n_top, bos_share (share at
+    position <= 1 or right after a BOS token, the context's first token) and token_share (share on the most
+    common token)."""
+    return f"""
+        WITH top AS (
+          SELECT e.transcoder_id, e.feature, e.token_id,
+                 (e.position <= 1 OR c.tokens[e.position] = c.tokens[1]) AS after_bos
+          FROM feature_examples e JOIN contexts c USING (context_id)
+          WHERE e.kind = 'top' AND {where}),
+        per_token AS (SELECT transcoder_id, feature, count(*) AS n FROM top WHERE token_id IS NOT NULL
+                      GROUP BY transcoder_id, feature, token_id)
+        SELECT a.transcoder_id, a.feature, a.n_top, a.bos_share, coalesce(m.n_modal, 0) / a.n_top AS token_share
+        FROM (SELECT transcoder_id, feature, count(*) AS n_top, avg(after_bos::INTEGER) AS bos_share
+              FROM top GROUP BY ALL) a
+        LEFT JOIN (SELECT transcoder_id, feature, max(n) AS n_modal FROM per_token GROUP BY ALL) m
+          USING (transcoder_id, feature)"""
+
+
+_STATUS_SQL = f"""
+    CASE WHEN coalesce(f.n_active, 0) = 0 THEN '{DEAD}'
+         WHEN fl.n_top >= {ARTIFACT_MIN_EXAMPLES} AND fl.bos_share >= {ARTIFACT_SHARE} THEN '{ARTIFACT_FIRST}'
+         WHEN fl.n_top >= {ARTIFACT_MIN_EXAMPLES} AND fl.token_share >= {ARTIFACT_SHARE}
+              AND f.density >= {ARTIFACT_MIN_DENSITY} THEN '{ARTIFACT_TOKEN}'
+         ELSE '' END"""
+
+
 def search_features(
     layers: list[int] | None = None,
     density: tuple[float, float] = (0.0, 1.0),
     label: str = "",
     token: str = "",
-    order_by: str = "max_act",
+    order_by: str = "n_contexts",
     limit: int = 500,
+    show: str = "live",
 ) -> pl.DataFrame:
-    """Features filtered by layer, density range, label substring and "fires on token" (token_features index).
+    """Features filtered by layer, density range, label substring, "fires on token" (token_features index) and
+    status, with each feature's `status`: '' (live), 'dead' (never fired on the held-out tokens) or an artifact
+    flag (ARTIFACT_FIRST, ARTIFACT_TOKEN) and the shares behind it (bos_share, token_share of n_top examples).
 
     `token` matches a vocab string ignoring case and surrounding whitespace; the result then has `token_act`, the
-    feature's mean activation on that token. Sorted descending by `order_by` (one of FEATURE_SORTS).
+    feature's mean activation on that token. `show` (FEATURE_SHOW) keeps live features, all, only artifacts or only
+    dead ones. Sorted descending by `order_by` (one of FEATURE_SORTS).
     """
     if order_by not in FEATURE_SORTS:
         raise ValueError(f"order_by must be one of {FEATURE_SORTS}, got {order_by!r}")
+    if show not in FEATURE_SHOW:
+        raise ValueError(f"show must be one of {FEATURE_SHOW}, got {show!r}")
     where, params = ["f.density BETWEEN ? AND ?"], [float(density[0]), float(density[1])]
     if layers:
         where.append("t.layer IN (SELECT unnest(?::INTEGER[]))")
@@ -130,11 +179,23 @@ def search_features(
         params.insert(0, token)
     if order_by == "token_act" and not token.strip():
         order_by = "max_act"
+    status_filter = {
+        "live": "status = ''",
+        "all": "true",
+        "artifacts": "status LIKE 'artifact%'",
+        "dead": f"status = '{DEAD}'",
+    }[show]
     sql = f"""
-        SELECT f.transcoder_id, t.layer, f.feature, f.label, f.density, f.mean_act, f.max_act, {token_col}
-        FROM features f JOIN transcoders t USING (transcoder_id) {token_join}
-        WHERE {" AND ".join(where)}
-        ORDER BY {order_by} DESC NULLS LAST, t.layer, f.feature
+        WITH flags AS ({_flags_sql("true")}),
+        rows AS (
+          SELECT f.transcoder_id, t.layer, f.feature, {_STATUS_SQL} AS status, f.label, f.density, f.n_active,
+                 f.n_contexts, f.mean_act, f.max_act, {token_col}, fl.n_top, fl.bos_share, fl.token_share
+          FROM features f JOIN transcoders t USING (transcoder_id) {token_join}
+          LEFT JOIN flags fl USING (transcoder_id, feature)
+          WHERE {" AND ".join(where)})
+        SELECT * FROM rows WHERE {status_filter}
+        ORDER BY {order_by} DESC NULLS LAST, {"n_active DESC NULLS LAST," if order_by == "n_contexts" else ""}
+                 layer, feature
         LIMIT ?"""
     return db.query(sql, [*params, int(limit)])
 
@@ -164,11 +225,25 @@ def _linked_features(con, side: str, tid: str, feature: int, limit: int) -> list
     ).to_dicts()
 
 
+def _card_flags(con, tid: str, feature: int) -> dict[str, Any]:
+    """The feature's status (as in search_features) with n_top, bos_share and token_share."""
+    rows = db.frame(
+        con,
+        f"""WITH fl AS ({_flags_sql("e.transcoder_id = $tid AND e.feature = $feature")})
+            SELECT {_STATUS_SQL} AS status, fl.n_top, fl.bos_share, fl.token_share
+            FROM features f LEFT JOIN fl USING (transcoder_id, feature)
+            WHERE f.transcoder_id = $tid AND f.feature = $feature""",
+        {"tid": tid, "feature": feature},
+    )
+    return rows.row(0, named=True) if rows.height else {"status": "", "n_top": 0}
+
+
 def feature_card(transcoder_id: str, feature: int, n_links: int = 12) -> dict[str, Any] | None:
     """storage.features.feature_card (stats, examples, token effects, neighbours) plus the feature's connected
     features from `feature_edges`, all on one read-only connection; None if the feature is unknown.
 
-    Added keys: upstream (features writing into this one) and downstream (features that have this one among their
+    Added keys: flags (status '' / 'dead' / an artifact flag, with n_top, bos_share, token_share), upstream
+    (features writing into this one) and downstream (features that have this one among their
     top upstream features), each a list of {transcoder_id, feature, layer, via, weight, label}, strongest first.
     """
     with (
@@ -177,6 +252,7 @@ def feature_card(transcoder_id: str, feature: int, n_links: int = 12) -> dict[st
     ):  # its own cursor: it leaves a result open
         card = features.feature_card(transcoder_id, int(feature), cur)
         if card is not None:
+            card["flags"] = _card_flags(con, transcoder_id, int(feature))
             card["upstream"] = _linked_features(con, "src", transcoder_id, int(feature), n_links)
             card["downstream"] = _linked_features(con, "dst", transcoder_id, int(feature), n_links)
     return card
@@ -255,24 +331,137 @@ class SqlRejected(SqlError):
     """A console statement that is not a single read-only query (or that tried to touch files)."""
 
 
-_READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+# The console's resource limits, applied to its connection before any user SQL runs. DuckDB's defaults are 80%
+# of RAM and 90% of the free disk for spilling, which lets one query starve the machine the app serves from.
+CONSOLE_LIMITS = {
+    "memory_limit": "1GB",  # issue 14: <= 2 GB
+    "max_temp_directory_size": "256MB",  # spill space in the database's temp folder
+    "threads": "2",
+}
+_CONSOLE_LIMIT_BYTES = {"memory_limit": 2 * 2**30, "max_temp_directory_size": 2**30}
+
+_READ_ONLY = {duckdb.StatementType.SELECT}
+# Statement types whose enum name is not the verb a user typed (INSTALL parses as LOAD, CHECKPOINT as CALL,
+# USE/RESET as SET): refusals name the statement's first keyword instead.
+_LEADING_WORDS = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]+)(?:\s+([A-Za-z]+))?", re.S)
+_EXPLAIN = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*EXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.I | re.S)
+_EXPLAIN_OPTIONS = re.compile(r"\((?:[^()']|'[^']*')*\)\s*")
+_QUERY_WORDS = {"WITH", "FROM", "SELECT", "VALUES", "TABLE"}
 
 
-def check_console_sql(sql: str) -> str:
-    """The one statement in `sql` if it is a read (SELECT/WITH/FROM/SHOW/DESCRIBE/SUMMARIZE/EXPLAIN)."""
+def statement_name(stmt) -> str:
+    """The verb to name in a refusal: the statement's first keyword (two for FORCE ...), or its parsed type
+    when it opens with WITH/FROM (`WITH x AS (...) INSERT ...` is an INSERT)."""
+    m = _LEADING_WORDS.match(stmt.query)
+    if not m:
+        return stmt.type.name
+    first, second = m.group(1).upper(), (m.group(2) or "").upper()
+    if first in _QUERY_WORDS or first == "EXPLAIN":
+        return stmt.type.name
+    return f"{first} {second}" if first == "FORCE" and second else first
+
+
+def _refuse(name: str) -> SqlRejected:
+    return SqlRejected(
+        f"The SQL console is read-only: {name} statements are not allowed. "
+        "Use SELECT / WITH / FROM / SHOW / DESCRIBE / SUMMARIZE, or EXPLAIN [ANALYZE] of one of them; "
+        "write to the atlas through Dagster assets."
+    )
+
+
+def _one_statement(sql: str):
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as e:
         raise SqlRejected(f"Could not parse the query: {e}") from e
     if len(statements) != 1:
         raise SqlRejected(f"Run one statement at a time (got {len(statements)}).")
-    kind = statements[0].type
-    if kind not in _READ_ONLY:
-        raise SqlRejected(
-            f"The SQL console is read-only: {kind.name} statements are not allowed. "
-            "Use SELECT / WITH / SHOW / DESCRIBE / EXPLAIN; write to the atlas through Dagster assets."
-        )
-    return statements[0].query
+    return statements[0]
+
+
+def _explained(query: str):
+    """The statement an EXPLAIN [ANALYZE] [(options)] explains, or None when it cannot be isolated."""
+    m = _EXPLAIN.match(query)
+    if not m:
+        return None
+    rest = query[m.end() :]
+    opts = _EXPLAIN_OPTIONS.match(rest)
+    for candidate in ([rest[opts.end() :]] if opts else []) + [rest]:  # '(...)' is options or a subquery
+        try:
+            statements = duckdb.extract_statements(candidate)
+        except duckdb.Error:
+            continue
+        if len(statements) == 1:
+            return statements[0]
+    return None
+
+
+def check_console_sql(sql: str) -> str:
+    """The one statement in `sql` if it is a read (SELECT/WITH/FROM/SHOW/DESCRIBE/SUMMARIZE), or an EXPLAIN
+    [ANALYZE] whose explained statement is such a read; otherwise SqlRejected naming the statement.
+
+    EXPLAIN ANALYZE runs its statement, so `EXPLAIN ANALYZE COPY ... TO` would write a file: the explained
+    statement is parsed and checked like a top-level one.
+    """
+    stmt = _one_statement(sql)
+    if stmt.type == duckdb.StatementType.EXPLAIN:
+        inner = _explained(stmt.query)
+        if inner is None or inner.type not in _READ_ONLY:
+            raise _refuse(f"EXPLAIN {statement_name(inner)}" if inner is not None else "this EXPLAIN")
+        return stmt.query
+    if stmt.type not in _READ_ONLY:
+        raise _refuse(statement_name(stmt))
+    return stmt.query
+
+
+def _size_bytes(text: str) -> float:
+    """DuckDB's printed size ('953.6 MiB', '1.0 GiB', '0 bytes') in bytes."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGTP]?i?B|bytes?)?\s*", text or "", re.I)
+    if not m:  # '90% of available disk space', 'unlimited': no cap
+        return float("inf")
+    unit = (m.group(2) or "B").upper().replace("BYTES", "B").replace("BYTE", "B")
+    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    return float(m.group(1)) * scale.get(unit, 2**50)
+
+
+def console_settings(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """The settings the console's safety rests on, as DuckDB reports them on `con`."""
+    names = [*CONSOLE_LIMITS, "enable_external_access"]
+    rows = con.execute(
+        "SELECT name, value FROM duckdb_settings() WHERE name IN (SELECT unnest(?::VARCHAR[]))", [names]
+    ).fetchall()
+    return dict(rows)
+
+
+def _apply_console_limits(con: duckdb.DuckDBPyConnection) -> None:
+    """SET the console's memory and temp-space limits on its freshly opened connection, then check they hold.
+
+    A connection whose configuration the opener already locked keeps what it was given; then the check decides.
+    """
+    for name, value in CONSOLE_LIMITS.items():
+        try:
+            con.execute(f"SET {name} = '{value}'")
+        except duckdb.Error as e:  # a locked configuration: whatever the opener set must already be in force
+            log.debug("console setting %s not applied: %s", name, e)
+    settings = console_settings(con)
+    too_big = {
+        k: settings.get(k)
+        for k, cap in _CONSOLE_LIMIT_BYTES.items()
+        if _size_bytes(settings.get(k, "")) > cap
+    }
+    if too_big or str(settings.get("enable_external_access")).lower() != "false":
+        log.error("SQL console sandbox limits are not in force: %s", settings)
+
+
+@contextlib.contextmanager
+def console_connection() -> Iterator[duckdb.DuckDBPyConnection]:
+    """The SQL console's connection: storage.db's sandboxed reader (read_only, no file or network access), with
+    CONSOLE_LIMITS given to the reader when it takes settings (then they are locked with the sandbox) and SET
+    right after it opens otherwise; either way checked before any user SQL runs."""
+    takes_settings = "settings" in inspect.signature(db.reader).parameters
+    with db.reader(sandboxed=True, **({"settings": CONSOLE_LIMITS} if takes_settings else {})) as con:
+        _apply_console_limits(con)
+        yield con
 
 
 def run_console(
@@ -285,12 +474,13 @@ def run_console(
 
     `params` binds DuckDB named parameters ($name); those the query does not mention are ignored.
 
-    Defence in depth: the statement type is checked first, then the query runs on a connection that is
-    read_only, has enable_external_access=false (no files, no network) and a locked configuration.
+    Defence in depth: the statement type is checked first (EXPLAIN by what it explains), then the query runs on
+    a connection that is read_only, has enable_external_access=false (no files, no network), a memory limit
+    and a small temp-space limit (CONSOLE_LIMITS).
     """
     query = check_console_sql(sql)
     used = {k: v for k, v in (params or {}).items() if re.search(rf"\${re.escape(k)}\b", query)}
-    with db.reader(sandboxed=True) as con:
+    with console_connection() as con:
         timer = threading.Timer(timeout_s, con.interrupt)
         timer.start()
         try:
@@ -308,6 +498,11 @@ def run_console(
             ) from e
         except duckdb.InterruptException as e:
             raise SqlRejected(f"The query ran longer than {timeout_s:.0f} s and was stopped.") from e
+        except duckdb.OutOfMemoryException as e:
+            raise SqlRejected(
+                f"The query needs more than the console's {CONSOLE_LIMITS['memory_limit']} of memory and "
+                f"{CONSOLE_LIMITS['max_temp_directory_size']} of temp space; aggregate or filter more ({e})."
+            ) from e
         except duckdb.Error as e:
             raise SqlError(f"Query failed: {e}") from e
         finally:

@@ -20,6 +20,10 @@ IMG = "<img src=x onerror=alert(1)>"
 SCRIPT_ID, IMG_ID = 100, 101  # vocab ids of the hostile tokens (beyond the tiny tokenizer's own ids)
 D_SAE, CTX_LEN, N_CONTEXTS = 16, 12, 6
 HOSTILE_FEATURE = 3  # feature whose examples, label and token effects contain the hostile tokens
+FIRST_FEATURE = 6  # an artifact: every example fires at position 1, right after BOS (its window starts at 0)
+DEAD_FEATURE = 9  # never fired: no examples, zero statistics
+TOKEN_FEATURE = 12  # an artifact: dense (20% of tokens) and every top example on the same token
+N_EVAL_TOKENS = 1000
 
 
 def transcoder_ids(model: str) -> list[str]:
@@ -112,35 +116,46 @@ def build(model_dir: str, d_model: int = 32, model: str | None = None) -> dict:
                 "l0": [30.0 - s / 5 for s in steps],
             },
         )
-        density = rng.uniform(0.001, 0.3, D_SAE)
+        density = rng.uniform(0.01, 0.3, D_SAE)
+        density[DEAD_FEATURE], density[HOSTILE_FEATURE], density[TOKEN_FEATURE] = 0.0, 0.02, 0.2
+        n_active = (density * N_EVAL_TOKENS).astype(int)
         labels = [f"feature {f} of layer {layer}" for f in range(D_SAE)]
         labels[HOSTILE_FEATURE] = f"fires on {SCRIPT}"
-        edges = [0.0, 0.5, 1.0, 1.5, 2.0]
+        edges = [0.25, 0.5, 1.0, 2.0, 4.0]  # log-spaced, as the miner writes them
+        dead = [f == DEAD_FEATURE for f in range(D_SAE)]
         add(
             "features",
             {
                 "transcoder_id": [tid] * D_SAE,
                 "feature": list(range(D_SAE)),
                 "density": density.tolist(),
-                "mean_act": rng.uniform(0.5, 1.0, D_SAE).tolist(),
-                "max_act": [2.0 + f / 10 for f in range(D_SAE)],
-                "n_active": (density * 1000).astype(int).tolist(),
-                "quantiles": [[0.2, 0.5, 1.0]] * D_SAE,
+                "mean_act": [0.0 if d else m for d, m in zip(dead, rng.uniform(0.5, 1.0, D_SAE))],
+                "max_act": [0.0 if d else 2.0 + f / 10 for f, d in enumerate(dead)],
+                "n_active": n_active.tolist(),
+                "n_contexts": [min(int(n), N_CONTEXTS * 10) // 3 for n in n_active],
+                "n_tokens": [N_EVAL_TOKENS] * D_SAE,
+                "quantiles": [[0.0, 0.0, 0.0] if d else [0.2, 0.5, 1.0] for d in dead],
                 "quantile_levels": [[0.1, 0.5, 0.9]] * D_SAE,
-                "hist_edges": [edges] * D_SAE,
-                "hist_counts": [[5, 3, 2, 1]] * D_SAE,
+                "hist_edges": [[] if d else edges for d in dead],
+                "hist_counts": [[] if d else [5, 3, 2, 1] for d in dead],
                 "label": labels,
             },
         )
         ex = []
         for f in range(D_SAE):
+            if f == DEAD_FEATURE:
+                continue
             for kind, n in (("top", 3), ("q0", 2), ("q1", 2)):
                 for rank in range(n):
-                    ctx = 0 if f == HOSTILE_FEATURE else (f + rank) % N_CONTEXTS
+                    ctx = {HOSTILE_FEATURE: 0, TOKEN_FEATURE: 1}.get(f, (f + rank) % N_CONTEXTS)
+                    position, start = (1, 0) if f == FIRST_FEATURE else (5, 1)
                     acts = np.zeros(8)
-                    acts[4] = 2.0 - rank * 0.5 if kind == "top" else 0.3 * (int(kind[1]) + 1)
-                    acts[3] = acts[4] / 2
-                    ex.append((tid, f, kind, rank, ctx, 5, float(acts[4]), 1, acts.tolist()))
+                    peak = 2.0 - rank * 0.5 if kind == "top" else 0.3 * (int(kind[1]) + 1)
+                    acts[position - start] = peak
+                    if position - start:
+                        acts[position - start - 1] = peak / 2
+                    token = int(contexts[ctx, position])
+                    ex.append((tid, f, kind, rank, ctx, position, token, peak, start, acts.tolist()))
         add(
             "feature_examples",
             pl.DataFrame(
@@ -152,6 +167,7 @@ def build(model_dir: str, d_model: int = 32, model: str | None = None) -> dict:
                     "rank",
                     "context_id",
                     "position",
+                    "token_id",
                     "activation",
                     "window_start",
                     "token_acts",

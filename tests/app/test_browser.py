@@ -1,14 +1,16 @@
 """The app in a real browser: `streamlit run` on localhost, driven by headless Debian Chromium through Playwright.
 
 Waits for CSS selectors that only exist once the page content rendered (a plain `--screenshot` fires before
-Streamlit's websocket delivers anything), saves screenshots of the feature card and the circuit page into the
-test's tmp dir, and logs how long the card took from navigation to rendered examples.
+Streamlit's websocket delivers anything). One test visits every page, fails on any browser console error, page
+error or Streamlit exception element, and saves a screenshot of each page (into the test's tmp dir, and into
+$ATLAS_SCREENSHOT_DIR when set); one feeds hostile deep links; one times the feature card.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from app.components import card_url
-from tests.app.fixture_db import HOSTILE_FEATURE, IMG, SCRIPT
+from storage import queries
+from tests.app.fixture_db import DEAD_FEATURE, FIRST_FEATURE, HOSTILE_FEATURE, IMG, SCRIPT
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,12 +75,148 @@ def server(atlas_db, tmp_path):
         proc.wait(timeout=30)
 
 
-@pytest.mark.browser
-def test_card_and_circuit_pages_render_in_headless_chromium(server, atlas_db, tmp_path):
+def _require_chromium() -> None:
     if not os.path.exists(CHROMIUM):
         pytest.fail(
             f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (.ci/run does this)."
         )
+
+
+class Watch:
+    """Everything a page did that a user should never see: console errors, uncaught page errors, dialogs (a
+    token string that ran script), and requests that left 127.0.0.1:<app port>."""
+
+    def __init__(self, page, server: str):
+        self.console: list[str] = []
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.outside: list[str] = []
+        self.failed: list[str] = []
+        page.on("console", lambda m: self.console.append(m.text) if m.type == "error" else None)
+        page.on("response", lambda r: self.failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        page.on(
+            "request",
+            lambda r: None if r.url.startswith((server, "data:", "blob:")) else self.outside.append(r.url),
+        )
+
+    def assert_clean(self, where: str) -> None:
+        # Streamlit's frontend, loaded at /<Page>, first probes /<Page>/_stcore/{health,host-config} to find its
+        # base path (404), then uses /_stcore: the only failed loads allowed, one console line each.
+        probes = [f for f in self.failed if re.fullmatch(r"404 \S+/[^/]+/_stcore/(health|host-config)", f)]
+        not_found = [c for c in self.console if c.startswith("Failed to load resource") and "404" in c]
+        assert len(not_found) <= len(probes) and set(self.failed) == set(probes), (where, self.failed)
+        other = [c for c in self.console if c not in not_found]
+        assert other == [], (where, other)
+        assert self.errors == [] and self.dialogs == [] and self.outside == [], (
+            where,
+            self.errors,
+            self.dialogs,
+            self.outside,
+        )
+
+
+def _settle(page) -> None:
+    """Wait until Streamlit has finished the script run (its status widget gone) and the page is quiet."""
+    page.wait_for_function(
+        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000, polling=200
+    )
+    page.wait_for_timeout(500)
+
+
+def _shots_dir(tmp_path: Path) -> list[Path]:
+    dirs = [tmp_path / "screenshots"]
+    if os.environ.get("ATLAS_SCREENSHOT_DIR"):
+        dirs.append(Path(os.environ["ATLAS_SCREENSHOT_DIR"]))
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+@pytest.mark.browser
+def test_every_page_renders_without_errors_and_is_screenshotted(server, atlas_db, tmp_path):
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    t0, t1 = atlas_db["transcoders"]
+    pages = [  # (name, path, a selector that exists once the page's content rendered)
+        ("home", "", "[data-testid='stDataFrame']"),
+        ("features", "Features", "[data-testid='stDataFrame'] [data-testid='data-grid-canvas']"),
+        ("feature_card", card_url(t1, HOSTILE_FEATURE), "svg.atlas-hist rect"),
+        ("feature_card_artifact", card_url(t0, FIRST_FEATURE), ".atlas-example .atlas-bos"),
+        ("feature_card_dead", card_url(t0, DEAD_FEATURE), "[data-testid='stAlert']"),
+        ("circuits", "Circuits", "ol.atlas-paths li"),
+        ("live", "Live", ".atlas-live-feature .atlas-tok"),
+        ("sql", "SQL", "[data-testid='stDataFrame'] [data-testid='data-grid-canvas']"),
+    ]
+    dirs = _shots_dir(tmp_path)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        watch = Watch(page, server)
+        for name, path, selector in pages:
+            page.goto(f"{server}/{path}")
+            page.wait_for_selector(selector, timeout=180_000)
+            _settle(page)
+            assert page.locator("[data-testid='stException']").count() == 0, name
+            body = page.inner_text("body")
+            assert "Traceback" not in body, name
+            # escaped text is decoded exactly once: no entity is left visible (double escaping)
+            assert not re.search(r"&#\d+;|&lt;|&gt;|&amp;|&quot;", body), (name, body[:2000])
+            for d in dirs:
+                page.screenshot(path=str(d / f"{name}.png"), full_page=True)
+            watch.assert_clean(name)
+        browser.close()
+    for name, _, _ in pages:
+        assert (dirs[0] / f"{name}.png").stat().st_size > 10_000, name
+
+
+@pytest.mark.browser
+def test_hostile_deep_links_show_as_text_and_fetch_nothing(server, atlas_db, tmp_path):
+    _require_chromium()
+    from urllib.parse import quote
+
+    from playwright.sync_api import sync_playwright
+
+    t0 = atlas_db["transcoders"][0]
+    link, pixel = "[click me](https://evil.example/)", "![p](http://127.0.0.1:9/pixel.png)"
+    cases = [
+        {"transcoder": link},
+        {"transcoder": pixel},
+        {"transcoder": t0, "feature": pixel},
+        {"transcoder": t0, "feature": "<img src=http://127.0.0.1:9/x.png>"},
+        {"transcoder": t0, "feature": "-1"},
+    ]
+    dirs = _shots_dir(tmp_path)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        watch = Watch(page, server)
+        for i, params in enumerate(cases):
+            query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+            page.goto(f"{server}/Feature_card?{query}")
+            alert = page.wait_for_selector("[data-testid='stAlert']", timeout=120_000)
+            _settle(page)
+            text = alert.inner_text().replace("\u2060", "")  # the word joiners that break autolinks
+            shown = params.get("feature", params["transcoder"])
+            assert shown in text, (shown, text)  # the literal text, markup and all
+            assert page.locator("[data-testid='stAlert'] a, [data-testid='stAlert'] img").count() == 0, (
+                alert.inner_html()
+            )
+            assert page.locator("a[href*='evil.example'], img[src*='127.0.0.1:9']").count() == 0
+            if "feature" in params:
+                assert "valid features are the whole numbers 0 to 15" in text
+            assert page.locator("[data-testid='stException']").count() == 0
+            for d in dirs:
+                page.screenshot(path=str(d / f"hostile_link_{i}.png"), full_page=True)
+            watch.assert_clean(str(params))
+        browser.close()
+
+
+@pytest.mark.browser
+def test_card_and_circuit_pages_render_in_headless_chromium(server, atlas_db, tmp_path):
+    _require_chromium()
     from playwright.sync_api import sync_playwright
 
     tid = atlas_db["transcoders"][1]
@@ -145,7 +284,8 @@ def test_card_and_circuit_pages_render_in_headless_chromium(server, atlas_db, tm
         box = grid.bounding_box()
         page.mouse.click(box["x"] + 14, box["y"] + 35 + 18)  # header row is 35 px; first data row below it
         page.wait_for_selector(".atlas-example .atlas-tok", timeout=120_000)
-        assert page.inner_text("h2.atlas-card-title").startswith("L0 #15")  # highest max_act, lowest layer
+        first = queries.search_features().row(0, named=True)  # the default: live features by contexts
+        assert page.inner_text("h2.atlas-card-title").startswith(f"L{first['layer']} #{first['feature']}")
         assert dialogs == [], f"a token string executed script: {dialogs}"
         browser.close()
     for name in ("feature_card.png", "circuits.png"):

@@ -7,7 +7,17 @@ import re
 
 import pytest
 
-from app.components import card_url, esc, shaded_tokens, show_token
+from app.components import (
+    WORD_JOINER,
+    bin_ratio,
+    card_url,
+    esc,
+    friendly_error,
+    histogram_svg,
+    parse_feature,
+    shaded_tokens,
+    show_token,
+)
 from tests.app.fixture_db import IMG, SCRIPT
 
 HOSTILE = [
@@ -18,6 +28,7 @@ HOSTILE = [
     "$x^2$",
     "**b** _i_ `c`",
     "&amp;",
+    "see https://evil.example or www.evil.example, mail a@evil.example",
 ]
 
 
@@ -25,7 +36,8 @@ HOSTILE = [
 def test_esc_leaves_no_markup_and_decodes_back_to_the_text(text):
     out = esc(text)
     assert not re.search(r"[<>\"'`*_\[\]()$]", out)
-    assert html.unescape(out) == text
+    assert html.unescape(out).replace(WORD_JOINER, "") == text
+    assert not re.search(r"https?://|www\.|@[a-z]", html.unescape(out))  # nothing left to autolink
 
 
 def test_shaded_tokens_scale_activation_to_opacity_and_keep_values_on_hover():
@@ -39,3 +51,59 @@ def test_shaded_tokens_scale_activation_to_opacity_and_keep_values_on_hover():
 def test_show_token_and_card_url():
     assert [show_token(t) for t in ["\n", "", " ", " the"]] == ["\u21b5", "\u00b7", "\u2423", " the"]
     assert card_url("m/L0/relu-16", 5) == "Feature_card?transcoder=m%2FL0%2Frelu-16&feature=5"
+
+
+def test_shaded_tokens_show_where_the_context_starts():
+    start = shaded_tokens(["<s>", "a", "b"], [0.0, 1.0, 0.5], scale=1.0, highlight=1, window_start=0)
+    assert (
+        start.count('class="atlas-bos"') == 1 and start.count("atlas-tok") == 2 and "atlas-cont" not in start
+    )
+    inside = shaded_tokens(["x", "a"], [0.0, 1.0], scale=1.0, window_start=7)
+    assert "atlas-cont" in inside and "position 7" in inside and "atlas-bos" not in inside
+    assert "atlas-cont" not in shaded_tokens(["x"], [1.0], scale=1.0)  # position unknown: no marker
+    titled = shaded_tokens(["a"], [1.0], scale=1.0, titles=["L0 #1 <b>x</b> 1.00"])
+    assert "<b>" not in titled and "&lt;b&gt;" in titled
+
+
+def test_histogram_has_axes_counts_and_names_its_log_bins():
+    edges, counts = [0.3, 0.5, 1.0, 2.0, 4.0, 7.0], [4, 10, 25, 3, 1]
+    svg = histogram_svg(edges, counts)
+    assert bin_ratio(edges) == pytest.approx(2.0) and "log-spaced bins, each x2.00 wider" in svg
+    assert ">25</text>" in svg and ">0</text>" in svg and ">tokens</text>" in svg
+    assert ">0.3</text>" in svg and ">7</text>" in svg  # outer edges: the exact min and max activation
+    assert re.findall(r"<title>([^<]+)</title>", svg)[2] == "1 to 2: 25 tokens"
+    assert bin_ratio([0.0, 1.0, 2.0, 3.0, 4.0]) is None  # linear bins are not called log-spaced
+    assert "log-spaced" not in histogram_svg([0.0, 1.0, 2.0, 3.0, 4.0], [1, 2, 3, 4])
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("0", 0), ("15", 15), (" 7 ", 7), ("16", None), ("-1", None), ("abc", None), ("3.5", None), ("", None)]
+    + [(None, None), ("1e3", None), ("٣", None), ("+3", None)],
+)
+def test_parse_feature_accepts_only_whole_numbers_in_range(raw, expected):
+    assert parse_feature(raw, 16) == expected
+
+
+def test_friendly_error_is_one_escaped_line_without_a_traceback():
+    import duckdb
+
+    msg = friendly_error(duckdb.ConnectionException("Can't open [x](https://evil.example)\nline two"))
+    assert "reload the page" in msg and "line two" not in msg and "](" not in msg
+    assert "[x](https://evil.example)" in html.unescape(msg).replace(WORD_JOINER, "")
+
+
+def test_friendly_error_passes_storage_db_messages_through():
+    from storage import db
+
+    class Fake(RuntimeError):
+        pass
+
+    Fake.__module__ = db.__name__  # as storage.db's own error classes
+    assert friendly_error(Fake("The atlas file is not a DuckDB database; rebuild it.")) == esc(
+        "The atlas file is not a DuckDB database; rebuild it."
+    )
+    assert (
+        friendly_error(RuntimeError("/srv/x.py failed"))
+        == "This page failed (RuntimeError). The details are in the server log."
+    )

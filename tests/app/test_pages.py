@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import html as html_lib
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.components import card_url, esc
-from tests.app.fixture_db import HOSTILE_FEATURE, IMG, SCRIPT
+from app.components import WORD_JOINER, card_url, esc
+from tests.app.fixture_db import (
+    D_SAE,
+    DEAD_FEATURE,
+    FIRST_FEATURE,
+    HOSTILE_FEATURE,
+    IMG,
+    SCRIPT,
+    TOKEN_FEATURE,
+)
 
 APP = Path(__file__).resolve().parents[2] / "app"
 PAGES = {
@@ -34,6 +43,17 @@ def html(at: AppTest) -> str:
     return "\n".join(m.value for m in at.markdown)
 
 
+def frame_with(at: AppTest, column: str):
+    """The first data frame on the page that has `column`."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def shown(elements) -> list[str]:
+    """What the browser shows for markdown elements (numeric entities decoded as CommonMark does; the invisible
+    word joiners that break autolinks dropped)."""
+    return [html_lib.unescape(e.value).replace(WORD_JOINER, "") for e in elements]
+
+
 def assert_no_markup_from_tokens(text: str) -> None:
     """Hostile token strings appear only escaped: never as a tag the browser would parse."""
     assert "<script" not in text.lower() and "<img" not in text.lower()
@@ -57,25 +77,52 @@ def test_pages_stop_with_a_hint_on_an_empty_database(atlas_home):
 def test_home_shows_transcoders_metrics_curves_and_lineage(atlas_db):
     at = run("home")
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["transcoders"] == "2" and metrics["features"] == "32"
-    table = at.dataframe[0].value
+    assert metrics["transcoders"] == "2" and metrics["features"] == str(2 * D_SAE)
+    table = frame_with(at, "goals")
     assert list(table["layer"]) == [0, 1] and list(table["l0"]) == pytest.approx([12.0, 13.0])
+    assert "created_at" not in table.columns and "goals" in table.columns  # the summary fits the page
     assert at.selectbox(key="curve_metric").value == "fvu"
-    corpus = at.dataframe[1].value  # lineage: the fixture's 6 eval contexts of 12 tokens from one document
+    corpus = frame_with(at, "documents")  # lineage: 6 eval contexts of 12 tokens from one document
     assert (
         list(corpus["contexts"]) == [6]
         and list(corpus["tokens"]) == [72]
         and list(corpus["documents"]) == [1]
     )
-    assert len(at.expander) == 2 and "corpus" in at.expander[0].json[0].value
+    assert len(at.expander) == 3 and "corpus" in at.expander[1].json[0].value
+
+
+def test_home_flags_metrics_that_miss_a_goal(atlas_db):
+    """Fixture: CE recovered 0.80 on both layers whose MLP matters (ablating costs 1 nat); L0, dead, FVU fine."""
+    at = run("home")
+    table = frame_with(at, "goals")
+    assert list(table["goals"]) == ["CE recovered 0.80 < 0.90"] * 2
+    assert list(table["mlp_matters"]) == [True, True]
+    warnings = shown(at.warning)
+    assert warnings == [f"Layer {layer}: CE recovered 0.80 < 0.90" for layer in (0, 1)]
+
+
+def test_goal_flags_follow_the_goals():
+    from app.overview import goal_misses
+
+    ok = {"ce_clean": 3.0, "ce_ablated": 4.0, "ce_recovered": 0.95, "l0": 20.0, "dead_frac": 0.01, "fvu": 0.2}
+    assert goal_misses(ok) == []
+    bad = ok | {"ce_recovered": 0.5, "l0": 40.0, "dead_frac": 0.14, "fvu": 0.97}
+    assert goal_misses(bad) == [
+        "FVU 0.97 > 0.9",
+        "CE recovered 0.50 < 0.90",
+        "L0 40.0 > 32",
+        "dead 14.0% > 5%",
+    ]
+    # an MLP that does not matter (ablation costs 0.08 nats): only the FVU flag applies
+    assert goal_misses(bad | {"ce_ablated": 3.08}) == ["FVU 0.97 > 0.9"]
 
 
 def test_feature_browser_filters_by_token_label_layer_and_density(atlas_db):
     at = run("features")
-    assert len(at.dataframe[0].value) == 32
+    assert len(at.dataframe[0].value) == 2 * (D_SAE - 3)  # artifacts and dead features hidden by default
     at.text_input(key="token").input("a").run()
     rows = at.dataframe[0].value
-    # token_features: 'a' -> features 7 (mean 1.5) and 2 (mean 0.5) in both layers, sorted by max_act
+    # token_features: 'a' -> features 7 (mean 1.5) and 2 (mean 0.5) in both layers
     assert sorted(zip(rows["layer"], rows["feature"])) == [(0, 2), (0, 7), (1, 2), (1, 7)]
     at.text_input(key="token").input("").run()
     at.text_input(key="label").input("SCRIPT").run()
@@ -85,6 +132,23 @@ def test_feature_browser_filters_by_token_label_layer_and_density(atlas_db):
     at.text_input(key="label").input("").run()
     at.slider(key="density").set_range(0.9, 1.0).run()
     assert any("No feature matches" in i.value for i in at.info)
+
+
+def test_feature_browser_sorts_by_contexts_and_flags_artifacts_and_dead_features(atlas_db):
+    at = run("features")
+    assert at.selectbox(key="order").value == "n_contexts" and at.selectbox(key="show").value == "live"
+    rows = at.dataframe[0].value
+    assert list(rows["n_contexts"]) == sorted(rows["n_contexts"], reverse=True)
+    assert set(rows["status"]) == {""}
+    at.selectbox(key="show").set_value("all").run()
+    rows = at.dataframe[0].value
+    status = {(r.layer, r.feature): r.status for r in rows.itertuples()}
+    assert len(rows) == 2 * D_SAE
+    assert status[(0, FIRST_FEATURE)] == "artifact: BOS / first token"
+    assert status[(1, TOKEN_FEATURE)] == "artifact: one frequent token"
+    assert status[(0, DEAD_FEATURE)] == "dead"
+    at.selectbox(key="show").set_value("artifacts").run()
+    assert sorted(at.dataframe[0].value["feature"]) == sorted([FIRST_FEATURE, TOKEN_FEATURE] * 2)
 
 
 def test_feature_card_deep_link_renders_escaped_examples_effects_and_links(atlas_db):
@@ -106,6 +170,97 @@ def test_feature_card_deep_link_renders_escaped_examples_effects_and_links(atlas
     assert fx.index(esc(SCRIPT)) < fx.index(esc(IMG)) and "+1.000" in fx and "+0.900" in fx
     assert "<td><code>q0&#46;5</code></td><td>+0.500</td>" in page
     assert any("database" in c.value for c in at.caption)
+    # the histogram has axes, counts and its bin scale; the statistics say how many activations they rest on
+    svg = page[page.index('<svg class="atlas-hist"') : page.index("</svg>", page.index("atlas-hist"))]
+    assert ">tokens</text>" in svg and ">5</text>" in svg and "log-spaced bins, each x2.00 wider" in svg
+    assert "5 tokens</title>" in svg and ">0.25</text>" in svg and ">4</text>" in svg
+    captions = [c.value for c in at.caption]
+    assert "Activation histogram of its 11 active tokens" in captions
+    assert "Activation quantiles over 20 active tokens" in captions
+    assert any("Only 20 active tokens in 6 contexts" in w for w in shown(at.warning))
+    # windows starting at position 1 continue to the left of the window: an ellipsis, no start badge
+    assert page.count("atlas-cont") == 7 and "atlas-bos" not in page
+
+
+def test_feature_card_marks_the_context_start_and_flags_an_artifact(atlas_db):
+    tid = atlas_db["transcoders"][0]
+    at = run("card", transcoder=tid, feature=str(FIRST_FEATURE))
+    page = html(at)
+    # every example window starts at position 0: its first token is BOS, shown as a 'start' badge
+    assert page.count('class="atlas-bos"') == 7 and "atlas-cont" not in page
+    assert "atlas-badge" in page and "artifact: BOS / first token" in html_lib.unescape(page)
+    assert any("100% of its 3 top examples fire on the first token after BOS" in w for w in shown(at.warning))
+
+
+def test_feature_card_flags_a_transcoder_that_misses_a_goal(atlas_db):
+    from storage import db
+
+    tid = atlas_db["transcoders"][1]
+    at = run("card", transcoder=tid, feature="1")
+    before = [c for c in shown(at.caption) if "misses a quality goal" in c]
+    assert len(before) == 1 and "CE recovered 0.80 < 0.90" in before[0] and "FVU" not in before[0]
+    with db.writer() as con:
+        con.execute("UPDATE transcoder_metrics SET fvu = 0.97 WHERE transcoder_id = ?", [tid])
+    at = run("card", transcoder=tid, feature="1")
+    flagged = [c for c in shown(at.caption) if "misses a quality goal" in c]
+    assert len(flagged) == 1 and "FVU 0.97 > 0.9" in flagged[0] and "CE recovered 0.80 < 0.90" in flagged[0]
+
+
+def test_dead_feature_card_says_dead_instead_of_zero_statistics(atlas_db):
+    tid = atlas_db["transcoders"][0]
+    at = run("card", transcoder=tid, feature=str(DEAD_FEATURE))
+    page = html(at)
+    assert any(
+        w.startswith("Dead feature: it never fired on the 1,000 held-out tokens") for w in shown(at.warning)
+    )
+    assert "atlas-quantiles" not in page and "atlas-hist" not in page and "+0.000" not in page
+    assert "atlas-example" not in page and "dead" in html_lib.unescape(page)
+
+
+def test_feature_card_previous_and_next_buttons(atlas_db):
+    tid = atlas_db["transcoders"][0]
+    at = run("card", transcoder=tid, feature="0")
+    assert at.button(key="card_prev").disabled
+    at.button(key="card_next").click().run()
+    at.button(key="card_next").click().run()
+    assert at.number_input(key="card_feature").value == 2 and "L0 #2 <span" in html(at)
+    at.button(key="card_prev").click().run()
+    assert at.number_input(key="card_feature").value == 1
+    at = run("card", transcoder=tid, feature=str(D_SAE - 1))
+    assert at.button(key="card_next").disabled and not at.button(key="card_prev").disabled
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "3.5", "999999", str(D_SAE), "", "٣"])
+def test_feature_card_names_the_valid_range_for_an_invalid_feature_link(atlas_db, value):
+    tid = atlas_db["transcoders"][1]
+    at = run("card", transcoder=tid, feature=value)
+    warnings = shown(at.warning)
+    assert len(warnings) == 1 and f"valid features are the whole numbers 0 to {D_SAE - 1}" in warnings[0]
+    assert f"The link's feature, {value}, is not a feature of" in warnings[0]
+    assert "atlas-card-title" not in html(at)  # no silently different card
+    # picking a feature in the widgets then shows it, and the link follows
+    at.number_input(key="card_feature").set_value(5).run()
+    assert "L1 #5 <span" in html(at) and at.query_params["feature"] in ("5", ["5"])
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "[click me](https://evil.example/)",
+        "![p](http://127.0.0.1:9/pixel.png)",
+        "<img src=http://127.0.0.1:9/x.png>",
+        "**bold** `code` $x^2$ :red[red] https://evil.example",
+    ],
+)
+def test_hostile_deep_link_values_are_shown_as_text(atlas_db, hostile):
+    for params in ({"transcoder": hostile}, {"transcoder": atlas_db["transcoders"][0], "feature": hostile}):
+        at = run("card", **params)
+        assert len(at.warning) == 1
+        raw = at.warning[0].value
+        # no markdown or HTML syntax survives: only entities, which CommonMark shows as the literal text
+        for syntax in ("](", "<img", "**", "`", "$", "https://", ":red["):
+            assert syntax not in raw, (syntax, raw)
+        assert hostile in shown(at.warning)[0]
 
 
 def test_feature_card_widgets_update_the_url(atlas_db):
@@ -133,7 +288,7 @@ def test_circuits_page_draws_graph_with_card_links_and_ranks_paths(atlas_db):
     assert f'text-anchor="middle">{esc(IMG)}</text>' in svg  # prompt token (position 5) under its column
 
 
-def test_live_page_lists_the_features_that_fire_on_each_token(atlas_db, tiny_model):
+def test_live_page_shades_the_text_by_each_chosen_feature_without_bos(atlas_db, tiny_model):
     import torch
 
     from interp.transcoder import Transcoder
@@ -148,7 +303,7 @@ def test_live_page_lists_the_features_that_fire_on_each_token(atlas_db, tiny_mod
     page = html(at)
     assert "&lt;" in page and "&gt;" in page
     assert_no_markup_from_tokens(page)
-    # independent recomputation: the strongest layer-1 feature at the last token
+    # independent recomputation of every feature of layer 1 on every token
     tid = atlas_db["transcoders"][1]
     tc = Transcoder.load(layout.transcoder_dir(tid))
     store = {}
@@ -160,10 +315,26 @@ def test_live_page_lists_the_features_that_fire_on_each_token(atlas_db, tiny_mod
     with torch.no_grad():
         tiny_model(tiny_model.to_tokens(text))
     tiny_model.reset_hooks()
-    z = tc.encode(store["x"][0, -1])
-    rows = page.split("<tr>")
-    assert esc(card_url(tid, int(z.argmax()))) in rows[-1] and f"<code>{z.max():.2f}</code>" in rows[-1]
-    assert len(rows) == 2 + len(text) + 1  # header + BOS + one row per character
+    z = tc.encode(store["x"][0])  # [pos, d_sae], BOS first
+    # the text block: one token per character, BOS left out; hover names the top feature per layer
+    block = page[page.index("atlas-live-text") :].split("</div></div>")[0]
+    assert block.count("atlas-tok") == len(text) and "atlas-bos" not in block
+    last = html_lib.unescape(block.split('class="atlas-tok"')[-1])
+    assert f"L1 #{int(z[-1].argmax())} feature {int(z[-1].argmax())} of layer 1 {z[-1].max():.2f}" in last
+    # the chosen features default to the 3 strongest on the text (BOS left out); each shades every token
+    picked = at.multiselect(key="live_features").value
+    assert len(picked) == 3
+    sections = page.split("atlas-live-feature")[1:]
+    assert len(sections) == 3
+    for (t, _layer, f), section in zip(picked, sections):
+        assert esc(card_url(t, f)) in section and section.count("atlas-tok") == len(text)
+        if t == tid:
+            values = [float(v) for v in __import__("re").findall(r'title="([-\d.]+)"', section)]
+            assert values == pytest.approx(z[1:, f].tolist(), abs=1e-3)
+    best = max(float(z[1:].max()), 0.0)
+    assert any(t == tid for t, _, _ in picked) or best < max(
+        float(v) for v in __import__("re").findall(r"max ([\d.]+)", page)
+    )
 
 
 def test_sql_console_runs_examples_with_parameters_and_limits_rows(atlas_db):
@@ -171,7 +342,7 @@ def test_sql_console_runs_examples_with_parameters_and_limits_rows(atlas_db):
     assert list(at.dataframe[0].value.columns)[:2] == ["transcoder_id", "feature"]  # first example ran
     at.selectbox(key="sql_example").set_value("feature_health_by_layer").run()
     health = at.dataframe[0].value
-    assert list(health["layer"]) == [0, 1] and list(health["n_features"]) == [16, 16]
+    assert list(health["layer"]) == [0, 1] and list(health["n_features"]) == [D_SAE, D_SAE]
     at.selectbox(key="sql_example").set_value("features_firing_on_token").run()
     at.text_input(key="sql_param_features_firing_on_token_token").input("a").run()
     fired = at.dataframe[
@@ -196,8 +367,54 @@ def test_sql_console_rejects_writes_and_file_access_with_a_clear_message(atlas_d
     at = run("sql")
     at.text_area(key="sql").input(sql).run()
     assert not at.exception
-    assert [e.value for e in at.error] and message in at.error[0].value
+    assert [e.value for e in at.error] and message in shown(at.error)[0]
     assert len(at.dataframe) == 0
+
+
+def test_sql_console_error_echoing_the_query_is_plain_text(atlas_db):
+    at = run("sql")
+    at.text_area(key="sql").input("SELECT * FROM [click](https://evil.example/)").run()
+    raw = at.error[0].value
+    assert (
+        "](" not in raw and "https://" not in raw and "[click](https://evil.example/)" in shown(at.error)[0]
+    )
+
+
+def test_sql_examples_open_with_parameters_drawn_from_the_atlas(atlas_db):
+    at = run("sql")  # the first example: the fixture has layers 0 and 1, not the old default 5
+    assert at.text_input(key="sql_param_features_by_density_and_token_layer").value in ("0", "1")
+    assert len(at.dataframe[0].value) > 0
+    at.selectbox(key="sql_example").set_value("strongest_examples_of_feature").run()
+    assert len(at.dataframe[0].value) > 0
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "live"])
+def test_a_failing_storage_call_shows_one_clear_line_and_logs_the_traceback(
+    atlas_db, page, monkeypatch, caplog
+):
+    from storage import queries
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom at /srv/secret/path.py line 1\nTraceback (most recent call last)")
+
+    for name in ("table_counts", "search_features", "feature_card", "graphs", "run_console"):
+        monkeypatch.setattr(queries, name, broken)
+    at = run(page)
+    # one line, no message (it may name server paths), no traceback
+    assert [e.value for e in at.error] == [
+        "This page failed (RuntimeError). The details are in the server log."
+    ]
+    assert not at.exception
+    assert any("Traceback" in r.exc_text for r in caplog.records if r.exc_text)
+
+
+def test_streamlit_config_hides_error_details_and_usage_statistics():
+    import tomllib
+
+    config = tomllib.loads((APP.parent / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showErrorDetails"] == "none"
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["server"]["address"] == "127.0.0.1"
 
 
 @pytest.mark.slow
@@ -222,10 +439,11 @@ def test_live_page_runs_the_embedded_model_by_name(atlas_home, tmp_path):
     text = " The President said"
     at.text_area(key="live_text").input(text).run()
     assert not at.exception, at.exception
-    rows = html(at).split("<tr>")
+    page = html(at)
+    block = page[page.index("atlas-live-text") :].split("</div></div>")[0]
     model = load_model(str(converted), device="cpu")
     tokens = model.to_tokens(text)
-    assert len(rows) == 2 + tokens.shape[1]
+    assert block.count("atlas-tok") == tokens.shape[1] - 1  # BOS left out
     store = {}
 
     def keep(x, hook):
@@ -236,4 +454,5 @@ def test_live_page_runs_the_embedded_model_by_name(atlas_home, tmp_path):
         model(tokens)
     tid = ids["transcoders"][1]
     z = Transcoder.load(layout.transcoder_dir(tid)).encode(store["x"][0, -1])
-    assert esc(card_url(tid, int(z.argmax()))) in rows[-1]
+    last = html_lib.unescape(block.split('class="atlas-tok"')[-1]).replace(WORD_JOINER, "")
+    assert f"L1 #{int(z.argmax())} " in last and f"{z.max():.2f}" in last

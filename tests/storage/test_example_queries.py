@@ -67,6 +67,35 @@ def test_every_example_query_runs_and_answers_its_question(atlas):
     assert text["activation"].is_sorted(descending=True)
 
 
+def test_every_example_returns_rows_with_the_defaults_drawn_from_the_atlas(atlas):
+    """The app opens each example with `defaults(name)`: on a built atlas every one must return rows (the old
+    fixed defaults asked for layer 5, which this atlas, like the default one, lacks)."""
+    layers = set(db.query("SELECT layer FROM transcoders")["layer"])
+    for q in eq.QUERIES:
+        params = eq.defaults(q.name)
+        assert set(params) == set(q.params) and all(
+            isinstance(params[k], type(v)) for k, v in q.params.items()
+        ), (q.name, params)
+        if "layer" in params:
+            assert params["layer"] in layers, (q.name, params)
+        rows = eq.run(q.name)
+        assert rows.height > 0, (q.name, params)
+    # the token a default picks is the one most features fire on (the tiny tokenizer has no word tokens to prefer)
+    token = eq.defaults("features_firing_on_token")["token"]
+    counts = db.query(
+        "SELECT v.token_str, count(*) AS n FROM token_features tf JOIN vocab v USING (token_id) "
+        "GROUP BY ALL ORDER BY n DESC"
+    )
+    assert token in counts["token_str"].to_list() and dict(counts.iter_rows())[token] == counts["n"].max()
+
+
+def test_examples_keep_their_fallbacks_on_an_empty_atlas(atlas_home):
+    with db.writer():  # migrated, nothing materialized
+        pass
+    for q in eq.QUERIES:
+        assert eq.defaults(q.name) == q.params
+
+
 def test_feature_card_reads_everything_in_one_query(atlas):
     tid = atlas[1]
     f = int(
