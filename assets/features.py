@@ -54,8 +54,9 @@ class FeatureTokensConfig(dg.Config):
 
 
 def _layer_gate(context: dg.AssetExecutionContext, layer: int, tables: tuple[str, ...]) -> tuple[str, str]:
-    """(transcoder id, '') of the layer's latest transcoder if it passed its quality gate, else (id, reason) after
-    removing the layer's rows from `tables` (a failed transcoder must not keep stale features)."""
+    """(transcoder id, '') of the layer's current transcoder if it passed its quality gate (the rows of the layer's
+    other versions are removed from `tables`), else (id, reason) after removing the layer's rows from `tables` (a
+    failed transcoder must not keep stale features)."""
     model = settings.model_name()
     rows = tc_store.list_transcoders(model).filter(pl.col("layer") == layer)
     if rows.height == 0:
@@ -64,7 +65,8 @@ def _layer_gate(context: dg.AssetExecutionContext, layer: int, tables: tuple[str
         )
     tid = rows["transcoder_id"][0]
     passed, reason = tc_store.gate_status(tid)
-    if passed:
+    if passed:  # the layer's other versions keep their weights and metrics, not their mined rows
+        feature_store.clear_layer(model, layer, tables, keep=tid)
         return tid, ""
     feature_store.clear_layer(model, layer, tables)
     reason = f"transcoder {tid} failed its quality gate: {reason or 'no reason recorded'}"

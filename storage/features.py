@@ -165,9 +165,13 @@ def write_weight_views(
     return {t: f.height for t, f in frames.items()}
 
 
-def clear_layer(model: str, layer: int, tables: tuple[str, ...]) -> int:
-    """Delete the rows of every transcoder of (model, layer) from `tables`; returns the transcoders cleared."""
-    ids = db.query("SELECT transcoder_id FROM transcoders WHERE model = ? AND layer = ?", [model, layer])
+def clear_layer(model: str, layer: int, tables: tuple[str, ...], keep: str | None = None) -> int:
+    """Delete the rows of every transcoder of (model, layer) but `keep` from `tables` (the atlas serves one
+    version per layer); returns the transcoders cleared."""
+    ids = db.query(
+        "SELECT transcoder_id FROM transcoders WHERE model = ? AND layer = ? AND transcoder_id IS DISTINCT FROM ?",
+        [model, layer, keep],
+    )
     ids = ids["transcoder_id"].to_list()
     if ids and tables:
         db.write_many([(t, pl.DataFrame(), {"transcoder_id": ids}) for t in tables])

@@ -22,6 +22,7 @@ import polars as pl
 import pyarrow as pa
 
 from storage import db, features
+from storage import transcoders as tc_store
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +55,25 @@ def table_counts() -> dict[str, int]:
 
 
 def transcoders() -> pl.DataFrame:
-    """Every transcoder with its held-out metrics (NULL metrics until evaluated), by model and layer."""
+    """The transcoder each layer serves (storage.transcoders: current versions) with its held-out metrics (NULL
+    metrics until evaluated), by model and layer."""
     return db.query(
-        """
+        f"""
         SELECT t.transcoder_id, t.model, t.layer, t.architecture, t.d_in, t.d_sae, t.train_tokens,
-               m.n_eval_tokens, m.l0, m.fvu, m.ce_clean, m.ce_spliced, m.ce_ablated, m.ce_recovered, m.kl,
-               m.dead_frac, m.dense_frac, m.gate_passed, t.created_at
+               m.n_eval_tokens, m.l0, m.fvu, m.fvu_typical, m.ce_clean, m.ce_spliced, m.ce_ablated,
+               m.ce_recovered, m.kl, m.dead_frac, m.dense_frac, m.gate_passed, m.goal_misses, t.created_at
         FROM transcoders t LEFT JOIN transcoder_metrics m USING (transcoder_id)
+        WHERE t.transcoder_id IN ({tc_store.CURRENT_IDS_SQL})
         ORDER BY t.model, t.layer, t.transcoder_id
         """
     )
 
 
 def lineage() -> list[dict[str, Any]]:
-    """What produced each transcoder: model, layer, weights path and its full training config/provenance."""
+    """What produced each served transcoder: model, layer, weights path and its full training config/provenance."""
     rows = db.query(
-        "SELECT transcoder_id, model, layer, weights_path, config FROM transcoders ORDER BY model, layer"
+        "SELECT transcoder_id, model, layer, weights_path, config FROM transcoders "
+        f"WHERE transcoder_id IN ({tc_store.CURRENT_IDS_SQL}) ORDER BY model, layer"
     )
     out = []
     for r in rows.iter_rows(named=True):

@@ -137,24 +137,28 @@ def set_current(model: str, layer: int, transcoder_id: str) -> None:
     db.write("current_transcoders", frame, {"model": model, "layer": layer})
 
 
+# The version each (model, layer) serves: its `current_transcoders` row, else its newest transcoder.
+CURRENT_IDS_SQL = """
+    SELECT transcoder_id FROM (
+      SELECT t.transcoder_id,
+             coalesce(c.transcoder_id = t.transcoder_id,
+                      row_number() OVER (PARTITION BY t.model, t.layer
+                                         ORDER BY t.created_at DESC, t.transcoder_id) = 1) AS is_current
+      FROM transcoders t LEFT JOIN current_transcoders c ON c.model = t.model AND c.layer = t.layer
+    ) WHERE is_current"""
+
+
 def list_transcoders(model: str, versions: bool = False) -> pl.DataFrame:
     """The current transcoder of each layer of `model` with its metrics, one row per layer ordered by layer (a
     layer with no `current_transcoders` row serves its newest version). versions=True: every version, with an
     `is_current` column."""
     return db.query(
         f"""
-        WITH listed AS (
-          SELECT t.*, m.* EXCLUDE (transcoder_id, created_at),
-                 coalesce(c.transcoder_id = t.transcoder_id,
-                          row_number() OVER (PARTITION BY t.layer ORDER BY t.created_at DESC, t.transcoder_id) = 1
-                 ) AS is_current
-          FROM transcoders t
-          LEFT JOIN transcoder_metrics m USING (transcoder_id)
-          LEFT JOIN current_transcoders c ON c.model = t.model AND c.layer = t.layer
-          WHERE t.model = ?
-        )
-        SELECT * FROM listed {"" if versions else "WHERE is_current"}
-        ORDER BY layer, created_at DESC
+        SELECT t.*, m.* EXCLUDE (transcoder_id, created_at),
+               t.transcoder_id IN ({CURRENT_IDS_SQL}) AS is_current
+        FROM transcoders t LEFT JOIN transcoder_metrics m USING (transcoder_id)
+        WHERE t.model = ? {"" if versions else f"AND t.transcoder_id IN ({CURRENT_IDS_SQL})"}
+        ORDER BY t.layer, t.created_at DESC
         """,
         [model],
     )

@@ -11,7 +11,7 @@ from storage import corpus as corpus_store
 from storage import db
 from storage import example_queries as eq
 from storage import features as feature_store
-from tests.storage.test_features import build_atlas
+from tests.storage.test_features import N_CTX, build_atlas
 
 
 @pytest.fixture
@@ -19,7 +19,9 @@ def atlas(atlas_home, tiny_model, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("ATLAS_MODEL", tiny_model_dir)
     monkeypatch.setenv("ATLAS_DEVICE", "cpu")
     ids = build_atlas(tiny_model, tiny_model_dir, {1: True, 2: True})
-    config = {"ops": {"features": {"config": {"n_top": 6, "window": 8, "window_left": 5}}}}
+    config = {
+        "ops": {"features": {"config": {"n_top": 6, "window": 8, "window_left": 5, "mining_contexts": N_CTX}}}
+    }
     for key in ("1", "2"):
         dg.materialize([features, feature_tokens], partition_key=key, run_config=config, raise_on_error=True)
     return ids
