@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from interp.evals import ReconstructionStats, evaluate, evaluate_each, evaluate_layer, spliced
+from interp.evals import ReconstructionStats, evaluate, evaluate_each, evaluate_layer, logits_from, spliced
 from interp.model import load_model, mlp_hooks
 from interp.transcoder import Transcoder, TranscoderConfig
 from tests.conftest import make_tiny_checkpoint
@@ -176,3 +176,24 @@ def test_each_layer_alone_equals_evaluating_it_alone(tiny_model):
             # the same forward passes in the same batches: equal up to float32 summation of the losses
             assert each[layer][key] == pytest.approx(alone[key], rel=1e-5, abs=1e-7), (layer, key)
     assert each[0]["ce_spliced"] != pytest.approx(each[2]["ce_spliced"], rel=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_pass_started_at_a_block_equals_the_whole_pass(tmp_path, arch):
+    """Llama resumes from a block's input (and a splice hook on that block still fires); GPT-2, whose forward adds
+    positions to the embeddings, must not, so it runs whole and gives the same logits too."""
+    model = load_model(make_tiny_checkpoint(str(tmp_path / arch), arch=arch), device="cpu")
+    tokens = _tokens(n_ctx=2, ctx_len=12)
+    d = model.cfg.d_model
+    torch.manual_seed(0)
+    tc = Transcoder(TranscoderConfig(d_in=d, d_sae=32, d_out=d, architecture="topk", k=4))
+    with torch.no_grad():
+        clean, cache = model.run_with_cache(tokens)
+        for layer in range(3):
+            resid = cache[f"blocks.{layer}.hook_resid_pre"]
+            # exact: the same operations on the same inputs, only the blocks before `layer` are skipped
+            assert torch.equal(logits_from(model, tokens, resid, layer), clean)
+            with spliced(model, {layer: tc}):
+                want = model(tokens)
+                got = logits_from(model, tokens, resid, layer)
+            assert torch.equal(got, want) and not torch.equal(got, clean)
