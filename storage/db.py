@@ -40,9 +40,11 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -167,20 +169,29 @@ def _quote(path: str) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
+def _read_config(sandboxed: bool, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    config = {"autoload_known_extensions": False, "autoinstall_known_extensions": False}
+    for name, value in (settings or {}).items():
+        if not _SETTING_NAME.match(name):
+            raise ValueError(f"Not a DuckDB setting name: {name!r}")
+        config[name] = value if isinstance(value, str) else str(value)
+    if sandboxed:
+        config["enable_external_access"] = False
+    return config
+
+
 def _attach_read_only(
     file: str, sandboxed: bool, settings: Mapping[str, Any] | None = None
 ) -> duckdb.DuckDBPyConnection:
-    """A private in-memory instance with `file` attached READ_ONLY as the default catalog `atlas`."""
-    con = duckdb.connect(
-        ":memory:", config={"autoload_known_extensions": False, "autoinstall_known_extensions": False}
-    )
+    """A private in-memory instance with `file` attached READ_ONLY as the default catalog `atlas`.
+
+    Used where a private link cannot be made (a read-only folder) and for the working copy before its first
+    publish. Cursors of this connection start in the in-memory catalog: qualify names or `USE` on them.
+    """
+    con = duckdb.connect(":memory:", config=_read_config(False, settings))
     try:
         con.execute(f"ATTACH {_quote(file)} AS atlas (READ_ONLY)")
         con.execute("USE atlas")
-        for name, value in (settings or {}).items():
-            if not _SETTING_NAME.match(name):
-                raise ValueError(f"Not a DuckDB setting name: {name!r}")
-            con.execute(f"SET {name} = {_quote(value) if isinstance(value, str) else value!r}")
         if sandboxed:
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
@@ -188,6 +199,46 @@ def _attach_read_only(
         con.close()
         raise
     return con
+
+
+def _open_snapshot(snap: Path, sandboxed: bool, settings: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
+    """A read-only connection of its own to the snapshot `snap`.
+
+    DuckDB shares one instance among the connections of a process that open the same path, and refuses a second
+    connection whose settings differ. So each connection opens the snapshot through a private hard link
+    `snapshots/readers/<pid>-<random>/atlas.duckdb` (same file, unique path, catalog still `atlas`), removed when
+    it closes; `snapshots.prune` removes those of dead processes.
+    """
+    folder = snap.parent / "readers" / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    name = f"{snap.stem.rsplit('-', 1)[0]}.duckdb"
+    try:
+        folder.mkdir(parents=True)
+        os.link(snap, folder / name)
+    except FileNotFoundError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    except OSError:  # no write access to the snapshot folder: a private in-memory instance instead
+        shutil.rmtree(folder, ignore_errors=True)
+        return _attach_read_only(str(snap), sandboxed, settings)
+    try:
+        con = duckdb.connect(str(folder / name), read_only=True, config=_read_config(sandboxed, settings))
+        if sandboxed:
+            con.execute("SET lock_configuration = true")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    _links[id(con)] = folder
+    return con
+
+
+_links: dict[int, Path] = {}  # id(connection) -> its private link folder
+
+
+def _close_reader(con: duckdb.DuckDBPyConnection) -> None:
+    con.close()
+    folder = _links.pop(id(con), None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---- the writer lock ----------------------------------------------------------------------------------------
@@ -413,7 +464,7 @@ def reader(
     try:
         yield con
     finally:
-        con.close()
+        _close_reader(con)
 
 
 def _open_reader(path: str, sandboxed: bool, settings: dict[str, Any]) -> duckdb.DuckDBPyConnection:
@@ -435,8 +486,8 @@ def _open_reader(path: str, sandboxed: bool, settings: dict[str, Any]) -> duckdb
                 return _legacy_reader(path, sandboxed, settings)
             continue
         try:
-            return _attach_read_only(str(snap), sandboxed, settings)
-        except duckdb.IOException as e:
+            return _open_snapshot(snap, sandboxed, settings)
+        except (FileNotFoundError, duckdb.IOException) as e:
             if snap.exists():
                 raise _translate(e, str(snap), "open") from e
             # a publish removed it between resolving the link and opening: resolve again

@@ -7,7 +7,8 @@ between them is harmless: `copy(db)` writes the checkpointed working file to a h
 it; `activate(tmp)` renames it to the next number and repoints the link by renaming a new link over the old one
 (one atomic step: a reader resolves either the old or the new snapshot, never a partial file). A snapshot keeps
 the working file's size and modification time, which is how `up_to_date` tells that nothing changed since.
-`prune` keeps the current snapshot and the previous one and deletes the rest with any temporary leftovers.
+`prune` keeps the current snapshot and the previous one and deletes the rest with any temporary leftovers and
+the private reader links (`readers/<pid>-*`, see storage.db) of processes that died.
 """
 
 from __future__ import annotations
@@ -107,4 +108,20 @@ def prune(db: str, keep: int = 2) -> list[Path]:
     for p in folder(db).glob(f".{Path(db).stem}-*.tmp") if folder(db).exists() else []:
         with contextlib.suppress(FileNotFoundError):
             os.remove(p)
+    readers = folder(db) / "readers"
+    for p in readers.iterdir() if readers.exists() else []:
+        if not _alive(int(p.name.split("-")[0]) if p.name.split("-")[0].isdigit() else -1):
+            shutil.rmtree(p, ignore_errors=True)  # a reader that died without closing
     return kept
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

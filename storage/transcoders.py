@@ -1,10 +1,12 @@
 """Trained transcoders: weights on disk (SAELens layout) plus rows in `transcoders`, `training_curves` and
 `transcoder_metrics`, written together.
 
-`save_transcoder` first writes the weight directory atomically (a temp dir renamed onto
-`layout.transcoder_dir(id)`), then replaces the three tables' rows for that id in one transaction, so a failure
-leaves either the previous transcoder or the new one, never a mix. The quality-gate verdict lives in
-`transcoder_metrics.gate_passed / gate_reason`; `gate_status` reads it for downstream assets.
+`save_transcoder` is one write unit (storage.db): it writes the weights to a fresh, claimed folder
+`layout.new_version(layout.transcoder_dir(id))`, then replaces the three tables' rows for that id in one
+transaction whose `weights_path` points to the new folder, then publishes; the previous folder is deleted by the
+sweep once no kept snapshot points to it. A failure or a kill at any point leaves readers either the previous
+transcoder or the new one, never a mix. The quality-gate verdict lives in `transcoder_metrics.gate_passed /
+gate_reason`; `gate_status` reads it for downstream assets.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from interp.transcoder import Transcoder
-from storage import db, layout
+from storage import artifacts, db, layout
 
 METRIC_COLUMNS = (
     "n_eval_tokens",
@@ -56,9 +58,35 @@ def save_transcoder(
 
     `curve` has columns among CURVE_COLUMNS; `metrics` keys among METRIC_COLUMNS (plus optional 'thresholds').
     """
-    path = layout.transcoder_dir(transcoder_id)
-    with layout.atomic_dir(path) as tmp:
+    path = artifacts.claim(layout.new_version(layout.transcoder_dir(transcoder_id)))
+    try:
+        _write_weights(tc, path)
+        db.crash_point("files_written")
+        _record(tc, transcoder_id, path, config, train_tokens, curve, metrics)
+    finally:
+        artifacts.release(path)  # if no row points to it (a failure), the next publish's sweep deletes it
+    return path
+
+
+def _write_weights(tc: Transcoder, path: str) -> None:
+    if not layout.is_remote(path):
+        tc.save(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
         tc.save(tmp)
+        layout.fs_for(path).put(tmp + "/", path, recursive=True)
+
+
+def _record(
+    tc: Transcoder,
+    transcoder_id: str,
+    path: str,
+    config: dict[str, Any],
+    train_tokens: int,
+    curve: pl.DataFrame,
+    metrics: dict[str, Any],
+) -> None:
+    """Replace the three tables' rows of `transcoder_id` in one transaction (weights already at `path`)."""
     cfg = tc.cfg
     row = pl.DataFrame(
         {
@@ -99,7 +127,6 @@ def save_transcoder(
             ("transcoder_metrics", metric_row, {"transcoder_id": transcoder_id}),
         ]
     )
-    return path
 
 
 def list_transcoders(model: str) -> pl.DataFrame:
