@@ -108,6 +108,11 @@ def _lock_timeout() -> float:
     return float(os.environ.get("ATLAS_DB_LOCK_TIMEOUT", "120"))
 
 
+def _writer_threads() -> int:
+    """DuckDB threads of a writer: all cores but one, so the app's readers keep a core during a long write."""
+    return max(1, int(os.environ.get("ATLAS_WRITER_THREADS", (os.cpu_count() or 2) - 1)))
+
+
 def _keep_snapshots() -> int:
     return max(2, int(os.environ.get("ATLAS_SNAPSHOTS_KEEP", "2")))
 
@@ -340,12 +345,12 @@ def deferred() -> Iterator[None]:
     _deferred.depth = depth + 1
     try:
         yield
-    finally:
+    finally:  # what committed is published even when a later write in the block failed
         _deferred.depth = depth
-    if depth == 0 and getattr(_deferred, "pending", None):
-        pending, _deferred.pending = _deferred.pending, set()
-        for path in pending:
-            publish(path)
+        if depth == 0 and getattr(_deferred, "pending", None):
+            pending, _deferred.pending = _deferred.pending, set()
+            for path in pending:
+                publish(path)
 
 
 def _publish_locked(path: str, working: duckdb.DuckDBPyConnection | None = None) -> Path | None:
@@ -411,6 +416,7 @@ def writer(path: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     with _write_lock(path):
         con = _connect_working(path)
         try:
+            con.execute(f"SET threads = {_writer_threads()}")
             migrate(con)
             yield con
         except BaseException:
