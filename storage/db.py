@@ -148,9 +148,10 @@ def _is_lock_error(e: Exception) -> bool:
     return "lock" in msg or "conflicting" in msg or "being used by another process" in msg
 
 
-def _connect_working(path: str) -> duckdb.DuckDBPyConnection:
+def _connect_working(path: str, timeout: float | None = None) -> duckdb.DuckDBPyConnection:
     """A read-write connection to the working copy, retried while another program holds its DuckDB lock."""
-    deadline = time.monotonic() + _lock_timeout()
+    timeout = _lock_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + timeout
     delay = 0.02
     while True:
         try:
@@ -160,7 +161,7 @@ def _connect_working(path: str) -> duckdb.DuckDBPyConnection:
                 raise _translate(e, path, "open") from e
             if time.monotonic() > deadline:
                 raise DatabaseLockedError(
-                    f"The atlas database {path} stayed locked by another process for {_lock_timeout():.0f}s "
+                    f"The atlas database {path} stayed locked by another process for {timeout:.0f}s "
                     f"({e}). Close the other program's connection to it (read snapshots/atlas-current.duckdb "
                     "instead), wait for it to finish, or raise ATLAS_DB_LOCK_TIMEOUT."
                 ) from e
@@ -353,10 +354,12 @@ def deferred() -> Iterator[None]:
                 publish(path)
 
 
-def _publish_locked(path: str, working: duckdb.DuckDBPyConnection | None = None) -> Path | None:
+def _publish_locked(
+    path: str, working: duckdb.DuckDBPyConnection | None = None, timeout: float | None = None
+) -> Path | None:
     """Publish `path` while holding its writer lock; `working` is an open connection to it (closed here)."""
     try:
-        con = working or _connect_working(path)
+        con = working or _connect_working(path, timeout)
         try:
             con.execute("CHECKPOINT")
             referenced = _referenced_files(con)
@@ -374,14 +377,17 @@ def _publish_locked(path: str, working: duckdb.DuckDBPyConnection | None = None)
     except OSError as e:
         raise _translate(e, path, "publish a snapshot of") from e
     if _manages_files(path):
-        for old in kept[1:]:
-            with contextlib.suppress(duckdb.Error, OSError):
+        try:
+            for old in kept[1:]:
                 con = _attach_read_only(str(old), sandboxed=False)
                 try:
                     referenced |= _referenced_files(con)
                 finally:
                     con.close()
-        removed = artifacts.sweep(referenced, path)
+            removed = artifacts.sweep(referenced, path)
+        except (duckdb.Error, OSError) as e:  # published all the same; the next publish sweeps again
+            log.warning("skipped removing unreferenced files under %s: %s", layout.atlas_home(), e)
+            removed = []
         if removed:
             log.info("removed %d unreferenced files under %s", len(removed), layout.atlas_home())
     crash_point("swept")
@@ -405,7 +411,7 @@ def publish(path: str | None = None, *, wait: bool = True) -> Path | None:
     with _write_lock(path, wait=wait) as got:
         if not got:
             return None
-        return _publish_locked(path)
+        return _publish_locked(path, timeout=None if wait else 0.0)
 
 
 @contextlib.contextmanager
