@@ -159,12 +159,18 @@ def test_readers_with_different_settings_share_no_instance(atlas_home):
         with pytest.raises(duckdb.PermissionException):
             console.execute("SELECT * FROM read_csv('/etc/passwd')")
         page.execute("SET threads = 2")  # the page's own instance is not locked
-    # the same file opened outside storage.db with other settings: a clear storage.db error, not DuckDB's
-    snap = str(snapshots.current(layout.db_path()))
-    raw = duckdb.connect(snap, read_only=True)
+    # a notebook in this process holds the new snapshot with other settings: plain reads still work
+    save_version(2)
+    raw = duckdb.connect(str(snapshots.current(layout.db_path())), read_only=True, config={"threads": "1"})
+    try:
+        assert visible_version() == 2
+    finally:
+        raw.close()
+    # ... and holds the working copy: a writer gets a clear storage.db error, not DuckDB's
+    raw = duckdb.connect(layout.db_path(), read_only=True)
     try:
         with pytest.raises(db.DatabaseConfigError, match="other settings"):
-            db._connect_working(snap)
+            save_version(3)
     finally:
         raw.close()
 
