@@ -1,9 +1,10 @@
 """The largest write of the default build, for the concurrent-read test: `feature_edges` with 7.08M rows.
 
-    python -m tests.storage.edges_writer MODEL STOP_FILE BUSY_FILE
+    python -m tests.storage.edges_writer MODEL STOP_FILE BUSY_FILE N_WRITES
 
 Writes the rows through storage.circuits.write_feature_edges (the asset's own call) into the fixture atlas's two
-transcoders, again and again until STOP_FILE exists; BUSY_FILE exists while a write unit holds the writer lock.
+transcoders N_WRITES times (the second replaces the first, as a re-materialization does) or until STOP_FILE
+exists; BUSY_FILE exists while a write unit holds the writer lock.
 Prints one line per write: rows, seconds in the transaction, seconds to publish, snapshot size.
 """
 
@@ -48,10 +49,10 @@ def edge_frames(ids: list[str], seed: int) -> list[pl.DataFrame]:
     return frames
 
 
-def main(model: str, stop: Path, busy: Path) -> None:
+def main(model: str, stop: Path, busy: Path, n_writes: int) -> None:
     ids = db.query("SELECT transcoder_id FROM transcoders WHERE model = ? ORDER BY layer", [model])
     ids = ids["transcoder_id"].to_list()
-    for i in range(100):
+    for i in range(n_writes):
         if stop.exists():
             return
         frames = edge_frames(ids, seed=i)
@@ -71,4 +72,4 @@ def main(model: str, stop: Path, busy: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
