@@ -15,9 +15,12 @@ atlas keeps two kinds of file (paths: storage.layout):
 
   Why publish after every write rather than once per asset: readers in the writing process see their own writes
   (assets read what the previous step wrote), and nothing in `assets/` has to remember to publish. The cost is
-  one file copy per write: measured here, copying and fsyncing a 57 MB file holding 7M edge rows takes 0.04 s
-  next to 1 s to insert them; `tests/storage/test_snapshot_reads.py` prints the publish time of the real
-  `feature_edges` write. At full depth (tens of GB) copies would dominate; then batch writes with `deferred()`.
+  one file copy (copy_file_range + fsync) per write, paid by the writer. Measured on this 2-core machine while
+  other jobs ran (`tests/storage/test_snapshot_reads.py` prints it): the default build's largest write,
+  7.08M `feature_edges` rows, spends 27-32 s in its transaction and 0.8-0.9 s publishing a 598 MB file; a
+  re-write spends 130-140 s in its transaction (the delete, then the insert) and 4-15 s publishing, because
+  DuckDB reuses freed blocks but never shrinks the file (1.96 GB after the second write). At full depth (tens
+  of GB) copies would dominate: group many small writes with `deferred()` (one publish at the end).
 
 One write unit per asset (`transaction`): new files go to a fresh location claimed first (storage.artifacts), the
 rows pointing to them commit in one transaction, the snapshot is published, and only then does the sweep delete
@@ -29,8 +32,8 @@ One connection policy (the app's SQL console and its pages connect concurrently 
 cursors on one shared read-only instance per process and snapshot; a reader with settings or a sandbox (the SQL
 console) gets a DuckDB instance of its own, opened through a private hard link to the snapshot. So connections
 with different settings never share an instance and DuckDB's "same database file with a different
-configuration" cannot happen. Every failure to open a connection or to
-publish raises a subclass of `AtlasDatabaseError` whose message names the problem and what to do.
+configuration" cannot happen. Every failure to open a connection or to publish raises a subclass of
+`AtlasDatabaseError` whose message names the problem and what to do.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ def _load(page: str, params: dict[str, str]) -> tuple[float, list]:
     return seconds, bad
 
 
+@pytest.mark.slow  # about 4 minutes of two busy cores: two 7M-row writes
 def test_pages_stay_fast_while_feature_edges_are_rewritten(atlas_db, tmp_path):
     model, tid = atlas_db["model"], atlas_db["transcoders"][1]
     pages = {
