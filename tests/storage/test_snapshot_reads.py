@@ -59,6 +59,7 @@ def test_pages_stay_fast_while_feature_edges_are_rewritten(atlas_db, tmp_path):
     with open(out, "w") as log:
         writer = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     times: dict[str, list[float]] = {p: [] for p in pages}
+    loads: list[tuple[float, str, bool]] = []  # (seconds, page, writer busy when it started)
     failures, during_write = [], 0
     deadline = time.monotonic() + 400
     try:
@@ -71,6 +72,7 @@ def test_pages_stay_fast_while_feature_edges_are_rewritten(atlas_db, tmp_path):
                 seconds, bad = _load(page, params)
                 during_write += writing and busy.exists()  # the writer held the lock before and after
                 times[page].append(seconds)
+                loads.append((seconds, page, writing))
                 if bad:
                     failures.append((page, bad))
     finally:
@@ -81,6 +83,9 @@ def test_pages_stay_fast_while_feature_edges_are_rewritten(atlas_db, tmp_path):
     for page, ts in times.items():
         print(f"{page:9s} {len(ts):3d} loads  median {statistics.median(ts):.3f} s  max {max(ts):.3f} s")
     print(f"{during_write} loads ran entirely inside a write unit holding the writer lock")
+    print(
+        "slowest:", ", ".join(f"{p} {t:.2f} s{' (writing)' if w else ''}" for t, p, w in sorted(loads)[-5:])
+    )
     assert failures == [], failures
     assert log_text.count("write ") >= 2, log_text[-3000:]
     assert during_write >= 5

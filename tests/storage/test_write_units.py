@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from interp.transcoder import Transcoder, TranscoderConfig
+from storage import activations as act_store
 from storage import artifacts, db, layout, snapshots
 from storage import transcoders as tc_store
 from tests.storage import atlas_files
@@ -195,3 +196,64 @@ def test_database_from_before_snapshots_is_published_on_first_read(atlas_home):
     assert snapshots.current(layout.db_path()) is None
     assert db.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["a"]
     assert snapshots.current(layout.db_path()) is not None
+
+
+# ---- the activations unit: shards in a fresh run folder, then the manifest -----------------------------------
+
+
+def save_shards(version: int) -> None:
+    """Harvest-like write of version `version`: 20 rows of x = y = version in 3 shards, then the manifest."""
+    writer = act_store.ShardWriter("toy", [0], "train", f"run{version}", shard_tokens=8)
+    for start in range(0, 20, 4):
+        x = torch.full((4, 8), float(version))
+        writer.add(0, torch.arange(start, start + 4), torch.zeros(4, dtype=torch.int16), x, x)
+    shards = writer.finish()[0]
+    db.crash_point("files_written")
+    act_store.record_manifest("toy", 0, "train", shards, {"hook_in": "a", "hook_out": "b", "d_model": 8})
+
+
+def visible_shards_version() -> int:
+    """The version of the activations readers see, after checking every listed shard exists and holds it."""
+    paths = act_store.shard_paths("toy", 0, "train")
+    versions = {float(act_store.read_shard(p)["x"].unique().item()) for p in paths}
+    assert len(versions) == 1 and sum(len(act_store.read_shard(p)["x"]) for p in paths) == 20, versions
+    return int(versions.pop())
+
+
+def _killed_shards(version: int, point: str) -> None:
+    code = f"from tests.storage.test_write_units import save_shards; save_shards({version})"
+    env = os.environ | {"ATLAS_TEST_CRASH_AT": point}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == -9, f"expected SIGKILL at {point}: rc {proc.returncode}\n{proc.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize(
+    "point", ["files_written", "in_transaction", "committed", "snapshot_copied", "swept"]
+)
+def test_harvest_killed_at_each_point_leaves_consistent_activations(atlas_home, point):
+    save_shards(1)
+    _killed_shards(2, point)
+    before, after = EXPECTED[point]
+    assert visible_shards_version() == before
+    db.publish()
+    assert visible_shards_version() == after
+    assert atlas_files.orphans(atlas_home) == []
+    save_shards(3)
+    save_shards(4)  # run 2 (if it committed) is now in no kept snapshot: swept
+    assert visible_shards_version() == 4
+    runs = sorted(os.listdir(layout.activation_dir("toy", 0, "train")))
+    assert runs == ["run3", "run4"], runs  # the current run and the one the previous snapshot points to
+
+
+def test_deferred_publishes_once_at_the_end(atlas_home):
+    db.write("vocab", pl.DataFrame({"model": ["m"], "token_id": [0], "token_str": ["a"]}), {"model": "m"})
+    first = db.published_path()
+    with db.deferred():
+        for i in range(3):
+            rows = pl.DataFrame({"model": ["m"], "token_id": [0], "token_str": [f"b{i}"]})
+            db.write("vocab", rows, {"model": "m"})
+        assert db.published_path() == first  # readers still see the last published state
+        assert db.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["a"]
+    assert db.published_path() != first
+    assert db.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["b2"]
+    assert len(snapshots.numbered(layout.db_path())) == 2  # one publish for the block, the previous one kept
