@@ -88,7 +88,7 @@ class DatabaseAccessError(AtlasDatabaseError):
 
 
 class SchemaError(AtlasDatabaseError):
-    pass
+    """The database's schema does not match this code (newer version, unknown column)."""
 
 
 CRASH_POINTS = (
@@ -131,7 +131,7 @@ def _translate(e: Exception, path: str, action: str) -> AtlasDatabaseError:
     if isinstance(e, duckdb.ConnectionException) or "different configuration" in low:
         return DatabaseConfigError(
             f"Cannot {action} {path}: this process already has it open with other settings ({msg}). Open the "
-            "atlas only through storage.db (reader/writer/query), which never shares a DuckDB instance."
+            "atlas only through storage.db (reader/writer/query), whose connections never clash."
         )
     if "not a valid duckdb database" in low or "serializ" in low or "storage version" in low:
         return DatabaseCorruptError(
