@@ -133,6 +133,13 @@ def _translate(e: Exception, path: str, action: str) -> AtlasDatabaseError:
             f"Cannot {action} {path}: this process already has it open with other settings ({msg}). Open the "
             "atlas only through storage.db (reader/writer/query), whose connections never clash."
         )
+    if isinstance(e, duckdb.InvalidInputException | duckdb.ParserException) and (
+        "option" in low or "setting" in low or "must have" in low
+    ):
+        return DatabaseConfigError(
+            f"Cannot {action} {path} with the settings given ({msg}). Check their names and values against "
+            "`SELECT name, description FROM duckdb_settings()`."
+        )
     if "not a valid duckdb database" in low or "serializ" in low or "storage version" in low:
         return DatabaseCorruptError(
             f"Cannot {action} {path}: it is not a DuckDB database this version can read ({msg}). Rebuild it "

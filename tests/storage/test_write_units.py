@@ -184,6 +184,14 @@ def test_connection_errors_are_storage_errors_that_say_what_to_do(atlas_home):
         db.query("SELECT 1")
     with pytest.raises(db.DatabaseCorruptError, match="not a DuckDB database"):
         db.write("vocab", pl.DataFrame({"model": ["m"], "token_id": [0], "token_str": ["a"]}), {"model": "m"})
+    Path(layout.db_path()).unlink()
+    save_version(1)
+    with pytest.raises(db.DatabaseConfigError, match="memory_limt"):
+        with db.reader(sandboxed=True, settings={"memory_limt": "1GB"}):
+            pass
+    with pytest.raises(db.DatabaseConfigError, match="Memory must have a number"):
+        with db.reader(sandboxed=True, settings={"memory_limit": "lots"}):
+            pass
     for cls in (db.DatabaseMissingError, db.DatabaseCorruptError, db.DatabaseLockedError, db.SchemaError):
         assert issubclass(cls, db.AtlasDatabaseError)
 
