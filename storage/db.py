@@ -17,9 +17,9 @@ atlas keeps two kinds of file (paths: storage.layout):
   (assets read what the previous step wrote), and nothing in `assets/` has to remember to publish. The cost is
   one file copy (copy_file_range + fsync) per write, paid by the writer. Measured on this 2-core machine while
   other jobs ran (`tests/storage/test_snapshot_reads.py` prints it): the default build's largest write,
-  7.08M `feature_edges` rows, spends 27-32 s in its transaction and 0.8-0.9 s publishing a 598 MB file; a
-  re-write spends 130-140 s in its transaction (the delete, then the insert) and 4-15 s publishing, because
-  DuckDB reuses freed blocks but never shrinks the file (1.96 GB after the second write). At full depth (tens
+  7.08M `feature_edges` rows, spends 22-42 s in its transaction and 0.6-1.1 s publishing a 598 MB file; a
+  re-write spends 111-142 s in its transaction (the delete, then the insert) and 2-15 s publishing, because
+  DuckDB reuses freed blocks but never shrinks the file (1.2-2.0 GB after the second write). At full depth (tens
   of GB) copies would dominate: group many small writes with `deferred()` (one publish at the end).
 
 One write unit per asset (`transaction`): new files go to a fresh location claimed first (storage.artifacts), the
