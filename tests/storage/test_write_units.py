@@ -192,6 +192,12 @@ def test_connection_errors_are_storage_errors_that_say_what_to_do(atlas_home):
     with pytest.raises(db.DatabaseConfigError, match="Memory must have a number"):
         with db.reader(sandboxed=True, settings={"memory_limit": "lots"}):
             pass
+    not_a_folder = Path(atlas_home) / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(db.DatabaseAccessError, match="writer lock"):
+        db.write(
+            "vocab", pl.DataFrame({"model": ["m"]}), {"model": "m"}, path=str(not_a_folder / "atlas.duckdb")
+        )
     for cls in (db.DatabaseMissingError, db.DatabaseCorruptError, db.DatabaseLockedError, db.SchemaError):
         assert issubclass(cls, db.AtlasDatabaseError)
 
