@@ -3,7 +3,9 @@
 Partitioned by layer; a range of partitions runs as ONE run (single-run backfill), so
 `dagster asset materialize --select activations --partition-range 0...11` runs the model once for all layers,
 stopping after the highest. Shards go to a fresh run folder; the manifest is swapped in one transaction once every
-shard exists, then older run folders are deleted, so a failure leaves the previous activations usable.
+shard exists, and storage's sweep deletes older run folders once no published snapshot points to them, so a
+failure leaves the previous activations usable. Optional: `transcoders` and `features` stream from forward passes
+by default; shards serve re-training a layer from stored activations (`source: shards`).
 """
 
 import resource
@@ -69,17 +71,6 @@ def _harvest_split(
     return n_tok, seconds, shards
 
 
-def _remove_old_runs(layers: list[int], keep: str) -> None:
-    for layer in layers:
-        for split in ("train", "eval"):
-            folder = layout.activation_dir(settings.model_name(), layer, split)
-            fs = layout.fs_for(folder)
-            if fs.exists(folder):
-                for entry in fs.ls(folder, detail=False):
-                    if not entry.rstrip("/").endswith(keep):
-                        fs.rm(entry, recursive=True)
-
-
 @dg.asset(
     partitions_def=settings.layer_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -103,7 +94,6 @@ def activations(context: dg.AssetExecutionContext, config: ActivationsConfig) ->
         context.log.info(
             f"harvested {n_tok} {split} tokens x {len(layers)} layers at {n_tok / seconds:.0f} tok/s"
         )
-    _remove_old_runs(layers, keep=run)
     n_bytes = sum(
         layout.fs_for(s.path).size(s.path) for _, _, sh in stats.values() for ls in sh.values() for s in ls
     )

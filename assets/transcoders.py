@@ -299,8 +299,8 @@ def transcoders(context: dg.AssetExecutionContext, config: TranscoderTrainConfig
                 "goal_misses": "; ".join(misses),
                 "thresholds": thresholds.asdict(),
             },
+            make_current=True,
         )
-        tc_store.set_current(settings.model_name(), layer, tid)
         verdict = "passed" if passed else "FAILED: " + reason
         (context.log.info if passed else context.log.warning)(
             f"L{layer} {tid}: gate {verdict}; goals missed: {misses or 'none'}"

@@ -2,8 +2,10 @@
 
 x and y are stored as float16 fixed-size lists (`Array(Float16, d_model)` in polars/DuckDB terms); fp16 halves
 disk and I/O against fp32 and keeps ~3 significant digits, well below transcoder reconstruction error. Shards are
-written atomically (temp name, then rename) and the manifest rows for a (model, layer) are replaced in one
-transaction after all its shards exist, so a failed harvest never leaves a manifest pointing at missing files.
+written atomically (temp name, then rename) into a fresh run folder that the ShardWriter claims
+(storage.artifacts) until `record_manifest` commits the manifest rows of its (model, layer, split) in one
+transaction, after all its shards exist; so a failed harvest never leaves a manifest pointing at missing files,
+and the previous run's shards are deleted by the sweep only once no kept snapshot lists them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from storage import db, layout
+from storage import artifacts, db, layout
 
 STORAGE_DTYPE = "float16"
 
@@ -69,6 +71,8 @@ class ShardWriter:
         self.pending: dict[int, list] = {layer: [] for layer in layers}
         self.futures: dict[int, list[Future]] = {layer: [] for layer in layers}
         self.pool = ThreadPoolExecutor(max_workers=1)
+        for layer in layers:  # no sweep may delete the run's shards before their manifest commits
+            artifacts.claim(run_dir(model, layer, split, run))
 
     def add(self, layer: int, context_id, position, x, y) -> None:
         self.pending[layer].append((context_id, position, x, y))
@@ -88,6 +92,11 @@ class ShardWriter:
             self._flush(layer)
         self.pool.shutdown(wait=True)
         return {layer: [f.result() for f in futs] for layer, futs in self.futures.items()}
+
+
+def run_dir(model: str, layer: int, split: str, run: str) -> str:
+    """The folder of one harvest run's shards for (model, layer, split)."""
+    return layout.join(layout.activation_dir(model, layer, split), run)
 
 
 def read_shard(path: str, columns: tuple[str, ...] = ("x", "y"), dtype: torch.dtype = torch.float32):
@@ -130,6 +139,8 @@ def record_manifest(model: str, layer: int, split: str, shards: list[Shard], met
         schema_overrides={"n_tokens": pl.Int64, "layer": pl.Int32, "shard": pl.Int32},
     ).with_columns(created_at=db.now())
     db.write("activation_shards", rows, {"model": model, "layer": layer, "split": split})
+    for folder in {s.path.rsplit("/", 1)[0] for s in shards}:
+        artifacts.release(folder)  # its rows are committed: the manifest now keeps it
 
 
 def clear_manifest(model: str, layer: int, split: str) -> None:

@@ -1,7 +1,8 @@
 """Circuits in the database: input-invariant `feature_edges`, and attribution `graphs` with their `graph_nodes` and
 `graph_edges`. The one place that turns interp.edges / interp.attribution objects into rows and back.
 
-Writes are delete-then-insert in one transaction: `write_feature_edges` replaces every edge into the model's
+Writes are delete-then-insert in one write unit (storage.db.transaction: one transaction, then a published
+snapshot): `write_feature_edges` replaces every edge into the model's
 transcoders (old transcoder ids of the model included), `write_graph` replaces one graph's three tables' rows.
 Graph ids are stable: a hash of (model, prompt, target), so re-running a configured prompt replaces its graph.
 Reads live in storage.queries (feature cards' upstream/downstream, `graph()`).
@@ -75,19 +76,13 @@ def write_feature_edges(model: str, frames: Iterable[pl.DataFrame], transcoder_i
     frames = list(frames)
     rows = pl.concat(frames) if frames else pl.DataFrame()
     ids = sorted(set(transcoder_ids))
-    with db.writer() as con:
-        con.execute("BEGIN")
-        try:
-            con.execute(
-                "DELETE FROM feature_edges WHERE dst_transcoder_id IN "
-                "(SELECT transcoder_id FROM transcoders WHERE model = ?)",
-                [model],
-            )
-            n = db.replace_rows(con, "feature_edges", rows, {"dst_transcoder_id": ids})
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
+    with db.transaction() as con:
+        con.execute(
+            "DELETE FROM feature_edges WHERE dst_transcoder_id IN "
+            "(SELECT transcoder_id FROM transcoders WHERE model = ?)",
+            [model],
+        )
+        n = db.replace_rows(con, "feature_edges", rows, {"dst_transcoder_id": ids})
     return n
 
 
@@ -167,14 +162,10 @@ def write_graph(
 def delete_graphs_except(model: str, keep: Iterable[str]) -> None:
     """Remove `model`'s graphs not in `keep` (prompts dropped from the config), with their nodes and edges."""
     keep = list(keep)
-    with db.writer() as con:
-        con.execute("BEGIN")
-        stale = (
-            "SELECT graph_id FROM graphs WHERE model = ? AND graph_id NOT IN (SELECT unnest(?::VARCHAR[]))"
-        )
+    stale = "SELECT graph_id FROM graphs WHERE model = ? AND graph_id NOT IN (SELECT unnest(?::VARCHAR[]))"
+    with db.transaction() as con:
         for table in ("graph_edges", "graph_nodes", "graphs"):
             con.execute(f"DELETE FROM {table} WHERE graph_id IN ({stale})", [model, keep])
-        con.execute("COMMIT")
 
 
 def bookkeeping_residuals(model: str) -> pl.DataFrame:

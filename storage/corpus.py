@@ -12,15 +12,9 @@ from storage import db
 
 def write_contexts(rows: pl.DataFrame) -> int:
     """Replace all contexts (they are a function of corpus + tokenizer, so the table is rebuilt whole)."""
-    with db.writer() as con:
-        con.execute("BEGIN")
-        try:
-            con.execute("DELETE FROM contexts")
-            db.replace_rows(con, "contexts", rows, {})
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
+    with db.transaction() as con:
+        con.execute("DELETE FROM contexts")
+        db.replace_rows(con, "contexts", rows, {})
     return rows.height
 
 

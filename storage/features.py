@@ -10,6 +10,8 @@ asset check).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -228,13 +230,20 @@ _VOCAB_CACHE: dict[tuple[str, str], dict[int, str]] = {}
 
 def _token_strings(con, model: str) -> dict[int, str]:
     """Token strings of `model` (a tokenizer's vocabulary never changes under one model name: cached per process
-    and database file)."""
+    and database file; a file is known by its inode, since every reader opens a snapshot through its own link)."""
     path = con.execute(
         "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
     ).fetchone()
-    key = (str(path[0] if path else ""), model)
+    try:
+        st = os.stat(path[0])
+        file = f"{st.st_dev}:{st.st_ino}"
+    except (TypeError, OSError):
+        file = str(path[0] if path else "")
+    key = (file, model)
     if key not in _VOCAB_CACHE:
         rows = con.execute("SELECT token_id, token_str FROM vocab WHERE model = ?", [model]).fetchall()
+        while len(_VOCAB_CACHE) >= 8:  # snapshots replace each other: keep the recent ones
+            _VOCAB_CACHE.pop(next(iter(_VOCAB_CACHE)))
         _VOCAB_CACHE[key] = dict(rows)
     return _VOCAB_CACHE[key]
 

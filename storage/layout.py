@@ -4,13 +4,22 @@ $ATLAS_HOME (default ./data) may be a local folder or an fsspec URL (s3://bucket
 file itself must be local (DuckDB needs a real file lock); large tensors may live anywhere fsspec reaches.
 
     $ATLAS_HOME/
-      atlas.duckdb                         the feature database (SQL contract: storage/schema.py)
+      atlas.duckdb                         the working copy of the feature database; only writers open it
+      atlas.duckdb.lock                    the writer lock (storage.db)
+      snapshots/atlas-000042.duckdb        published read-only copies (current + previous), for readers
+      snapshots/atlas-current.duckdb       symlink to the current snapshot (point raw DuckDB users here)
+      claims/                              locks on files being written (storage.artifacts)
       models/<model>/                      converted HF checkpoint of the embedded default
       corpora/<name>/                      fetched public-domain text
       activations/<model>/L<layer>/<split>/<run>/shard-00000.parquet   (one folder per harvest run)
-      transcoders/<transcoder_id>/         cfg.json + sae_weights.safetensors (SAELens layout)
+      transcoders/<transcoder_id>/<version>/   cfg.json + sae_weights.safetensors (SAELens layout), one folder
+                                           per save, so a new save never overwrites the files rows point to
       checkpoints/<transcoder_id>/         resumable training state
       exports/                             Neuronpedia / circuit-tracer JSON
+
+Files under the managed roots (activations/, transcoders/) belong to the database: once no table row of the
+working copy or of a kept snapshot points to them (and no running writer claims them), `storage.db.publish`
+deletes them. Put nothing else there.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import contextlib
 import os
 import re
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +81,16 @@ def activation_dir(model: str, layer: int, split: str) -> str:
 
 def transcoder_dir(transcoder_id: str) -> str:
     return join(atlas_home(), "transcoders", safe_name(transcoder_id))
+
+
+def new_version(path: str) -> str:
+    """A fresh folder under `path` for one save (UTC time + random suffix, so versions sort by time)."""
+    return join(path, time.strftime("v%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8])
+
+
+def managed_roots() -> list[str]:
+    """Folders whose files exist only because a table row points to them (storage.artifacts sweeps them)."""
+    return [join(atlas_home(), "transcoders"), join(atlas_home(), "activations")]
 
 
 def checkpoint_dir(transcoder_id: str) -> str:

@@ -1,10 +1,12 @@
 """Trained transcoders: weights on disk (SAELens layout) plus rows in `transcoders`, `training_curves` and
 `transcoder_metrics`, written together.
 
-`save_transcoder` first writes the weight directory atomically (a temp dir renamed onto
-`layout.transcoder_dir(id)`), then replaces the three tables' rows for that id in one transaction, so a failure
-leaves either the previous transcoder or the new one, never a mix. The quality-gate verdict lives in
-`transcoder_metrics.gate_passed / gate_reason`; `gate_status` reads it for downstream assets.
+`save_transcoder` is one write unit (storage.db): it writes the weights to a fresh, claimed folder
+`layout.new_version(layout.transcoder_dir(id))`, then replaces the three tables' rows for that id in one
+transaction whose `weights_path` points to the new folder, then publishes; the previous folder is deleted by the
+sweep once no kept snapshot points to it. A failure or a kill at any point leaves readers either the previous
+transcoder or the new one, never a mix. The quality-gate verdict lives in `transcoder_metrics.gate_passed /
+gate_reason`; `gate_status` reads it for downstream assets.
 
 Versions: a transcoder id ends in a short hash of everything that determines its weights (training config, layer,
 data sample), so re-training with another k, skip setting, budget or seed adds a version beside the old one
@@ -23,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from interp.transcoder import Transcoder
-from storage import db, layout
+from storage import artifacts, db, layout
 
 METRIC_COLUMNS = (
     "n_eval_tokens",
@@ -71,14 +73,44 @@ def save_transcoder(
     train_tokens: int,
     curve: pl.DataFrame,
     metrics: dict[str, Any],
+    make_current: bool = False,
 ) -> str:
     """Write the weights and the three tables' rows for `transcoder_id`; returns the weights directory.
 
     `curve` has columns among CURVE_COLUMNS; `metrics` keys among METRIC_COLUMNS (plus optional 'thresholds').
+    make_current: the same transaction makes it the version its layer serves (`current_transcoders`).
     """
-    path = layout.transcoder_dir(transcoder_id)
-    with layout.atomic_dir(path) as tmp:
+    path = artifacts.claim(layout.new_version(layout.transcoder_dir(transcoder_id)))
+    try:
+        _write_weights(tc, path)
+        db.crash_point("files_written")
+        _record(tc, transcoder_id, path, config, train_tokens, curve, metrics, make_current)
+    finally:
+        artifacts.release(path)  # if no row points to it (a failure), the next publish's sweep deletes it
+    return path
+
+
+def _write_weights(tc: Transcoder, path: str) -> None:
+    if not layout.is_remote(path):
+        tc.save(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
         tc.save(tmp)
+        layout.fs_for(path).put(tmp + "/", path, recursive=True)
+
+
+def _record(
+    tc: Transcoder,
+    transcoder_id: str,
+    path: str,
+    config: dict[str, Any],
+    train_tokens: int,
+    curve: pl.DataFrame,
+    metrics: dict[str, Any],
+    make_current: bool,
+) -> None:
+    """Replace the three tables' rows of `transcoder_id` (and, make_current, its layer's `current_transcoders` row)
+    in one transaction (weights already at `path`)."""
     cfg = tc.cfg
     row = pl.DataFrame(
         {
@@ -113,14 +145,22 @@ def save_transcoder(
     curve = curve.select([c for c in CURVE_COLUMNS if c in curve.columns]).with_columns(
         transcoder_id=pl.lit(transcoder_id)
     )
-    db.write_many(
-        [
-            ("transcoders", row, {"transcoder_id": transcoder_id}),
-            ("training_curves", curve, {"transcoder_id": transcoder_id}),
-            ("transcoder_metrics", metric_row, {"transcoder_id": transcoder_id}),
-        ]
-    )
-    return path
+    writes = [
+        ("transcoders", row, {"transcoder_id": transcoder_id}),
+        ("training_curves", curve, {"transcoder_id": transcoder_id}),
+        ("transcoder_metrics", metric_row, {"transcoder_id": transcoder_id}),
+    ]
+    if make_current:
+        writes.append(_current_write(cfg.model_name, cfg.layer, transcoder_id))
+    db.write_many(writes)
+
+
+def _current_write(model: str, layer: int, transcoder_id: str) -> tuple[str, pl.DataFrame, dict]:
+    frame = pl.DataFrame(
+        {"model": [model], "layer": [layer], "transcoder_id": [transcoder_id]},
+        schema_overrides={"layer": pl.Int32},
+    ).with_columns(chosen_at=db.now())
+    return "current_transcoders", frame, {"model": model, "layer": layer}
 
 
 def set_current(model: str, layer: int, transcoder_id: str) -> None:
@@ -130,11 +170,7 @@ def set_current(model: str, layer: int, transcoder_id: str) -> None:
         raise ValueError(
             f"Transcoder {transcoder_id!r} imitates {row['model']} layer {row['layer']}, not {model} layer {layer}."
         )
-    frame = pl.DataFrame(
-        {"model": [model], "layer": [layer], "transcoder_id": [transcoder_id]},
-        schema_overrides={"layer": pl.Int32},
-    ).with_columns(chosen_at=db.now())
-    db.write("current_transcoders", frame, {"model": model, "layer": layer})
+    db.write_many([_current_write(model, layer, transcoder_id)])
 
 
 # The version each (model, layer) serves: its `current_transcoders` row, else its newest transcoder.

@@ -67,7 +67,7 @@ con.close()
 """
 
 
-def test_locked_database_is_retried_then_reported(atlas_home, monkeypatch):
+def test_raw_lock_on_working_copy_blocks_writers_with_a_clear_error_but_not_readers(atlas_home, monkeypatch):
     db.write("vocab", _vocab(["a"]), {"model": "m"})
     monkeypatch.setenv("ATLAS_DB_LOCK_TIMEOUT", "0.5")
     holder = subprocess.Popen(
@@ -78,11 +78,38 @@ def test_locked_database_is_retried_then_reported(atlas_home, monkeypatch):
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
+        assert db.query("SELECT count(*) n FROM vocab")["n"][0] == 1  # readers use the published snapshot
         with pytest.raises(db.DatabaseLockedError, match="stayed locked by another process"):
-            db.query("SELECT 1")
+            db.write("vocab", _vocab(["a", "b"]), {"model": "m"})
     finally:
         holder.communicate("release\n", timeout=60)
-    assert db.query("SELECT count(*) n FROM vocab")["n"][0] == 1  # usable again once released
+    db.write("vocab", _vocab(["a", "b"]), {"model": "m"})  # usable again once released
+    assert db.query("SELECT count(*) n FROM vocab")["n"][0] == 2
+
+
+HOLD_WRITER = """
+import sys
+from storage import db
+with db.writer() as con:
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_second_writer_waits_then_names_the_holder(atlas_home, monkeypatch):
+    db.write("vocab", _vocab(["a"]), {"model": "m"})
+    monkeypatch.setenv("ATLAS_DB_LOCK_TIMEOUT", "0.5")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(db.DatabaseLockedError, match=f"another writer \\(pid {holder.pid} since"):
+            db.write("vocab", _vocab(["x"]), {"model": "m"})
+        assert db.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["a"]
+    finally:
+        holder.communicate("release\n", timeout=60)
+    assert isinstance(db.DatabaseLockedError("x"), db.AtlasDatabaseError)
 
 
 def test_sandboxed_reader_blocks_files(atlas_home):
