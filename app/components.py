@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import logging
 import math
-import os
 import re
 from collections.abc import Callable
 from urllib.parse import quote
@@ -188,9 +187,12 @@ def _transcoders(path: str, version: tuple[float, ...]) -> pl.DataFrame:
     return queries.transcoders()
 
 
-def db_version(path: str) -> tuple[float, ...]:
-    """Modification times of the database and its WAL: a write anywhere invalidates the cached table."""
-    return tuple(os.path.getmtime(p) if os.path.exists(p) else 0.0 for p in (path, path + ".wal"))
+def db_version(path: str) -> str:
+    """The snapshot readers see (storage.db publishes each committed write under a new name): a cache keyed on it
+    refreshes when a write is published, not when the working copy changes."""
+    from storage import db
+
+    return str(db.published_path(path))
 
 
 def friendly_error(e: BaseException) -> str:

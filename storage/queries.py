@@ -1,6 +1,6 @@
 """The read API of the Streamlit app: every query a page runs lives here, plus the sandboxed SQL console.
 
-Each function opens one short read-only connection (storage.db.reader, retried while a writer holds the file),
+Each function opens one short read-only connection to the published snapshot (storage.db.reader, never waiting for a writer),
 runs its queries and returns plain Python or polars frames, so pages never hold a connection while rendering
 and keep serving while Dagster materializes into the same file. Token strings come back raw: the app escapes
 them when it renders (app/components.py).
