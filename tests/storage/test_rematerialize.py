@@ -34,7 +34,11 @@ def _build() -> None:
     for layer in LAYERS:
         run = {"ops": {"transcoders": {"config": TRAIN}}}
         assert dg.materialize([tc_assets.transcoders], partition_key=layer, run_config=run).success
-        mine = {"ops": {"features": {"config": {"n_top": 4, "window": 6, "window_left": 3}}}}
+        mine = {
+            "ops": {
+                "features": {"config": {"n_top": 4, "window": 6, "window_left": 3, "mining_contexts": 16}}
+            }
+        }
         assets = [feature_assets.features, feature_assets.feature_tokens]
         assert dg.materialize(assets, partition_key=layer, run_config=mine).success
     graphs = {"graphs": [{"prompt": "the cat sat", "target": 'logit:" "'}], "n_paths": 4, "n_steps": 2}
