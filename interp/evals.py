@@ -194,6 +194,13 @@ def _nll(logp: Tensor, tokens: Tensor) -> Tensor:  # -> [b, p-1]
     return -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
 
+def _check_tokens(tokens: Tensor) -> None:
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        raise ValueError(
+            f"Evaluation needs [n_ctx >= 1, ctx_len >= 2] tokens, got shape {tuple(tokens.shape)}."
+        )
+
+
 def ce_recovered(ce_clean: float, ce_spliced: float, ce_ablated: float) -> float:
     denom = ce_ablated - ce_clean
     return float("nan") if abs(denom) < 1e-9 else (ce_ablated - ce_spliced) / denom
@@ -215,10 +222,7 @@ def evaluate(
     'layers': {L: {'l0', 'fvu', 'mse', 'dead_frac', 'dense_frac', 'n_eval_tokens'}}}. Reconstruction uses each
     layer's clean x, y (the transcoder alone), the losses use the spliced model.
     """
-    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
-        raise ValueError(
-            f"Evaluation needs [n_ctx >= 1, ctx_len >= 2] tokens, got shape {tuple(tokens.shape)}."
-        )
+    _check_tokens(tokens)
     layers = sorted(transcoders)
     device = next(iter(transcoders.values())).W_enc.device
     stats = {layer: ReconstructionStats(transcoders[layer].d_sae) for layer in layers}
@@ -276,10 +280,7 @@ def evaluate_each(
 ) -> dict[int, dict]:
     """Each layer's transcoder spliced ALONE: {layer: the flat metric dict of `transcoder_metrics`}, sharing one
     clean forward pass (reconstruction metrics of every layer and the clean loss) per batch."""
-    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
-        raise ValueError(
-            f"Evaluation needs [n_ctx >= 1, ctx_len >= 2] tokens, got shape {tuple(tokens.shape)}."
-        )
+    _check_tokens(tokens)
     layers = sorted(transcoders)
     massive = massive or {}
     device = next(iter(transcoders.values())).W_enc.device
