@@ -16,6 +16,7 @@ from collections import defaultdict
 from typing import Any
 
 from storage import layout, queries
+from storage.circuits import SCORES
 
 SCHEMA_VERSION = 1
 
@@ -55,7 +56,7 @@ def graph_json(gid: str, token_strs: list[str] | None = None) -> dict[str, Any]:
         return None  # bias, pruned
 
     # fold attention nodes into direct links: an attention node's only out-link goes to the node it feeds
-    feeds = {n: n.split("|", 1)[1] for n, r in rows.items() if r["kind"] == "attn"}
+    feeds = {n: r["feeds"] for n, r in rows.items() if r["kind"] == "attn"}
 
     def sink(node_id: str) -> str:
         while node_id in feeds:
@@ -108,12 +109,14 @@ def graph_json(gid: str, token_strs: list[str] | None = None) -> dict[str, Any]:
             "transcoder_list": sorted(set(cfg.get("transcoder_ids", {}).values())),
             "prompt_tokens": token_strs,
             "prompt": meta["prompt"],
-            "node_threshold": None,
+            "node_threshold": cfg.get("node_threshold"),
             "schema_version": SCHEMA_VERSION,
             "info": {
                 "target": meta["target"],
                 "target_value": meta["target_value"],
                 "target_node": target["label"],
+                "edge_threshold": cfg.get("edge_threshold"),
+                **{name: meta.get(name) for name in (*SCORES, "n_nodes", "n_edges")},
             },
         },
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
