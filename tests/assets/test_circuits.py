@@ -89,7 +89,9 @@ def test_attribution_graphs_asset_stores_balanced_graphs_and_exports(atlas, tiny
     assert all(c.passed for c in check.get_asset_check_evaluations())
     for gid in graphs["graph_id"]:
         path = layout.join(layout.exports_dir(), f"graph-{gid}.json")
-        assert os.path.exists(path) and json.load(open(path))["metadata"]["slug"] == gid
+        assert os.path.exists(path) and json.load(open(path))["metadata"]["slug"] == f"graph-{gid}"
+    index = json.load(open(layout.join(layout.exports_dir(), "graph-metadata.json")))["graphs"]
+    assert {g["slug"] for g in index} == {f"graph-{gid}" for gid in graphs["graph_id"]}
     # the logit target's value is the model's own logit difference
     logit_graph = graphs.filter(pl.col("target").str.starts_with("logit"))
     toks = torch.tensor(
