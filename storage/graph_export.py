@@ -120,7 +120,9 @@ def graph_json(gid: str, token_strs: list[str] | None = None) -> dict[str, Any]:
             if is_logit
             else _js_id(kind, r["layer"], r["feature"], pos),
             "clerp": r["label"] or "",
-            "influence": r["influence"],
+            # circuit-tracer's `influence` is the node's cumulative influence (its viewer prunes on it)
+            "influence": r["cumulative_influence"],
+            "attribution": r["influence"],  # ours: signed attribution to the target
             "activation": r["activation"],
         }
     return {
