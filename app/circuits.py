@@ -33,8 +33,9 @@ ALWAYS = ("target", "embed")  # kept at every pruning threshold, as circuit-trac
 
 
 def plot_text(text: object) -> str:
-    """`text` safe for Plotly's text and hover (which render <b>, <br>, <a>...): tags become plain text."""
-    return html.escape(str(text), quote=True)
+    """`text` safe for Plotly's text and hover (which render <b>, <br>, <a>...): tags become plain text. Plotly
+    decodes &lt;, &gt; and &amp; but shows other entities as typed; quotes outside a tag are plain text."""
+    return html.escape(str(text), quote=False)
 
 
 def node_text(n: dict) -> str:
@@ -63,7 +64,7 @@ def prune_rows(nodes: pl.DataFrame, edges: pl.DataFrame, threshold: float, leave
 
 
 def layout_xy(rows: list[dict], edges: pl.DataFrame) -> tuple[dict[str, tuple[float, float]], list, list]:
-    """(node id -> (x, y), column positions, row names): column = token position, row = 0 for embeddings,
+    """(node id -> (x, y), [(token position, column centre x)], row names): row = 0 for embeddings,
     1 + layer for layered nodes, the top row for the target; a cell's nodes spread across its column."""
     top = 2 + max((n["layer"] for n in rows if n["layer"] is not None and n["kind"] != "target"), default=0)
     pos = {n["node_id"]: n["position"] for n in rows}
@@ -82,12 +83,17 @@ def layout_xy(rows: list[dict], edges: pl.DataFrame) -> tuple[dict[str, tuple[fl
     cells: dict[tuple[int, int], list[str]] = defaultdict(list)
     for n in sorted(rows, key=lambda n: (n["kind"], n["feature"] or 0)):
         cells[(row(n), column[pos[n["node_id"]]])].append(n["node_id"])
+    # a column is as wide as its most crowded cell (one unit per node), so labels in a cell do not overlap
+    width = [1] * len(columns)
+    for (_, c), members in cells.items():
+        width[c] = max(width[c], len(members))
+    left = [sum(width[:c]) for c in range(len(columns))]
     xy = {}
     for (r, c), members in cells.items():
         for i, node_id in enumerate(members):
-            xy[node_id] = (c + 0.8 * ((i + 1) / (len(members) + 1) - 0.5), float(r))
+            xy[node_id] = (left[c] + width[c] * (i + 1) / (len(members) + 1), float(r))
     names = ["emb", *[f"L{i}" for i in range(top - 1)], "out"]
-    return xy, columns, names
+    return xy, [(p, left[c] + width[c] / 2) for p, c in column.items()], names
 
 
 def graph_figure(nodes: pl.DataFrame, edges: pl.DataFrame, token_strs: list[str]) -> go.Figure:
@@ -139,7 +145,7 @@ def graph_figure(nodes: pl.DataFrame, edges: pl.DataFrame, token_strs: list[str]
                 y=[xy[n["node_id"]][1] for n in members],
                 mode="markers+text" if kind in ("feature", "target", "error") else "markers",
                 text=[plot_text(node_text(n)) for n in members],
-                textposition="top center",
+                textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(members))],
                 textfont={"size": 12},
                 marker={
                     "color": color,
@@ -154,7 +160,7 @@ def graph_figure(nodes: pl.DataFrame, edges: pl.DataFrame, token_strs: list[str]
             )
         )
     ticks = [
-        plot_text(show_token(token_strs[p])) if 0 <= p < len(token_strs) else f"pos {p}" for p in columns
+        plot_text(show_token(token_strs[p])) if 0 <= p < len(token_strs) else f"pos {p}" for p, _ in columns
     ]
     fig.update_layout(
         width=WIDTH,
@@ -166,9 +172,11 @@ def graph_figure(nodes: pl.DataFrame, edges: pl.DataFrame, token_strs: list[str]
         clickmode="event+select",
         xaxis={
             "tickmode": "array",
-            "tickvals": list(range(len(columns))),
+            "tickvals": [x for _, x in columns],
             "ticktext": ticks,
             "tickfont": {"size": 13},
+            "showgrid": False,
+            "zeroline": False,
         },
         yaxis={
             "tickmode": "array",
