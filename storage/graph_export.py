@@ -71,7 +71,8 @@ def graph_json(gid: str, token_strs: list[str] | None = None) -> dict[str, Any]:
         return None  # bias, pruned
 
     # fold attention nodes into direct links: an attention node's only out-link goes to the node it feeds
-    feeds = {n: r["feeds"] for n, r in rows.items() if r["kind"] == "attn"}
+    # (graphs stored before `feeds` existed have none: their attention nodes' links are left out)
+    feeds = {n: r["feeds"] for n, r in rows.items() if r["kind"] == "attn" and r["feeds"] in rows}
 
     def sink(node_id: str) -> str:
         while node_id in feeds:
@@ -81,7 +82,7 @@ def graph_json(gid: str, token_strs: list[str] | None = None) -> dict[str, Any]:
     links: dict[tuple[str, str], float] = defaultdict(float)
     for e in edges.iter_rows(named=True):
         src, dst = e["src_node"], sink(e["dst_node"])
-        if src in feeds or export_id(src) is None:
+        if src in feeds or export_id(src) is None or export_id(dst) is None:
             continue
         links[(export_id(src), export_id(dst))] += e["weight"]
     out_nodes: dict[str, dict[str, Any]] = {}
