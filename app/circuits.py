@@ -1,27 +1,41 @@
-"""Views of a stored attribution graph: an SVG (token positions left to right, layers bottom to top) and its
-top paths (interp.attribution's own path search, run on the stored rows).
+"""Views of a stored attribution graph: an interactive Plotly figure and its top paths (interp.attribution's own
+path search, run on the stored rows).
 
-Feature nodes are links to their cards; every label and tooltip is escaped. Edge width is |weight| relative to
-the largest edge, blue for positive and red for negative contributions.
+The figure puts token positions left to right and layers bottom to top (embeddings at the bottom, the target on
+top); nodes of one (layer, position) cell sit side by side. One trace per node kind gives the legend; error nodes
+are grey crosses, visibly unlike features. Marker size is |influence|; hover shows the label, value, influence and
+cumulative influence. Edges are blue (positive) or red (negative), in three widths by |weight|. `prune_rows` is the
+pruning slider's filter: nodes holding the top τ of the normalized influence (circuit-tracer's node threshold).
+Every string that reaches the figure is HTML-escaped (Plotly renders a subset of HTML in text and hover).
 """
 
 from __future__ import annotations
 
+import html
 from collections import defaultdict
 
+import plotly.graph_objects as go
 import polars as pl
 
-from app.components import card_url, esc, show_token
+from app.components import show_token
 from interp.attribution import AttributionGraph, GraphNode
 
-CELL_W, NODE_W, ROW_H, PAD, R_MAX = 130, 44, 72, 40, 14
-COLORS = {
-    "feature": "#f28e2b",
-    "attn": "#59a14f",
-    "embed": "#4e79a7",
-    "target": "#b07aa1",
-    "error": "#9c9c9c",
+WIDTH, ROW_H, MIN_H = 1400, 46, 420  # figure size: readable at 1,400 px
+STYLE = {  # kind -> (legend name, colour, marker symbol)
+    "target": ("target", "#b07aa1", "star"),
+    "feature": ("feature (click: card)", "#f28e2b", "circle"),
+    "attn": ("attention head", "#59a14f", "diamond"),
+    "embed": ("token embedding", "#4e79a7", "square"),
+    "error": ("error (not explained)", "#7f7f7f", "x"),
+    "other": ("bias / skip / pruned remainder", "#c7c7c7", "triangle-up"),
 }
+ALWAYS = ("target", "embed")  # kept at every pruning threshold, as circuit-tracer keeps tokens and logits
+
+
+def plot_text(text: object) -> str:
+    """`text` safe for Plotly's text and hover (which render <b>, <br>, <a>...): tags become plain text. Plotly
+    decodes &lt;, &gt; and &amp; but shows other entities as typed; quotes outside a tag are plain text."""
+    return html.escape(str(text), quote=False)
 
 
 def node_text(n: dict) -> str:
@@ -34,23 +48,144 @@ def node_text(n: dict) -> str:
         return show_token(n["token_str"] if n["token_str"] is not None else str(n["feature"]))
     if n["kind"] == "target":
         return n["label"] or "target"
-    return {"error": "err"}.get(
-        n["kind"], n["kind"]
-    )  # error, bias, skip, pruned: the tooltip has the details
+    return {"error": "err"}.get(n["kind"], n["kind"])  # error, bias, skip, pruned: the hover has the details
 
 
-def _rows(nodes: list[dict]) -> dict[str, int]:
-    """Row of each node: 0 = embeddings, 1 + layer for layered nodes, top row = target."""
-    top = 2 + max((n["layer"] for n in nodes if n["layer"] is not None), default=0)
-    out = {}
-    for n in nodes:
+def prune_rows(nodes: pl.DataFrame, edges: pl.DataFrame, threshold: float, leaves: bool = False):
+    """(nodes, edges) kept at node threshold `threshold`: the target, the embeddings and every node whose
+    cumulative influence is ≤ threshold; bias/skip/pruned leaves only if `leaves`; edges between kept nodes."""
+    other = pl.col("kind").is_in(["bias", "skip", "pruned"])
+    # graphs stored before cumulative influence existed (NULL) keep every node
+    ranked = ~other & (pl.col("cumulative_influence").fill_null(0.0) <= threshold)
+    keep = pl.col("kind").is_in(ALWAYS) | ranked | (other & leaves)
+    kept = nodes.filter(keep)
+    ids = kept["node_id"]
+    return kept, edges.filter(pl.col("src_node").is_in(ids) & pl.col("dst_node").is_in(ids))
+
+
+def layout_xy(rows: list[dict], edges: pl.DataFrame) -> tuple[dict[str, tuple[float, float]], list, list]:
+    """(node id -> (x, y), [(token position, column centre x)], row names): row = 0 for embeddings,
+    1 + layer for layered nodes, the top row for the target; a cell's nodes spread across its column."""
+    top = 2 + max((n["layer"] for n in rows if n["layer"] is not None and n["kind"] != "target"), default=0)
+    pos = {n["node_id"]: n["position"] for n in rows}
+    for src, dst, _ in edges.iter_rows():  # unpositioned nodes (pruned remainders) sit under what they feed
+        if pos.get(src) is None and pos.get(dst) is not None:
+            pos[src] = pos[dst]
+    pos = {k: v or 0 for k, v in pos.items()}
+    columns = sorted(set(pos.values()))
+    column = {p: i for i, p in enumerate(columns)}
+
+    def row(n: dict) -> int:
         if n["kind"] == "target":
-            out[n["node_id"]] = top
-        elif n["kind"] == "embed" or n["layer"] is None:
-            out[n["node_id"]] = 0
-        else:
-            out[n["node_id"]] = 1 + n["layer"]
-    return out
+            return top
+        return 0 if n["kind"] == "embed" or n["layer"] is None else 1 + n["layer"]
+
+    cells: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for n in sorted(rows, key=lambda n: (n["kind"], n["feature"] or 0)):
+        cells[(row(n), column[pos[n["node_id"]]])].append(n["node_id"])
+    # a column is as wide as its most crowded cell (one unit per node), so labels in a cell do not overlap
+    width = [1] * len(columns)
+    for (_, c), members in cells.items():
+        width[c] = max(width[c], len(members))
+    left = [sum(width[:c]) for c in range(len(columns))]
+    xy = {}
+    for (r, c), members in cells.items():
+        for i, node_id in enumerate(members):
+            xy[node_id] = (left[c] + width[c] * (i + 1) / (len(members) + 1), float(r))
+    names = ["emb", *[f"L{i}" for i in range(top - 1)], "out"]
+    return xy, [(p, left[c] + width[c] / 2) for p, c in column.items()], names
+
+
+def graph_figure(nodes: pl.DataFrame, edges: pl.DataFrame, token_strs: list[str]) -> go.Figure:
+    """The interactive figure of (already pruned) graph rows; points carry their node id as customdata."""
+    rows = nodes.to_dicts()
+    xy, columns, names = layout_xy(rows, edges)
+    fig = go.Figure()
+    wmax = max((abs(w) for w in edges["weight"]), default=0.0) or 1.0
+    for sign, color in (("+", "#3b6fb6"), ("−", "#d1495b")):
+        for k, width in enumerate((0.6, 1.6, 3.2)):
+            xs, ys = [], []
+            for src, dst, w in edges.iter_rows():
+                band = min(2, int(3 * abs(w) / wmax))
+                if src in xy and dst in xy and (w >= 0) == (sign == "+") and band == k:
+                    xs += [xy[src][0], xy[dst][0], None]
+                    ys += [xy[src][1], xy[dst][1], None]
+            if xs:
+                fig.add_trace(
+                    go.Scatter(
+                        x=xs, y=ys, mode="lines", line={"color": color, "width": width}, opacity=0.55,
+                        hoverinfo="skip", name=f"edge {sign}", legendgroup=f"edge{sign}", showlegend=k == 0,
+                    )
+                )  # fmt: skip
+    infl = max((abs(n["influence"] or 0.0) for n in rows), default=0.0) or 1.0
+    by_kind: dict[str, list[dict]] = defaultdict(list)
+    for n in rows:
+        by_kind[n["kind"] if n["kind"] in STYLE else "other"].append(n)
+    for kind, (name, color, symbol) in STYLE.items():
+        members = by_kind.get(kind, [])
+        if not members:
+            continue
+        hover = [
+            "<br>".join(
+                plot_text(line)
+                for line in (
+                    n["label"] or node_text(n),
+                    n.get("feature_label") or "",
+                    f"value {n['activation'] or 0:.4g} · influence {n['influence'] or 0:.4g}",
+                    "cumulative influence "
+                    + ("—" if n["cumulative_influence"] is None else f"{n['cumulative_influence']:.3f}"),
+                )
+                if line
+            )
+            for n in members
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=[xy[n["node_id"]][0] for n in members],
+                y=[xy[n["node_id"]][1] for n in members],
+                mode="markers+text" if kind in ("feature", "target", "error") else "markers",
+                text=[plot_text(node_text(n)) for n in members],
+                textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(members))],
+                textfont={"size": 12},
+                marker={
+                    "color": color,
+                    "symbol": symbol,
+                    "size": [10 + 16 * abs(n["influence"] or 0.0) / infl for n in members],
+                    "line": {"width": 2 if kind == "error" else 1, "color": "#333"},
+                },
+                customdata=[n["node_id"] for n in members],
+                hovertext=hover,
+                hoverinfo="text",
+                name=name,
+            )
+        )
+    ticks = [
+        plot_text(show_token(token_strs[p])) if 0 <= p < len(token_strs) else f"pos {p}" for p, _ in columns
+    ]
+    fig.update_layout(
+        width=WIDTH,
+        height=max(MIN_H, ROW_H * (len(names) + 2)),
+        margin={"l": 50, "r": 20, "t": 30, "b": 60},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"},
+        dragmode="pan",
+        hovermode="closest",
+        clickmode="event+select",
+        xaxis={
+            "tickmode": "array",
+            "tickvals": [x for _, x in columns],
+            "ticktext": ticks,
+            "tickfont": {"size": 13},
+            "showgrid": False,
+            "zeroline": False,
+        },
+        yaxis={
+            "tickmode": "array",
+            "tickvals": list(range(len(names))),
+            "ticktext": names,
+            "zeroline": False,
+        },
+    )
+    return fig
 
 
 def top_paths(nodes: pl.DataFrame, edges: pl.DataFrame, n: int) -> list[tuple[float, list[str]]]:
@@ -75,69 +210,3 @@ def top_paths(nodes: pl.DataFrame, edges: pl.DataFrame, n: int) -> list[tuple[fl
         config={},
     )
     return [(attr, path[::-1]) for attr, path in graph.top_paths(n)]
-
-
-def graph_svg(nodes: pl.DataFrame, edges: pl.DataFrame, token_strs: list[str]) -> str:
-    rows = nodes.to_dicts()
-    row_of = _rows(rows)
-    n_rows = max(row_of.values(), default=0) + 1
-    pos = {n["node_id"]: n["position"] for n in rows}
-    for src, dst, _ in edges.iter_rows():  # unpositioned nodes (pruned remainders) sit under what they feed
-        if pos.get(src) is None and pos.get(dst) is not None:
-            pos[src] = pos[dst]
-    pos = {k: v or 0 for k, v in pos.items()}
-    column = {p: i for i, p in enumerate(sorted(set(pos.values())))}  # positions with nodes only
-    cells: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    for n in rows:
-        cells[(row_of[n["node_id"]], column[pos[n["node_id"]]])].append(n)
-    col_w = [CELL_W] * len(column)  # a column widens with its most crowded cell
-    for (_, c), members in cells.items():
-        col_w[c] = max(col_w[c], NODE_W * len(members))
-    col_x = [2 * PAD + sum(col_w[:c]) for c in range(len(column))]
-    xy = {}
-    for (r, c), members in cells.items():
-        for i, n in enumerate(members):
-            xy[n["node_id"]] = (
-                col_x[c] + (i + 1) * col_w[c] / (len(members) + 1),
-                PAD + (n_rows - 1 - r) * ROW_H,
-            )
-    width, height = 3 * PAD + sum(col_w), 2 * PAD + (n_rows - 1) * ROW_H
-    infl = max((abs(n["influence"] or 0.0) for n in rows), default=0.0) or 1.0
-    wmax = max((abs(w) for w in edges["weight"]), default=0.0) or 1.0
-
-    parts = [
-        f'<svg class="atlas-graph" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-        f'style="width:100%;max-width:{width}px">'
-    ]
-    for r in range(n_rows):  # row names at the left, token positions at the bottom
-        name = "emb" if r == 0 else "out" if r == n_rows - 1 else f"L{r - 1}"
-        y = PAD + (n_rows - 1 - r) * ROW_H + 4
-        parts.append(f'<text x="4" y="{y:.0f}" font-size="11" fill="grey">{name}</text>')
-    for p, c in column.items():
-        x = col_x[c] + col_w[c] / 2
-        name = esc(show_token(token_strs[p])) if 0 <= p < len(token_strs) else f"pos {p}"
-        parts.append(
-            f'<text x="{x:.0f}" y="{height - 4}" font-size="10" fill="grey" text-anchor="middle">{name}</text>'
-        )
-    for src, dst, w in edges.iter_rows():
-        if src in xy and dst in xy:
-            (x1, y1), (x2, y2) = xy[src], xy[dst]
-            color = "#3b6fb6" if w >= 0 else "#d1495b"
-            parts.append(
-                f'<line x1="{x1:.0f}" y1="{y1:.0f}" x2="{x2:.0f}" y2="{y2:.0f}" stroke="{color}" '
-                f'stroke-opacity="0.6" stroke-width="{0.5 + 4 * abs(w) / wmax:.2f}"><title>{w:+.4f}</title></line>'
-            )
-    for n in rows:
-        x, y = xy[n["node_id"]]
-        r = 5 + (R_MAX - 5) * abs(n["influence"] or 0.0) / infl
-        tip = f"{n['label'] or node_text(n)} {n.get('feature_label') or ''} | act {n['activation'] or 0:.3f} | influence {n['influence'] or 0:.3f}"
-        shape = (
-            f'<circle cx="{x:.0f}" cy="{y:.0f}" r="{r:.1f}" fill="{COLORS.get(n["kind"], "#bab0ac")}">'
-            f"<title>{esc(tip)}</title></circle>"
-            f'<text x="{x:.0f}" y="{y + R_MAX + 10:.0f}" font-size="11" text-anchor="middle">{esc(node_text(n))}</text>'
-        )
-        if n["kind"] == "feature" and n["transcoder_id"]:
-            shape = f'<a class="atlas-node" href="{esc(card_url(n["transcoder_id"], n["feature"]))}" target="_self">{shape}</a>'
-        parts.append(shape)
-    parts.append("</svg>")
-    return "".join(parts)

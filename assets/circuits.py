@@ -17,9 +17,11 @@ import torch
 from assets import resources, settings
 from assets.metadata import md_table
 from interp.attribution import (
-    FeatureTarget,
+    EDGE_THRESHOLD,
+    NODE_THRESHOLD,
     PromptCache,
     attribute,
+    check_target,
     direct_effects,
     parse_target,
     target_string,
@@ -56,6 +58,10 @@ class AttributionGraphsConfig(dg.Config):
     ]
     n_paths: int = 16  # paths kept per step of the greedy search (the paper's number of branches)
     n_steps: int = 3  # search depth in steps (the paper's number of iterations)
+    # influence-based pruning of the searched graph (circuit-tracer's defaults, interp.attribution.prune): keep the
+    # nodes holding this share of the normalized influence, then the edges holding this share of edge influence
+    node_threshold: float = NODE_THRESHOLD
+    edge_threshold: float = EDGE_THRESHOLD
     export_json: bool = True  # also write circuit-tracer JSON to $ATLAS_HOME/exports/graph-<id>.json
 
 
@@ -98,7 +104,7 @@ def feature_edges(context: dg.AssetExecutionContext, config: FeatureEdgesConfig)
 def attribution_graphs(
     context: dg.AssetExecutionContext, config: AttributionGraphsConfig
 ) -> dg.MaterializeResult:
-    """Attribution graphs of the configured prompts/targets (greedy path search, error/bias/pruned nodes)."""
+    """Attribution graphs of the configured prompts/targets: greedy path search, influence-based pruning, scores."""
     model, model_name = resources.model(), settings.model_name()
     device = settings.device()
     ids, tcs, failed = circuits.load_atlas_transcoders(settings.model_name(), settings.layers(), device)
@@ -109,17 +115,15 @@ def attribution_graphs(
         prefix = [tok.bos_token_id] if tok.bos_token_id is not None else []
         tokens = torch.tensor(prefix + tok(spec.prompt, add_special_tokens=False)["input_ids"], device=device)
         target = parse_target(spec.target, tok)
-        if isinstance(target, FeatureTarget) and target.layer not in tcs:
-            raise ValueError(
-                f"Target {spec.target!r}: layer {target.layer} has no transcoder (have {sorted(tcs)})."
-            )
-        canonical = target_string(target, len(tokens), ids.get(getattr(target, "layer", None)))
+        check_target(target, len(tokens), tcs)
+        canonical = target_string(target, len(tokens), ids.get(getattr(target, "layer", None)), tok)
         token_strs = [tok.decode([t]) for t in tokens.tolist()]
         t0 = time.perf_counter()
         pc = PromptCache(model, tokens, tcs)
         graph = attribute(
-            model, tokens, tcs, target, config.n_paths, config.n_steps, token_strs=token_strs, cache=pc
-        )
+            model, tokens, tcs, target, config.n_paths, config.n_steps, token_strs=token_strs, cache=pc,
+            tokenizer=tok, node_threshold=config.node_threshold, edge_threshold=config.edge_threshold,
+        )  # fmt: skip
         seconds = time.perf_counter() - t0
         node = graph.nodes["target"]
         budget = direct_effects(pc, node.stage, node.position, node.reader).budget()
@@ -136,6 +140,7 @@ def attribution_graphs(
                 "value": graph.target_value,
                 "nodes": len(graph.nodes),
                 "edges": len(graph.edges),
+                **{name: round(v, 3) for name, v in graph.scores.items()},
                 "seconds": round(seconds, 2),
                 # how much of the value the atlas's features carry directly, and how much the MLPs it lacks
                 "from_features": round(budget["features"], 3),

@@ -6,9 +6,11 @@ and seconds per attribution graph on the real model, all measured in the same ru
                        per second, as a fraction of the bare matmul rate (the rest: the running top-k, factors)
   peak memory          extra resident memory while computing edges (sampled every 2 ms, block 1024, a fresh process
                        per size) at d_sae and 4 x d_sae, next to the output size and one dense d_sae² float32 matrix
-  attribution graph    seconds for a 64-token prompt on the embedded SmolLM2 (4 layers of transcoders: trained ones
-                       from the atlas database when present, else random sparse ones), next to a bare forward pass,
-                       and seconds for the exact direct effects of every feature on the same target
+  attribution graph    seconds for a 64-token prompt on the embedded SmolLM2 at full depth (a transcoder at every
+                       layer: the atlas database's when present, else random sparse ones), greedy search plus
+                       influence pruning at the default thresholds, as a multiple of a bare forward pass (goal
+                       <= 5x), its peak extra memory and scores, and seconds for the exact direct effects of every
+                       feature on the same target
 
 Synthetic weights with d_model 576 / 9 heads / d_head 64 (SmolLM2 shapes). ATLAS_BENCH_DSAE sets the smaller
 d_sae (default 2304).
@@ -129,9 +131,10 @@ def _atlas_transcoders(model_name: str, layers: list[int]) -> tuple[dict, str]:
             (r["layer"], r["transcoder_id"]) for r in listed.iter_rows(named=True) if r["layer"] in layers
         ]
         if rows:
-            return {
-                layer: tc_store.load_transcoder(tid).requires_grad_(False) for layer, tid in rows
-            }, "trained"
+            found = {layer: tc_store.load_transcoder(tid).requires_grad_(False) for layer, tid in rows}
+            missing = [layer for layer in layers if layer not in found]
+            kind = "trained" if not missing else f"trained ({len(missing)} random)"
+            return found | (_transcoders(missing, 8 * D_MODEL) if missing else {}), kind
     except Exception:  # no database or no transcoders yet: random ones show the cost just as well
         pass
     return _transcoders(layers, 8 * D_MODEL), "random"
@@ -146,7 +149,7 @@ def bench_graph() -> None:
         print("   attribution graph: skipped (embedded model not converted; run `make data`)")
         return
     model = load_model("smollm2-135m", device="cpu", cache_dir=models)
-    tcs, kind = _atlas_transcoders("smollm2-135m", [0, 2, 8, 11])
+    tcs, kind = _atlas_transcoders("smollm2-135m", list(range(model.cfg.n_layers)))
     text = "The President spoke to Congress about the economy, the war, and the budget. " * 8
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"][:63]
     tokens = torch.tensor([model.tokenizer.bos_token_id] + ids)  # [64]
@@ -155,18 +158,31 @@ def bench_graph() -> None:
         PromptCache(model, tokens, tcs)
     forward = min(_seconds(lambda: model(tokens[None])) for _ in range(3))
     target = LogitTarget(int(logits[0, -1].argmax()))
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], _rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     pc = PromptCache(model, tokens, tcs)
     cache_s = time.perf_counter() - t0
-    graph = attribute(model, tokens, tcs, target, n_paths=16, n_steps=3, cache=pc)
+    graph = attribute(model, tokens, tcs, target, n_paths=16, n_steps=3, cache=pc, node_threshold=0.8)
     total = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    extra = max(peak[0], _rss()) - base
     node = graph.nodes["target"]
     direct = _seconds(lambda: direct_effects(pc, node.stage, node.position, node.reader))
     print(
         f"   attribution graph, 64 tokens, {kind} transcoders at layers {sorted(tcs)}: {total:.2f} s "
         f"(cached forward {cache_s:.2f} s, search {total - cache_s:.2f} s; {len(graph.nodes)} nodes, "
-        f"{len(graph.edges)} edges); bare forward {forward:.3f} s -> {total / forward:.0f}x a forward pass"
+        f"{len(graph.edges)} edges after pruning); bare forward {forward:.3f} s -> {total / forward:.1f}x a forward "
+        f"pass (goal <= 5x); peak extra memory {extra / 2**20:.0f} MB"
     )
+    print("   scores: " + ", ".join(f"{k} {v:.3f}" for k, v in graph.scores.items()))
     print(f"   direct effects of every feature at every position on the target: {direct:.3f} s")
 
 

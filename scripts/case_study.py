@@ -92,9 +92,11 @@ def _trace(
 ) -> tuple[list[str], object, str]:
     """Build, store and export one graph; its top paths and its features (label, density, top examples)."""
     tokens, ids, token_strs = st.tokens, st.ids, st.token_strs
-    canonical = target_string(target, len(tokens), ids.get(getattr(target, "layer", None)))
+    tok = st.model.tokenizer
+    canonical = target_string(target, len(tokens), ids.get(getattr(target, "layer", None)), tok)
     graph = attribute(
         st.model, tokens, st.tcs, target, n_paths=n_paths, n_steps=n_steps, token_strs=token_strs, cache=st.pc,
+        tokenizer=tok,
     )  # fmt: skip
     gid = circuits.write_graph(graph, st.model_name, st.prompt, canonical, ids)
     json_path = graph_export.export_graph(gid, token_strs=token_strs)

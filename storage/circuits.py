@@ -23,6 +23,8 @@ from interp.transcoder import Transcoder
 from storage import db
 from storage import transcoders as tc_store
 
+SCORES = ("replacement_score", "completeness_score", "error_share")  # interp.attribution.prune
+
 
 def graph_id(model: str, prompt: str, target: str) -> str:
     """Stable id of the graph of `target` on `prompt` under `model` (16 hex digits)."""
@@ -104,8 +106,17 @@ def graph_frames(
             "config": [
                 json.dumps({**graph.config, "transcoder_ids": {str(k): v for k, v in transcoder_ids.items()}})
             ],
+            **{name: [graph.scores.get(name)] for name in SCORES},
+            "n_nodes": [len(graph.nodes)],
+            "n_edges": [len(graph.edges)],
         },
-        schema_overrides={"tokens": pl.List(pl.Int32), "target_value": pl.Float32},
+        schema_overrides={
+            "tokens": pl.List(pl.Int32),
+            "target_value": pl.Float32,
+            **{name: pl.Float32 for name in SCORES},
+            "n_nodes": pl.Int32,
+            "n_edges": pl.Int32,
+        },
     ).with_columns(created_at=db.now())
     nodes = list(graph.nodes.values())
     node_rows = pl.DataFrame(
@@ -120,6 +131,8 @@ def graph_frames(
             "activation": [n.activation for n in nodes],
             "influence": [n.influence for n in nodes],
             "label": [n.label for n in nodes],
+            "cumulative_influence": [n.cumulative_influence for n in nodes],
+            "feeds": [n.feeds for n in nodes],
         },
         schema_overrides={
             "layer": pl.Int32,
@@ -128,6 +141,8 @@ def graph_frames(
             "transcoder_id": pl.Utf8,
             "activation": pl.Float32,
             "influence": pl.Float32,
+            "cumulative_influence": pl.Float32,
+            "feeds": pl.Utf8,
         },
     )
     if isinstance(getattr(graph.target, "feature", None), int):  # a feature target: its transcoder

@@ -280,7 +280,8 @@ def feature_labels(keys: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
 
 def graphs() -> pl.DataFrame:
     return db.query(
-        "SELECT graph_id, model, prompt, target, target_value, created_at FROM graphs ORDER BY created_at"
+        "SELECT graph_id, model, prompt, target, target_value, replacement_score, completeness_score, error_share, "
+        "n_nodes, n_edges, created_at FROM graphs ORDER BY created_at"
     )
 
 
@@ -296,7 +297,7 @@ def graph(graph_id: str) -> dict[str, Any] | None:
             con,
             """
             SELECT n.node_id, n.kind, n.layer, n.position, n.feature, n.transcoder_id, n.activation, n.influence,
-                   n.label, v.token_str, f.label AS feature_label
+                   n.label, n.cumulative_influence, n.feeds, v.token_str, f.label AS feature_label
             FROM graph_nodes n LEFT JOIN vocab v ON n.kind = 'embed' AND v.model = ? AND v.token_id = n.feature
             LEFT JOIN features f ON n.kind IN ('feature', 'target') AND f.transcoder_id = n.transcoder_id
                  AND f.feature = n.feature

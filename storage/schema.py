@@ -289,11 +289,35 @@ TABLES: tuple[Table, ...] = (
         (
             "target",
             "VARCHAR",
-            "Target: 'feature:<transcoder_id>:<feature>@<pos>' or 'logit:<tok>-<tok>@<pos>'.",
+            "Target: 'feature:<transcoder_id>:<feature>@<pos>' or 'logit:\"<tok>\"-\"<tok>\"@<pos>' (tokens as JSON-quoted "
+            'text, e.g. logit:" Mary"-" John"@14; see interp.attribution.targets).',
         ),
         ("target_value", "REAL", "Value of the target on the prompt."),
-        ("config", "JSON", "Search settings (top-N paths, depth, transcoders)."),
+        (
+            "config",
+            "JSON",
+            "Search and pruning settings (top-N paths, depth, node/edge thresholds, transcoders).",
+        ),
         ("created_at", "TIMESTAMP", "When computed."),
+        (
+            "replacement_score",
+            "REAL",
+            "circuit-tracer's replacement score: share of the tokens' influence on the target through features "
+            "rather than error nodes (interp.attribution.prune; graph before pruning).",
+        ),
+        (
+            "completeness_score",
+            "REAL",
+            "circuit-tracer's completeness score: influence-weighted share of node inputs that are not errors.",
+        ),
+        (
+            "error_share",
+            "REAL",
+            "Share of the target's absolute attribution that arrives from error nodes (transcoder errors, MLPs "
+            "without a transcoder).",
+        ),
+        ("n_nodes", "INTEGER", "Nodes stored (after pruning)."),
+        ("n_edges", "INTEGER", "Edges stored (after pruning)."),
     ),
     _t(
         "graph_nodes",
@@ -313,6 +337,13 @@ TABLES: tuple[Table, ...] = (
         ("activation", "REAL", "Feature activation or node value on the prompt."),
         ("influence", "REAL", "Total attribution flowing from this node to the target."),
         ("label", "VARCHAR", "Human-readable label."),
+        (
+            "cumulative_influence",
+            "REAL",
+            "Share of the graph's normalized influence held by nodes at least as influential as this one "
+            "(circuit-tracer's cumulative score; a node threshold τ keeps nodes ≤ τ; NULL for bias/skip/pruned).",
+        ),
+        ("feeds", "VARCHAR", "Attention and pruned-remainder nodes: the node whose value they are part of."),
     ),
     _t(
         "graph_edges",
@@ -344,6 +375,13 @@ MIGRATIONS: dict[int, list[str]] = {
         *_add_columns("contexts", "corpus"),
         *_add_columns("transcoder_metrics", "fvu_typical", "massive_frac", "goal_misses"),
         TABLE_BY_NAME["current_transcoders"].create_sql(),
+    ],
+    # graph scores and counts; nodes' cumulative influence (pruning slider) and what attention nodes feed
+    3: [
+        *_add_columns(
+            "graphs", "replacement_score", "completeness_score", "error_share", "n_nodes", "n_edges"
+        ),
+        *_add_columns("graph_nodes", "cumulative_influence", "feeds"),
     ],
 }
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -1,13 +1,24 @@
-"""Circuits: pick a stored attribution graph, see it (feature nodes link to their cards) and its top paths."""
+"""Circuits: pick a stored attribution graph, read its scores, explore it (prune, zoom, hover; click a feature
+for its card) and its top paths."""
 
 import streamlit as st
 
 from app import components
-from app.circuits import graph_svg, node_text, top_paths
+from app.circuits import graph_figure, node_text, prune_rows, top_paths
 from storage import queries
 
 st.set_page_config(page_title="Circuits · Transcoder Atlas", layout="wide")
 st.title("Circuits")
+
+SCORE_HELP = (
+    "circuit-tracer's scores of the searched graph: replacement = share of the tokens' influence on the target "
+    "that flows through features rather than error nodes; completeness = influence-weighted share of node inputs "
+    "that are not errors; error share = share of the target's absolute attribution arriving from error nodes."
+)
+
+
+def score(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def main() -> None:
@@ -20,28 +31,62 @@ def main() -> None:
     ids = graphs["graph_id"].to_list()
     if st.query_params.get("graph") in ids and "graph" not in st.session_state:
         st.session_state["graph"] = st.query_params["graph"]
-    prompts = dict(zip(ids, graphs["prompt"]))
-    graph_id = st.selectbox("Graph", ids, key="graph", format_func=lambda g: f"{g}: {prompts[g][:60]!r}")
+    names = {r["graph_id"]: f"{r['target']} · {r['prompt'][:60]!r}" for r in graphs.iter_rows(named=True)}
+    graph_id = st.selectbox("Graph", ids, key="graph", format_func=lambda g: names[g])
     st.query_params["graph"] = graph_id
 
     g = queries.graph(graph_id)
     row, nodes, edges = g["graph"], g["nodes"], g["edges"]
+    esc = components.esc
     components.html_block(
-        f"<div class='atlas-prompt'><b>Prompt</b> <code>{components.esc(row['prompt'])}</code><br>"
-        f"<b>Target</b> <code>{components.esc(row['target'])}</code> = {row['target_value'] or 0:.4f} · "
-        f"{nodes.height} nodes, {edges.height} edges</div>"
+        f"<div class='atlas-prompt'><b>Prompt</b> <code>{esc(row['prompt'])}</code><br>"
+        f"<b>Target</b> <code>{esc(row['target'])}</code> = {row['target_value'] or 0:.4f}<br>"
+        f"<span class='atlas-graph-scores' title='{esc(SCORE_HELP)}'>"
+        f"<b>Replacement score</b> {score(row.get('replacement_score'))} · "
+        f"<b>completeness score</b> {score(row.get('completeness_score'))} · "
+        f"<b>error share</b> {score(row.get('error_share'))} · "
+        f"{row.get('n_nodes') or nodes.height} nodes, {row.get('n_edges') or edges.height} edges stored</span></div>"
     )
-    components.html_block(f"<div style='overflow-x:auto'>{graph_svg(nodes, edges, g['token_strs'])}</div>")
+    left, right = st.columns([3, 1])
+    threshold = left.slider(
+        "Pruning: keep the nodes holding this share of the influence (circuit-tracer's node threshold)",
+        0.05,
+        1.0,
+        1.0,
+        0.05,
+        key="node_threshold",
+    )
+    leaves = right.checkbox("Show bias, skip and pruned-remainder nodes", False, key="show_leaves")
+    shown, shown_edges = prune_rows(nodes, edges, threshold, leaves)
+    st.caption(
+        f"Showing {shown.height} of {nodes.height} nodes and {shown_edges.height} of {edges.height} edges."
+    )
+    event = st.plotly_chart(
+        graph_figure(shown, shown_edges, g["token_strs"]),
+        key="graph_figure",
+        on_select="rerun",
+        selection_mode="points",
+        width="content",
+        config={"scrollZoom": True, "displaylogo": False},
+    )
+    by_id = {n["node_id"]: n for n in nodes.to_dicts()}
+    picked = [p.get("customdata") for p in (event.selection.points if event else [])]
+    for node_id in picked:
+        n = by_id.get(node_id if isinstance(node_id, str) else None)
+        if n and n["kind"] in ("feature", "target") and n.get("transcoder_id") and n["feature"] is not None:
+            st.switch_page(
+                "pages/2_Feature_card.py",
+                query_params={"transcoder": n["transcoder_id"], "feature": str(n["feature"])},
+            )
 
     st.subheader("Top paths")
     k = st.slider("Paths", 1, 50, 10, key="n_paths")
-    by_id = {n["node_id"]: n for n in nodes.to_dicts()}
 
     def node_html(node_id: str) -> str:
         n = by_id.get(node_id, {"kind": "?", "label": node_id})
         if n["kind"] == "feature" and n.get("transcoder_id"):
             return components.feature_link(n["transcoder_id"], n["feature"], n["layer"], n["feature_label"])
-        return components.esc(node_text(n) if n["kind"] != "?" else node_id)
+        return esc(node_text(n) if n["kind"] != "?" else node_id)
 
     paths = top_paths(nodes, edges, k)
     if not paths:

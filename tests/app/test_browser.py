@@ -266,14 +266,27 @@ def test_card_and_circuit_pages_render_in_headless_chromium(server, atlas_db, tm
         assert "L1 #3" in page.inner_text("h2.atlas-card-title")
 
         page.goto(f"{server}/Circuits")
-        page.wait_for_selector("svg.atlas-graph a.atlas-node circle", timeout=120_000)
+        points = ".js-plotly-plot .scatterlayer .trace path.point"
+        page.wait_for_selector(points, timeout=120_000)
         page.wait_for_selector("ol.atlas-paths li", timeout=30_000)
         page.screenshot(path=str(tmp_path / "circuits.png"), full_page=True)
-        assert page.locator("svg.atlas-graph circle").count() == 5
+        assert page.locator(points).count() == 5  # every node of the fixture graph, one marker each
         assert page.locator("ol.atlas-paths li").count() == 5
-
-        # graph nodes are links: clicking the layer-0 node opens its card
-        page.locator("svg.atlas-graph a.atlas-node").first.click()
+        legend = page.locator(".js-plotly-plot .legend").text_content()
+        assert "feature" in legend and "error" in legend
+        # hover names the node with its value and influence
+        names = page.locator(".js-plotly-plot .scatterlayer .trace").evaluate_all(
+            "els => els.map(e => e.__data__[0].trace.name)"
+        )
+        features = page.locator(".js-plotly-plot .scatterlayer .trace").nth(
+            next(i for i, n in enumerate(names) if n.startswith("feature"))
+        )
+        box = features.locator("path.point").first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_selector(".hoverlayer .hovertext", timeout=10_000)
+        assert "influence" in page.locator(".hoverlayer").text_content()
+        # clicking a feature node opens its card (the layer-0 node is the first feature)
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.wait_for_selector(".atlas-example .atlas-tok", timeout=120_000)
         assert "L0 #3" in page.inner_text("h2.atlas-card-title")
         # the feature browser: selecting a row (its marker at the grid's left edge) opens that feature's card

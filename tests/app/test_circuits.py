@@ -12,7 +12,7 @@ from interp.attribution import FeatureTarget, attribute
 from interp.transcoder import Transcoder
 from storage import layout
 from storage.circuits import write_graph
-from tests.app.test_pages import PAGES
+from tests.app.test_pages import PAGES, figure, points
 
 
 def test_circuits_page_draws_and_ranks_a_stored_attribution_graph(atlas_db, tiny_model):
@@ -28,10 +28,24 @@ def test_circuits_page_draws_and_ranks_a_stored_attribution_graph(atlas_db, tiny
     at.run()
     assert not at.exception, at.exception
     page = "\n".join(m.value for m in at.markdown)
-    svg = page[page.index("<svg") : page.index("</svg>")]
-    assert svg.count("<circle") == len(graph.nodes)
-    assert svg.count('class="atlas-node"') == sum(n.kind == "feature" for n in graph.nodes.values())
+    # everything but bias/skip/pruned leaves is drawn at threshold 1; the leaves on request
+    drawn = points(figure(at))
+    leaves = {n for n, node in graph.nodes.items() if node.kind in ("bias", "skip", "pruned")}
+    assert set(drawn) == set(graph.nodes) - leaves
+    at.checkbox(key="show_leaves").check().run()
+    assert set(points(figure(at))) == set(graph.nodes)
+    # the pruning slider keeps the target, the embeddings and the nodes within the threshold's cumulative share
+    at.checkbox(key="show_leaves").uncheck().run()
+    at.slider(key="node_threshold").set_value(0.5).run()
+    kept = set(points(figure(at)))
+    expected = {
+        n
+        for n, node in graph.nodes.items()
+        if node.kind in ("target", "embed")
+        or (node.kind not in ("bias", "skip", "pruned") and node.cumulative_influence <= 0.5 + 1e-6)
+    }
+    assert kept == expected and len(kept) < len(drawn)
     shown = [float(v) for v in re.findall(r"<li><code>([+-][\d.]+)</code>", page)]
-    expected = [attr for attr, _ in graph.top_paths(10)]
-    assert len(expected) >= 3
-    assert shown == pytest.approx(expected, rel=1e-3, abs=1e-4)
+    expected_paths = [attr for attr, _ in graph.top_paths(10)]
+    assert len(expected_paths) >= 3
+    assert shown == pytest.approx(expected_paths, rel=1e-3, abs=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html as html_lib
+import json
 from pathlib import Path
 
 import pytest
@@ -271,12 +272,46 @@ def test_feature_card_widgets_update_the_url(atlas_db):
     assert "feature 5 of layer 0" in html(at)
 
 
-def test_circuits_page_draws_graph_with_card_links_and_ranks_paths(atlas_db):
+def figure(at: AppTest) -> dict:
+    """The Plotly figure the page sent (its JSON spec)."""
+    import json
+
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    return json.loads(charts[0].proto.spec)
+
+
+def points(fig: dict) -> dict[str, dict]:
+    """node id -> {trace name, hover, text} of every node drawn."""
+    out = {}
+    for trace in fig["data"]:
+        for i, node_id in enumerate(trace.get("customdata") or []):
+            out[node_id] = {
+                "trace": trace["name"],
+                "hover": trace["hovertext"][i],
+                "text": (trace.get("text") or [""] * (i + 1))[i],
+                "symbol": trace["marker"]["symbol"],
+            }
+    return out
+
+
+def test_circuits_page_draws_graph_with_legend_hover_and_ranks_paths(atlas_db):
     at = run("circuits")
     page = html(at)
-    assert "<svg" in page and page.count("<circle") == 5
-    for tid in atlas_db["transcoders"]:
-        assert esc(card_url(tid, HOSTILE_FEATURE)) in page
+    fig = figure(at)
+    drawn = points(fig)
+    assert set(drawn) == {"e4", "f0", "f1", "err", "target"}
+    # one legend entry per kind; errors are crosses, features circles
+    assert drawn["err"]["trace"].startswith("error") and drawn["err"]["symbol"] == "x"
+    assert drawn["f0"]["symbol"] == "circle" and drawn["target"]["symbol"] == "star"
+    assert fig["layout"]["width"] == 1400 and fig["layout"]["dragmode"] == "pan"
+    # hover: label, value and influence; hostile label text is escaped, never markup
+    assert "value 2 · influence 0.6" in drawn["f0"]["hover"]
+    assert "&lt;script&gt;" in drawn["f0"]["hover"]
+    assert "<script" not in json.dumps(fig) and "<img" not in json.dumps(fig)
+    # token positions along the x axis, escaped (position 5 is the hostile image token)
+    assert html_lib.escape(IMG) in fig["layout"]["xaxis"]["ticktext"]
+    assert "Replacement score" in page
     assert_no_markup_from_tokens(page)
     # path attributions by hand (fixture_db; interp.attribution's rule: an edge's weight times the share of
     # each feature's activation it explains): f1->t 2.4; f0->f1->t 2.4*1.0/1.5; e4->f0->f1->t 1.6*2.0/2.0;
@@ -284,8 +319,8 @@ def test_circuits_page_draws_graph_with_card_links_and_ranks_paths(atlas_db):
     items = page[page.index("atlas-paths") :].split("<li>")[1:]
     assert [float(i.split("<code>")[1].split("</code>")[0]) for i in items] == [2.4, 1.6, 1.6, 0.8, 0.6]
     assert items[0].count("&rarr;") == 1 and items[2].count("&rarr;") == 3 and "error" not in items[1]
-    svg = page[page.index("<svg") : page.index("</svg>")]
-    assert f'text-anchor="middle">{esc(IMG)}</text>' in svg  # prompt token (position 5) under its column
+    for tid in atlas_db["transcoders"]:
+        assert esc(card_url(tid, HOSTILE_FEATURE)) in page
 
 
 def test_live_page_shades_the_text_by_each_chosen_feature_without_bos(atlas_db, tiny_model):

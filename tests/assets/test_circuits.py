@@ -69,18 +69,29 @@ def test_attribution_graphs_asset_stores_balanced_graphs_and_exports(atlas, tiny
     assert graphs.height == 2
     table = res.asset_materializations_for_node("attribution_graphs")[0].metadata["graphs"].value
     assert "from_features" in table and "from_mlps_without_transcoder" in table
-    assert set(graphs["target"]) == {
-        f"logit:{parse_target(GRAPHS['graphs'][0]['target'], tiny_model.tokenizer).token}-"
-        f"{parse_target(GRAPHS['graphs'][0]['target'], tiny_model.tokenizer).other}@18",
-        "feature:tiny/L2/relu-24:3@9",
-    }
+    # targets are stored as strings, tokens quoted as the tokenizer writes them
+    assert set(graphs["target"]) == {'logit:" "-"w"@18', "feature:tiny/L2/relu-24:3@9"}
+    # every graph carries its scores and counts, equal to what its stored rows say
+    for row in graphs.iter_rows(named=True):
+        assert 0.0 <= row["replacement_score"] <= 1.0 and 0.0 <= row["completeness_score"] <= 1.0
+        assert 0.0 <= row["error_share"] <= 1.0
+        stored = queries.graph(row["graph_id"])
+        assert (row["n_nodes"], row["n_edges"]) == (stored["nodes"].height, stored["edges"].height)
+        exported = json.load(open(layout.join(layout.exports_dir(), f"graph-{row['graph_id']}.json")))
+        info = exported["metadata"]["info"]
+        assert info["target"] == row["target"]
+        assert info["replacement_score"] == pytest.approx(row["replacement_score"])
+        assert info["completeness_score"] == pytest.approx(row["completeness_score"])
+        assert exported["metadata"]["node_threshold"] == 0.8
     check = dg.materialize(
         [attribution_graphs, graphs_balance], run_config={"ops": {"attribution_graphs": {"config": GRAPHS}}}
     )
     assert all(c.passed for c in check.get_asset_check_evaluations())
     for gid in graphs["graph_id"]:
         path = layout.join(layout.exports_dir(), f"graph-{gid}.json")
-        assert os.path.exists(path) and json.load(open(path))["metadata"]["slug"] == gid
+        assert os.path.exists(path) and json.load(open(path))["metadata"]["slug"] == f"graph-{gid}"
+    index = json.load(open(layout.join(layout.exports_dir(), "graph-metadata.json")))["graphs"]
+    assert {g["slug"] for g in index} == {f"graph-{gid}" for gid in graphs["graph_id"]}
     # the logit target's value is the model's own logit difference
     logit_graph = graphs.filter(pl.col("target").str.starts_with("logit"))
     toks = torch.tensor(
@@ -102,3 +113,9 @@ def test_definitions_load_with_circuits():
 
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"feature_edges", "attribution_graphs"} <= keys
+
+
+def test_feature_target_on_a_layer_without_a_transcoder_is_a_clear_error(atlas):
+    bad = {"graphs": [{"prompt": "abc abc ab", "target": "feature:L1:3"}], "n_paths": 4, "n_steps": 1}
+    with pytest.raises(Exception, match="layer 1, which has no transcoder"):
+        _run([attribution_graphs], {"attribution_graphs": {"config": bad}})

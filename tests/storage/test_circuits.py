@@ -92,3 +92,28 @@ def test_feature_edges_rows_and_replace(atlas_home):
     assert up["src_feature"].to_list() == expected.abs().topk(3).indices.tolist()
     assert up["weight"].to_list() == pytest.approx(expected[up["src_feature"].to_list()].tolist(), rel=1e-5)
     assert up["rank"].to_list() == [0, 1, 2] and set(up["src_transcoder_id"]) == {"tiny/L0/relu-10"}
+
+
+def test_migration_3_adds_graph_scores_to_a_version_2_database():
+    import duckdb
+
+    from storage.db import migrate
+    from storage.schema import MIGRATIONS
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+    for version in (1, 2):
+        for stmt in MIGRATIONS[version]:
+            con.execute(stmt)
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    new = {"graphs": ["replacement_score", "completeness_score", "error_share", "n_nodes", "n_edges"]}
+    new["graph_nodes"] = ["cumulative_influence", "feeds"]
+    for table, columns in new.items():  # the tables as version 2 declared them
+        for c in columns:
+            con.execute(f"ALTER TABLE {table} DROP COLUMN {c}")
+    con.execute("INSERT INTO graphs (graph_id, model, prompt, target) VALUES ('g', 'm', 'p', 'logit:1@0')")
+    assert migrate(con) == 2
+    for table, columns in new.items():
+        have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+        assert set(columns) <= have
+    assert con.execute("SELECT graph_id, replacement_score FROM graphs").fetchall() == [("g", None)]

@@ -1,0 +1,89 @@
+"""Input-dependent attribution graphs: the greedy path search of Dunefsky et al. (2024), §3.2 and App. D.
+
+With attention patterns and norm scales frozen at their values on the prompt, everything between two MLP reads is
+linear. A *reader* is a vector w [d_model] applied to the raw residual stream at one position and stage (stage 2m:
+the input of attention layer m, 2l+1: the input of MLP l, 2·n_layers: the final norm), the norm's 1/rms folded
+into w. In parallel blocks (GPT-J, Pythia) MLP l reads the block input, so stage 2l+1 is the same stream as 2l
+and attention layer l enters together with MLP l. The residual stream there is a sum of components, so w · resid
+splits exactly into
+
+    embed    w · resid_pre^(0)[t]
+    feature  z_i^(l)[t] (f_dec,i · w)                              transcoder layers l whose MLP is below the read
+    error    (y − ŷ)^(l)[t] · w   (the whole MLP output for layers without a transcoder)
+    bias     b_dec^(l) · w, attention output biases, and the reader's own bias (b_enc,i or b_U difference)
+    skip     (W_skip^(l) x^(l)[t]) · w
+    attn     pattern^(m,h)[t,s] · x1^(m)[s] W_V^(m,h) W_O^(m,h) w   heads (m,h) below the read, sources s ≤ t
+
+A feature node reads w = f_enc,i / rms(resid_mid^(l)[t]); its value is the pre-activation (= z_i when active).
+An attention node (m,h,s→t) exists per downstream node a; it reads resid_pre^(m)[s] with
+w' = pattern[t,s] / rms(resid_pre^(m)[s]) · W_V W_O w_a, so its value is exactly its contribution into a.
+
+Algorithm:
+  1. One clean forward pass caches the residual stream at every stage, norm scales, attention patterns and MLP
+     outputs; every transcoder encodes its layer's MLP input (z, ŷ, error).
+  2. The target is a reader: a feature pre-activation at (layer, position) or a logit (difference) at a position.
+  3. Greedy search for `n_steps` steps. Each frontier path ends at node a with multiplier μ_a (attribution to the
+     target per unit of a's value; μ_target = 1) and proposes every upstream feature, attention node and
+     embedding b with path attribution μ_a · w(b→a). The top `n_paths` proposals by |attribution| over the
+     whole frontier become the next frontier, with μ_b = μ_a · w(b→a) / z_b for features, μ_b = μ_a for
+     attention nodes (embeddings end a path).
+  4. The graph holds every node on a kept path. Each feature, attention and target node gets an edge from every
+     upstream graph node, from every error, bias, skip and embedding leaf at its position, and one `pruned`
+     edge with the sum of the contributions left out, so its incoming weights sum to its value.
+  5. Influence (attribution flowing to the target): the target's is its value; every other node's is
+     Σ over its out-edges weight · μ_dst, computed in decreasing stage order. Then circuit-tracer's graph
+     scores and, with node/edge thresholds, its influence-based pruning (interp.attribution.prune).
+
+A feature's direct edge into a node is its residual path at the node's position; its paths through heads run
+through attention nodes. `direct_effects` sums both for every upstream feature at every position in one backward
+sweep: the whole direct effect, which a real zero-ablation with patterns, scales and other MLP outputs frozen
+reproduces exactly (the faithfulness check).
+
+Position 0 (BOS, the attention sink) is never split into features: transcoders are trained on positions 1..
+only, so there the whole MLP output is an error node.
+
+Modules, one concept each: `targets` (the target language), `cache` (the prompt cache), `decompose` (one
+reader split along the stream), `direct` (exact direct effects), `graph` (typed node ids, nodes, edges), `search`
+(the greedy path search, steps 2-4), `prune` (influence, graph scores, influence-based pruning, step 5).
+"""
+
+from interp.attribution.cache import PromptCache, context_length
+from interp.attribution.decompose import decompose
+from interp.attribution.direct import DirectEffects, direct_effects
+from interp.attribution.graph import LEAF_KINDS, AttributionGraph, GraphNode, NodeKey
+from interp.attribution.prune import EDGE_THRESHOLD, NODE_THRESHOLD, graph_scores, prune
+from interp.attribution.search import attribute, target_label
+from interp.attribution.targets import (
+    FeatureTarget,
+    LogitTarget,
+    Target,
+    check_target,
+    parse_target,
+    target_string,
+    token_text,
+)
+
+__all__ = [
+    "EDGE_THRESHOLD",
+    "LEAF_KINDS",
+    "NODE_THRESHOLD",
+    "AttributionGraph",
+    "DirectEffects",
+    "FeatureTarget",
+    "GraphNode",
+    "LogitTarget",
+    "NodeKey",
+    "PromptCache",
+    "Target",
+    "attribute",
+    "check_target",
+    "context_length",
+    "decompose",
+    "direct_effects",
+    "graph_scores",
+    "parse_target",
+    "prune",
+    "target_label",
+    "target_string",
+    "token_text",
+]

@@ -1,0 +1,206 @@
+"""The greedy path search (Dunefsky et al. 2024, §3.2 and App. D) that builds an attribution graph.
+
+1. The target is a reader: a feature pre-activation at (layer, position) or a logit (difference) at a position.
+2. Greedy search for `n_steps` steps. Each frontier path ends at node a with multiplier μ_a (attribution to the
+   target per unit of a's value; μ_target = 1) and proposes every upstream feature, attention node and
+   embedding b with path attribution μ_a · w(b→a). The top `n_paths` proposals by |attribution| over the
+   whole frontier become the next frontier, with μ_b = μ_a · w(b→a) / z_b for features, μ_b = μ_a for
+   attention nodes (embeddings end a path).
+3. The graph holds every node on a kept path. Each feature, attention and target node gets an edge from every
+   upstream graph node, from every error, bias, skip and embedding leaf at its position, and one `pruned`
+   edge with the sum of the contributions left out, so its incoming weights sum to its value.
+4. Influence, scores and (optionally) influence-based pruning: interp.attribution.prune.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from interp.attribution.cache import PromptCache
+from interp.attribution.decompose import _Decomposition, decompose
+from interp.attribution.graph import LEAF_KINDS, AttributionGraph, GraphNode, NodeKey
+from interp.attribution.prune import finish
+from interp.attribution.targets import FeatureTarget, Target, token_text
+from interp.transcoder import Transcoder
+
+log = logging.getLogger(__name__)
+
+
+def target_label(target: Target, t: int, tokenizer=None) -> str:
+    """How the target node is labelled: 'L3 #12 @5' or 'logit " Mary" − " John"' (token ids without a tokenizer)."""
+    if isinstance(target, FeatureTarget):
+        return f"L{target.layer} #{target.feature} @{t}"
+    other = "" if target.other is None else f" − {token_text(target.other, tokenizer)}"
+    return f"logit {token_text(target.token, tokenizer)}{other}"
+
+
+class _Builder:
+    def __init__(self, pc: PromptCache, token_strs: Sequence[str] | None):
+        self.pc, self.token_strs = pc, token_strs
+        self.nodes: dict[str, GraphNode] = {}
+        self.decomps: dict[str, _Decomposition] = {}
+        self.attn_children: dict[str, dict[tuple[int, int, int], str]] = defaultdict(dict)
+
+    def tok(self, pos: int) -> str:
+        return repr(self.token_strs[pos]) if self.token_strs else str(int(self.pc.tokens[pos]))
+
+    def decomposition(self, node_id: str) -> _Decomposition:
+        if node_id not in self.decomps:
+            node = self.nodes[node_id]
+            self.decomps[node_id] = decompose(self.pc, node.stage, node.position, node.reader)
+        return self.decomps[node_id]
+
+    def feature(self, layer: int, t: int, i: int) -> str:
+        node_id = NodeKey("feature", layer, t, i).id
+        if node_id not in self.nodes:
+            pc = self.pc
+            tc = pc.transcoders[layer]
+            stage = 2 * layer + 1
+            self.nodes[node_id] = GraphNode(
+                node_id, "feature", layer, t, i, pc.feature_value(layer, t, i),
+                label=f"L{layer} #{i} @{t} {self.tok(t)}", stage=stage,
+                reader=pc.reader(stage, t, tc.W_enc[:, i]),
+                own_bias=(NodeKey("bias", layer, t, detail="enc"), float(pc.b_enc[layer][i])),
+            )  # fmt: skip
+        return node_id
+
+    def attn(self, dst: str, m: int, h: int, s: int, value: float) -> str:
+        pc, dst_node = self.pc, self.nodes[dst]
+        t = dst_node.position
+        node_id = NodeKey("attn", m, s, h, feeds=dst, feeds_position=t).id
+        if node_id not in self.nodes:
+            ov = self.decomposition(dst).ov[m, h]  # [d_model]
+            reader = pc.pattern[m, h, t, s] * pc.reader(2 * m, s, ov)
+            self.nodes[node_id] = GraphNode(
+                node_id, "attn", m, s, h, value, label=f"L{m}.H{h} {s}→{t} {self.tok(s)}", stage=2 * m,
+                reader=reader, feeds=dst,
+            )  # fmt: skip
+            self.attn_children[dst][(m, h, s)] = node_id
+        return node_id
+
+    def leaf_label(self, key: NodeKey) -> str:
+        kind, layer, pos = key.kind, key.layer, key.position
+        where = "" if pos is None else f" @{pos} {self.tok(pos)}"
+        if kind == "embed":
+            return f"embed{where}"
+        if kind == "error":
+            what = "error" if layer in self.pc.transcoders and pos != 0 else "MLP (no transcoder)"
+            return f"L{layer} {what}{where}"
+        if kind == "bias":
+            return f"{key.detail} bias L{layer}{where}"
+        if kind == "skip":
+            return f"L{layer} skip{where}"
+        return f"pruned → {self.nodes[key.feeds].label or key.feeds}"
+
+    def leaf(self, key: NodeKey) -> str:
+        node_id = key.id
+        if node_id not in self.nodes:
+            token = int(self.pc.tokens[key.position]) if key.kind == "embed" else None
+            self.nodes[node_id] = GraphNode(
+                node_id, key.kind, key.layer, key.position, token, None, label=self.leaf_label(key),
+                feeds=key.feeds,
+            )  # fmt: skip
+        return node_id
+
+    def edges(self) -> dict[tuple[str, str], float]:
+        """Step 3: the incoming edges of every non-leaf node, a `pruned` remainder closing each node's books."""
+        edges: dict[tuple[str, str], float] = {}
+        for dst in [n for n, node in self.nodes.items() if node.kind not in LEAF_KINDS]:
+            node, d = self.nodes[dst], self.decomposition(dst)
+            pruned = 0.0
+            for layer, i, w in zip(d.feat_layer.tolist(), d.feat_index.tolist(), d.feat_w.tolist()):
+                src = NodeKey("feature", layer, node.position, i).id
+                if src in self.nodes:
+                    edges[(src, dst)] = w
+                else:
+                    pruned += w
+            kept = self.attn_children.get(dst, {})
+            for (m, h, s), src in kept.items():
+                edges[(src, dst)] = float(d.attn[m, h, s])
+            left_out = torch.ones_like(d.attn, dtype=torch.bool)
+            for m, h, s in kept:
+                left_out[m, h, s] = False
+            pruned += float(d.attn[left_out].sum())
+            leaves = dict(d.leaves)
+            if node.own_bias is not None:
+                leaves[node.own_bias[0]] = node.own_bias[1]
+            for key, w in leaves.items():
+                if w != 0.0:
+                    edges[(self.leaf(key), dst)] = w
+            if pruned != 0.0:
+                src = self.leaf(NodeKey("pruned", feeds=dst))
+                self.nodes[src].activation = pruned
+                edges[(src, dst)] = pruned
+        return edges
+
+
+@torch.no_grad()
+def attribute(
+    model,
+    tokens: Tensor,  # [pos] token ids (BOS included if the model expects it)
+    transcoders: Mapping[int, Transcoder],
+    target: Target,
+    n_paths: int = 16,
+    n_steps: int = 3,
+    token_strs: Sequence[str] | None = None,
+    cache: PromptCache | None = None,
+    tokenizer=None,
+    node_threshold: float | None = None,
+    edge_threshold: float | None = None,
+) -> AttributionGraph:
+    """Greedy top-`n_paths` path search from `target` back through features, heads and embeddings (see top),
+    then influence-based pruning when thresholds are given (interp.attribution.prune; None keeps everything)."""
+    pc = cache or PromptCache(model, tokens, transcoders)
+    b = _Builder(pc, token_strs)
+    # 1. the target reader
+    stage, t, reader, bias = pc.target_reader(target)
+    if isinstance(target, FeatureTarget):
+        value = pc.feature_value(target.layer, t, target.feature)
+        own_bias, layer = (NodeKey("bias", target.layer, t, detail="enc"), bias), target.layer
+    else:
+        value, own_bias = pc.logit_value(target, t), (NodeKey("bias", pc.n_layers, t, detail="unembed"), bias)
+        layer = None
+    b.nodes["target"] = GraphNode(
+        "target", "target", layer, t, getattr(target, "feature", getattr(target, "token", None)), value,
+        label=target_label(target, t, tokenizer), stage=stage, reader=reader, own_bias=own_bias,
+    )  # fmt: skip
+    # 2. greedy search
+    frontier: list[tuple[str, float]] = [("target", 1.0)]
+    for _ in range(n_steps):
+        proposals: list[tuple[float, str, int, float]] = []  # (|attr|, dst, candidate index, mu)
+        for dst, mu in frontier:
+            cand = b.decomposition(dst).candidates()
+            top = cand.abs().topk(min(n_paths, len(cand)))
+            proposals += [(abs(mu) * float(a), dst, int(i), mu) for a, i in zip(top.values, top.indices)]
+        proposals.sort(key=lambda p: -p[0])
+        frontier = []
+        for _, dst, i, mu in proposals[:n_paths]:
+            d = b.decomposition(dst)
+            n_feat, t_dst = len(d.feat_w), b.nodes[dst].position
+            if i < n_feat:
+                src = b.feature(int(d.feat_layer[i]), t_dst, int(d.feat_index[i]))
+                z = b.nodes[src].activation
+                frontier.append((src, mu * float(d.feat_w[i]) / z if z else 0.0))
+            elif i < n_feat + d.attn.numel():
+                m, h, s = torch.unravel_index(torch.tensor(i - n_feat), d.attn.shape)
+                src = b.attn(dst, int(m), int(h), int(s), float(d.attn[m, h, s]))
+                frontier.append((src, mu))
+            # else: the embedding, a leaf that is always in the graph
+    # 3. edges of every non-leaf node
+    edges = b.edges()
+    config = {
+        "n_paths": n_paths,
+        "n_steps": n_steps,
+        "layers": sorted(pc.transcoders),
+        "n_layers": pc.n_layers,
+    }
+    graph = AttributionGraph(tokens.tolist(), target, value, b.nodes, edges, config)
+    # 4. influence, scores, pruning
+    graph = finish(graph, node_threshold, edge_threshold)
+    log.info("attribution graph: %d nodes, %d edges, target %.4g", len(graph.nodes), len(graph.edges), value)
+    return graph
