@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 
 from interp.interventions import (
     MAX_EDITS,
@@ -239,3 +240,157 @@ def test_bad_edits_get_a_clear_message(setup, edits, message):
     ):
         with pytest.raises(InterventionError, match=message):
             call()
+
+
+# ---- the real SmolLM2 model ----------------------------------------------------------------------------------
+
+REAL_LAYERS = [24, 28]
+SHARE = 0.1  # ||a f_dec|| / median ||resid|| at the layer  # above the middle of its 30 layers
+NEUTRAL_PROMPTS = [
+    "The weather today is",
+    "I went to the",
+    "She said that",
+    "In the morning, we",
+    "My favorite thing is",
+    "He looked at the",
+    "This is a story about",
+    "They decided to",
+    "It was a long",
+    "We need to talk about",
+]
+
+
+@pytest.fixture(scope="module")
+def real():
+    """SmolLM2 with quick TopK transcoders at two upper layers, trained on ~2k tokens of its own activations (their
+    quality does not matter here: an edit acts on whatever transcoder is spliced in)."""
+    import glob
+    import os
+
+    from interp.activations import harvest
+    from interp.model import load_model
+    from interp.train import TrainConfig, train
+
+    models = os.path.join(os.path.dirname(__file__), "..", "..", "data", "models")
+    if not os.path.exists(os.path.join(models, "smollm2-135m", "config.json")):
+        pytest.skip("the embedded model is not converted yet (make data)")
+    model = load_model("smollm2-135m", device="cpu", cache_dir=models)
+    tok = model.tokenizer
+    corpus = os.path.join(os.path.dirname(__file__), "..", "..", "data", "corpora", "sotu", "*.txt")
+    text = " ".join(open(f).read() for f in sorted(glob.glob(corpus))[:3]) or " ".join(NEUTRAL_PROMPTS) * 300
+    ids = tok(text, add_special_tokens=False)["input_ids"][: 32 * 63]
+    ctx = torch.tensor(ids).reshape(-1, 63)
+    ctx = torch.cat([torch.full((ctx.shape[0], 1), tok.bos_token_id), ctx], 1)  # [32, 64]
+    acts = {layer: ([], []) for layer in REAL_LAYERS}
+    for batch in harvest(model, ctx, torch.arange(len(ctx)), REAL_LAYERS, batch_size=16):
+        for layer in REAL_LAYERS:
+            acts[layer][0].append(batch.acts[layer][0])
+            acts[layer][1].append(batch.acts[layer][1])
+    tcs, fired = {}, {}
+    for layer in REAL_LAYERS:
+        x, y = torch.cat(acts[layer][0]), torch.cat(acts[layer][1])
+        cfg = TrainConfig(
+            d_sae=1152,
+            k=16,
+            batch_size=512,
+            train_tokens=15_000,
+            buffer_tokens=4096,
+            checkpoint_every=0,
+            skip=False,
+        )
+        tc_cfg = TranscoderConfig(d_in=576, d_sae=1152, d_out=576, layer=layer)
+        tc = train(lambda x=x, y=y: [{"x": x, "y": y}], cfg, tc_cfg, progress=False).transcoder
+        tcs[layer] = tc.eval().requires_grad_(False)
+        with torch.no_grad():
+            fired[layer] = (tcs[layer].encode(x) > 0).sum(0)  # [d_sae]
+    resid = {}
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ctx[:4], names_filter=lambda n: n.endswith("hook_resid_mid"))
+    for layer in REAL_LAYERS:
+        resid[layer] = float(cache[f"blocks.{layer}.hook_resid_mid"][:, 1:].norm(dim=-1).median())
+    return model, tcs, fired, resid
+
+
+def _strongest_promoters(model, tcs, fired, n_per_layer: int) -> list[tuple[int, int, int]]:
+    """(layer, feature, token): per layer the features that fired in training whose strongest promoted token
+    (feature_tokens 'logit_top' rank 0, interp.token_effects) has the largest logit effect, distinct tokens that
+    are not control tokens."""
+    from interp.token_effects import logit_effects
+
+    chosen, seen = [], set()
+    tok = (
+        model.tokenizer
+    )  # control tokens (SmolLM2's <filename>, <jupyter_code>, ...) never follow neutral prose
+    special = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}))
+    for layer, tc in tcs.items():
+        top, _ = logit_effects(tc.W_dec, model.W_U, 1)
+        value = top.value[:, 0].masked_fill(fired[layer] < 5, float("-inf"))
+        picked = 0
+        for f in value.argsort(descending=True).tolist():
+            token = int(top.token_id[f, 0])
+            if token not in seen and token not in special:
+                seen.add(token)
+                chosen.append((layer, f, token))
+                picked += 1
+            if picked == n_per_layer:
+                break
+    return chosen
+
+
+@pytest.mark.slow
+def test_real_adding_a_decoder_direction_raises_its_top_promoted_token(real):
+    """10 features (5 at each of two upper layers), each added at all positions with ||a f_dec|| a fixed share of
+    the median residual norm at its layer: its strongest promoted token gets more probable on >= 8 of 10 neutral
+    prompts. Prompts of one token count run as one batch (the edit hooks are batch-agnostic)."""
+    from interp.interventions import edited
+
+    model, tcs, fired, resid = real
+    features = _strongest_promoters(model, tcs, fired, 5)
+    assert len(features) == 10
+    groups: dict[int, list[Tensor]] = {}
+    for p in NEUTRAL_PROMPTS:
+        t = model.to_tokens(p)[0]
+        groups.setdefault(len(t), []).append(t)
+    batches = [torch.stack(g) for g in groups.values()]  # [n, pos] each
+    with torch.no_grad():
+        clean = torch.cat([model(b)[:, -1].softmax(-1) for b in batches])  # [10, d_vocab]
+    wins = []
+    for layer, f, token in features:
+        a = SHARE * resid[layer] / float(tcs[layer].W_dec[f].norm())
+        with torch.no_grad(), edited(model, tcs, [Edit(layer, f, "add", a)]):
+            steered = torch.cat([model(b)[:, -1].softmax(-1) for b in batches])
+        wins.append(int((steered[:, token] > clean[:, token]).sum()))
+    print(f"\nprompts (of 10) on which each feature's top promoted token got more probable: {wins}")
+    assert all(w >= 8 for w in wins), list(zip(features, wins))
+
+
+@pytest.mark.slow
+def test_real_zeroing_a_firing_feature_leaves_the_other_features_of_its_layer_unchanged(real):
+    model, tcs, _, _ = real
+    layer = REAL_LAYERS[-1]
+    tokens = model.to_tokens("When Mary and John went to the store, John gave a drink to")[0]
+    x, _ = _x_and_y(model, tokens, layer)
+    p, f, _ = _firing(tcs[layer], x)
+    run = run_with_edits(model, tokens, tcs, [Edit(layer, f, "zero")])
+    z_clean = tcs[layer].encode(x)
+    others = [j for j in range(tcs[layer].d_sae) if j != f]
+    assert torch.equal(run.features[layer][1:, others], z_clean[1:, others])
+    assert (run.features[layer][1:, f] == 0).all() and z_clean[p, f] > 0
+    delta = z_clean[:, f, None] * tcs[layer].W_dec[f]  # [pos, d_model]: the feature's whole contribution
+    delta[0] = 0
+    expected = model.run_with_hooks(
+        tokens[None], fwd_hooks=[(f"blocks.{layer}.hook_mlp_out", lambda y, hook: y - delta)]
+    )[0]
+    torch.testing.assert_close(run.logits, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(run.logits, run.clean_logits)
+
+
+@pytest.mark.slow
+def test_real_an_edit_of_strength_zero_reproduces_the_unedited_logits_exactly(real):
+    model, tcs, _, _ = real
+    tokens = model.to_tokens("The President said that the nation")[0]
+    with torch.no_grad():
+        clean = model(tokens[None])[0]
+    edits = [Edit(REAL_LAYERS[0], 11, "add", 0.0), Edit(REAL_LAYERS[1], 5, "scale", 1.0)]
+    for freeze in (False, True):
+        assert torch.equal(run_with_edits(model, tokens, tcs, edits, freeze_attention=freeze).logits, clean)
