@@ -22,9 +22,8 @@ PROMPTS = [
     "The President said that the nation",
     "Call me Ishmael. Some years ago",
     "To be, or not to be, that is",
-    "In the morning we walked down to the",
 ]
-N_NEW = 24
+N_NEW = 8
 LAYER = 15
 
 
@@ -58,12 +57,13 @@ def main() -> None:
     with torch.inference_mode():
         iv.generate(model, prompts[0], tcs, edits, 2)  # warm-up
         plain = _tokens_per_s(model, prompts, {}, [])
+        print(f"   plain generation: {plain:,.2f} tokens/s", flush=True)
         edited = _tokens_per_s(model, prompts, tcs, edits)
+        print(f"   with an edit (attention live): {edited:,.2f} tokens/s", flush=True)
         frozen = _tokens_per_s(model, prompts, tcs, edits, freeze=True)
+        print(f"   with an edit (attention frozen): {frozen:,.2f} tokens/s", flush=True)
         plain_again = _tokens_per_s(model, prompts, {}, [])  # the machine's drift during the run
     base = (plain + plain_again) / 2
     print(f"   transcoder: {name}; {len(PROMPTS)} prompts x {N_NEW} new tokens, greedy, no KV cache")
-    print(f"   plain generation:            {plain:,.1f} tokens/s (again at the end: {plain_again:,.1f})")
-    print(f"   with an edit (attention live): {edited:,.1f} tokens/s")
-    print(f"   with an edit (attention frozen): {frozen:,.1f} tokens/s")
+    print(f"   plain generation again at the end: {plain_again:,.2f} tokens/s")
     print(f"   ratio edited / plain: {edited / base:.2f} (goal >= 0.8); frozen / plain {frozen / base:.2f}")
