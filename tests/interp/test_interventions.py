@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import Tensor
 
 from interp.interventions import (
     MAX_EDITS,
@@ -341,17 +340,15 @@ def _strongest_promoters(model, tcs, fired, n_per_layer: int) -> list[tuple[int,
 def test_real_adding_a_decoder_direction_raises_its_top_promoted_token(real):
     """10 features (5 at each of two upper layers), each added at all positions with ||a f_dec|| a fixed share of
     the median residual norm at its layer: its strongest promoted token gets more probable on >= 8 of 10 neutral
-    prompts. Prompts of one token count run as one batch (the edit hooks are batch-agnostic)."""
+    prompts (cut to the shortest one's token count, so they run as one batch; the edit hooks are batch-agnostic)."""
     from interp.interventions import edited
 
     model, tcs, fired, resid = real
     features = _strongest_promoters(model, tcs, fired, 5)
     assert len(features) == 10
-    groups: dict[int, list[Tensor]] = {}
-    for p in NEUTRAL_PROMPTS:
-        t = model.to_tokens(p)[0]
-        groups.setdefault(len(t), []).append(t)
-    batches = [torch.stack(g) for g in groups.values()]  # [n, pos] each
+    tokens = [model.to_tokens(p)[0] for p in NEUTRAL_PROMPTS]
+    n = min(len(t) for t in tokens)
+    batches = [torch.stack([t[:n] for t in tokens])]  # [10, n]: each prompt's first n tokens, one batch
     with torch.no_grad():
         clean = torch.cat([model(b)[:, -1].softmax(-1) for b in batches])  # [10, d_vocab]
     wins = []
