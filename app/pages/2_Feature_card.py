@@ -10,7 +10,7 @@ import time
 import polars as pl
 import streamlit as st
 
-from app import components
+from app import components, steer
 from app.components import esc
 from app.overview import goal_misses
 from storage import queries
@@ -209,6 +209,9 @@ def main() -> None:
                     f"atlas-fx-{kind}",
                 )
             )
+
+    tc_row = tcs.filter(pl.col("transcoder_id") == tid).row(0, named=True)
+    steer.try_feature(tc_row["model"], tid, s["layer"], feature, str(tc_row["created_at"]), s["max_act"])
 
     st.subheader("Connected features")
     up, down, nb = st.columns(3)
