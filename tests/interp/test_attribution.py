@@ -79,7 +79,8 @@ def test_bookkeeping_logit_target(tiny_model, tcs):
     kept = [
         w for s, w in graph.incoming("target").items() if graph.nodes[s].kind in ("feature", "attn", "embed")
     ]
-    assert max(abs(w) for w in kept) == pytest.approx(best)
+    # the same candidate, computed by the search and by a fresh decompose: float32 rounding only
+    assert max(abs(w) for w in kept) == pytest.approx(best, rel=1e-5, abs=1e-7)
     paths = graph.top_paths(5)
     assert paths and all(p[1][0] == "target" for p in paths)
     assert abs(paths[0][0]) >= abs(paths[-1][0])
