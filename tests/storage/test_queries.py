@@ -177,7 +177,9 @@ def test_console_runs_with_a_memory_limit_and_a_temp_space_limit(atlas):
 
 
 def test_size_parsing_of_duckdb_settings():
-    assert queries._size_bytes("953.6 MiB") == pytest.approx(953.6 * 2**20)
+    assert queries._size_bytes("953.6 MiB") == pytest.approx(
+        953.6 * 2**20, rel=1e-9
+    )  # parsing, float64 arithmetic
     assert queries._size_bytes("18.8 GiB") > 2 * 2**30 and queries._size_bytes("0 bytes") == 0
     assert queries._size_bytes("90% of available disk space") == float("inf")
 
