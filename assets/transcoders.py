@@ -28,7 +28,7 @@ from assets import resources, settings
 from assets.metadata import md_table
 from interp.activations import harvest
 from interp.evals import evaluate, evaluate_each
-from interp.model import check_layers, mlp_hooks
+from interp.model import autocast, check_layers, mlp_hooks
 from interp.quality import Thresholds, gate, goal_misses
 from interp.train import TrainConfig, TrainResult, train, train_layers
 from interp.transcoder import TranscoderConfig
@@ -58,6 +58,9 @@ class TranscoderTrainConfig(dg.Config):
     buffer_tokens: int = 32_768  # shuffle buffer per layer (float16: 75 MB per SmolLM2 layer)
     seed: int = _TRAIN.seed  # weights init and shuffling; also seeds the training-context sample
     forward_batch: int = 16  # stream: contexts per forward pass
+    # forward passes (training stream, evaluation) and training steps under bfloat16 autocast where the device runs
+    # it natively (interp.model.bf16_fast): 2x faster passes on an AVX512-BF16 CPU; float32 elsewhere
+    bf16: bool = _TRAIN.autocast_bf16
     checkpoint_every: int = (
         _TRAIN.checkpoint_every
     )  # stream items (forward passes or shards) between checkpoints
@@ -90,6 +93,7 @@ class TranscoderTrainConfig(dg.Config):
             seed=self.seed,
             checkpoint_every=self.checkpoint_every,
             device=device,
+            autocast_bf16=self.bf16,
         )
 
     def thresholds(self) -> Thresholds:
@@ -146,7 +150,7 @@ def _stream_data(config: TranscoderTrainConfig, layers: list[int]):
     fb = config.forward_batch
 
     def stream(start: int):
-        for b in harvest(model, tokens[start * fb :], context_ids[start * fb :], layers, fb):
+        for b in harvest(model, tokens[start * fb :], context_ids[start * fb :], layers, fb, config.bf16):
             yield b.acts
 
     data = {
@@ -246,25 +250,26 @@ def transcoders(context: dg.AssetExecutionContext, config: TranscoderTrainConfig
     model = resources.model()
     check_layers(model, layers)
     thresholds = config.thresholds()
+    device = settings.device()
     t0 = time.perf_counter()
     results, recipes = _train(context, config, layers)
     train_s = time.perf_counter() - t0
-    device = settings.device()
     tcs = {layer: r.transcoder.to(device) for layer, r in results.items()}
     tokens, _ = corpus_store.sample_contexts("eval", config.eval_contexts, config.eval_seed)
     massive = {
         layer: (r.y_mean, _TRAIN.outlier_norm * r.scale) for layer, r in results.items()
     }  # the trainer's threshold for massive activations
     t1 = time.perf_counter()
-    metrics = evaluate_each(
-        model,
-        tcs,
-        tokens,
-        {layer: r.y_mean for layer, r in results.items()},
-        massive,
-        batch_size=config.eval_batch_size,
-        progress=True,
-    )
+    with autocast(device, config.bf16):
+        metrics = evaluate_each(
+            model,
+            tcs,
+            tokens,
+            {layer: r.y_mean for layer, r in results.items()},
+            massive,
+            batch_size=config.eval_batch_size,
+            progress=True,
+        )
     eval_s = time.perf_counter() - t1
     rows = []
     for layer in layers:
@@ -335,6 +340,9 @@ class SpliceConfig(dg.Config):
     eval_contexts: int = 256  # a seeded sample of held-out contexts stratified by source
     eval_seed: int = 1
     eval_batch_size: int = 8
+    bf16: bool = (
+        _TRAIN.autocast_bf16
+    )  # forward passes under bfloat16 autocast where native (as `transcoders`)
 
 
 @dg.asset(deps=["transcoders"], group_name="transcoders", kinds={"pytorch", "duckdb"})
@@ -351,15 +359,16 @@ def splice_metrics(context: dg.AssetExecutionContext, config: SpliceConfig) -> d
         tcs[layer] = tc_store.load_transcoder(tid, device=device)
         means[layer] = torch.tensor(tc_store.transcoder_row(tid)["config"]["y_mean"])
     tokens, _ = corpus_store.sample_contexts("eval", config.eval_contexts, config.eval_seed)
-    res = evaluate(
-        resources.model(),
-        tcs,
-        tokens,
-        means,
-        batch_size=config.eval_batch_size,
-        zero_ablation=False,
-        progress=True,
-    )
+    with autocast(device, config.bf16):
+        res = evaluate(
+            resources.model(),
+            tcs,
+            tokens,
+            means,
+            batch_size=config.eval_batch_size,
+            zero_ablation=False,
+            progress=True,
+        )
     tc_store.write_splice_metrics(model_name, list(tcs), listed["transcoder_id"].to_list(), res)
     context.log.info(f"all layers {sorted(tcs)} spliced: ce_recovered {res['ce_recovered']:.3f}")
     summary = pl.DataFrame(

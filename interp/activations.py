@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from interp.model import check_layers, mlp_hooks
+from interp.model import autocast, check_layers, mlp_hooks
 
 
 class NonFiniteActivationError(ValueError):
@@ -49,6 +49,7 @@ def harvest(
     context_ids: Tensor,  # [n_ctx] int64
     layers: list[int],
     batch_size: int = 32,
+    bf16: bool = False,  # forward passes under bfloat16 autocast where the device runs it natively
 ) -> Iterator[HarvestBatch]:
     check_layers(model, layers)
     names = {name for layer in layers for name in mlp_hooks(layer)}
@@ -56,7 +57,8 @@ def harvest(
     stop = max(layers) + 1
     for i in range(0, tokens.shape[0], batch_size):
         batch = tokens[i : i + batch_size].to(device)  # [b, pos]
-        _, cache = model.run_with_cache(batch, names_filter=lambda n: n in names, stop_at_layer=stop)
+        with autocast(device, bf16):
+            _, cache = model.run_with_cache(batch, names_filter=lambda n: n in names, stop_at_layer=stop)
         b, pos = batch.shape
         acts = {}
         for layer in layers:

@@ -103,6 +103,12 @@ class ReconstructionStats:
 
     @torch.no_grad()
     def update(self, tc: Transcoder, x: Tensor, y: Tensor) -> None:  # x [n, d_in], y [n, d_out]
+        with torch.autocast(
+            x.device.type, enabled=False
+        ):  # the transcoder in its own precision, even when the
+            self._update(tc, x, y)  # model's passes run under bf16 autocast
+
+    def _update(self, tc: Transcoder, x: Tensor, y: Tensor) -> None:
         x, y = x.to(tc.W_enc), y.to(tc.W_enc).double()
         z = tc.encode(x)  # [n, d_sae]
         y_hat = tc.decode(z, x).double()
