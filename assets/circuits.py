@@ -28,6 +28,7 @@ from interp.attribution import (
 )
 from interp.edges import feature_edges as compute_feature_edges
 from interp.edges import ov_weights
+from interp.faithfulness import TOP_NODES, agreement, intervene
 from interp.model import parallel_blocks
 from storage import circuits, graph_export
 
@@ -63,6 +64,8 @@ class AttributionGraphsConfig(dg.Config):
     node_threshold: float = NODE_THRESHOLD
     edge_threshold: float = EDGE_THRESHOLD
     export_json: bool = True  # also write circuit-tracer JSON to $ATLAS_HOME/exports/graph-<id>.json
+    # faithfulness on the real model: zero this many top feature nodes, MLPs live (interp.faithfulness)
+    faithfulness_nodes: int = TOP_NODES
 
 
 @dg.asset(deps=["transcoders"], group_name="circuits", kinds={"pytorch", "duckdb"})
@@ -127,7 +130,9 @@ def attribution_graphs(
         seconds = time.perf_counter() - t0
         node = graph.nodes["target"]
         budget = direct_effects(pc, node.stage, node.position, node.reader).budget()
-        gid = circuits.write_graph(graph, model_name, spec.prompt, canonical, ids)
+        interventions = intervene(model, graph, tcs, config.faithfulness_nodes)
+        faithful = agreement(interventions, "attention_frozen")
+        gid = circuits.write_graph(graph, model_name, spec.prompt, canonical, ids, interventions)
         kept.append(gid)
         if config.export_json:
             graph_export.export_graph(gid)
@@ -142,6 +147,9 @@ def attribution_graphs(
                 "edges": len(graph.edges),
                 **{name: round(v, 3) for name, v in graph.scores.items()},
                 "seconds": round(seconds, 2),
+                # real model, MLPs live, attention patterns frozen (graph_faithfulness has both settings)
+                "sign_agreement": round(faithful["sign_agreement"], 3),
+                "spearman": round(faithful["spearman"], 3),
                 # how much of the value the atlas's features carry directly, and how much the MLPs it lacks
                 "from_features": round(budget["features"], 3),
                 "from_mlps_without_transcoder": round(budget["mlps_without_transcoder"], 3),

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-MODULES = ["build", "harvest", "train", "features", "circuits", "app", "steer"]
+MODULES = ["build", "harvest", "train", "sample_efficiency", "features", "circuits", "app", "steer"]
 
 
 def main(argv: list[str]) -> None:

@@ -11,6 +11,8 @@ and seconds per attribution graph on the real model, all measured in the same ru
                        influence pruning at the default thresholds, as a multiple of a bare forward pass (goal
                        <= 5x), its peak extra memory and scores, and seconds for the exact direct effects of every
                        feature on the same target
+  faithfulness         the atlas's stored graphs: predicted vs actual change of the target when each top feature
+                       node is zeroed in the real model (interp.faithfulness), against the goals
 
 Synthetic weights with d_model 576 / 9 heads / d_head 64 (SmolLM2 shapes). ATLAS_BENCH_DSAE sets the smaller
 d_sae (default 2304).
@@ -186,7 +188,33 @@ def bench_graph() -> None:
     print(f"   direct effects of every feature at every position on the target: {direct:.3f} s")
 
 
+def report_faithfulness() -> None:
+    """The stored graphs' real-model faithfulness (computed by `attribution_graphs`), against the goals."""
+    try:
+        from storage import db
+
+        rows = db.query(
+            """SELECT g.target, f.setting, f.n_nodes, f.pearson, f.spearman, f.sign_agreement
+               FROM graph_faithfulness f JOIN graphs g USING (graph_id) ORDER BY g.target, f.setting"""
+        )
+    except Exception as e:  # no atlas yet
+        print(f"   faithfulness: skipped (no graphs in the atlas: run `make atlas`; {type(e).__name__})")
+        return
+    if rows.height == 0:
+        print("   faithfulness: skipped (no graphs stored)")
+    for r in rows.iter_rows(named=True):
+        goal = ""
+        if r["setting"] == "attention_frozen":
+            met = r["sign_agreement"] >= 0.9 and r["spearman"] >= 0.8
+            goal = " (goal sign >= 0.9, Spearman >= 0.8: " + ("met)" if met else "missed)")
+        print(
+            f"   faithfulness {r['target']} {r['setting']}: {r['n_nodes']} nodes, Pearson {r['pearson']:.2f}, "
+            f"Spearman {r['spearman']:.2f}, sign agreement {r['sign_agreement']:.2f}{goal}"
+        )
+
+
 def main() -> None:
     with torch.no_grad():
         bench_edges()
         bench_graph()
+    report_faithfulness()

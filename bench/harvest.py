@@ -2,7 +2,8 @@
 
 Both loops run the embedded model on the same real-text contexts, stopping after the highest default layer;
 the harvest loop also caches x/y of every default layer and writes fp16 Parquet shards (to a temp folder)
-exactly as the `activations` asset does. Ratio = harvest tokens/s / bare tokens/s (goal >= 0.85).
+exactly as the `activations` asset does. Ratio = harvest tokens/s / bare tokens/s (goal >= 0.85). Then whole
+forward passes in float32 and under bfloat16 autocast (where the CPU runs it natively): speed and loss shift.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from assets.settings import DEFAULT_LAYERS
 from bench import scoped_env
 from interp.activations import harvest
 from interp.corpus import make_contexts, read_documents
-from interp.model import DEFAULT_MODEL, load_model
+from interp.model import DEFAULT_MODEL, autocast, bf16_fast, load_model
 from storage import activations as act_store
 from storage import layout
 
@@ -54,3 +55,31 @@ def main() -> None:
     print(f"   bare truncated forward (to layer {max(layers)}): {bare:,.0f} tokens/s")
     print(f"   harvest {len(layers)} layers + fp16 shards:     {harvested:,.0f} tokens/s")
     print(f"   ratio harvest / bare: {harvested / bare:.2f} (goal >= 0.85); peak RSS {peak:,.0f} MB")
+    _bf16_line(model, tokens)
+
+
+def _nll_and_rate(model, tokens: torch.Tensor, bf16: bool) -> tuple[float, float]:
+    """Mean next-token loss (nats) of whole forward passes over `tokens`, and tokens/s."""
+    total, t0 = 0.0, time.perf_counter()
+    with torch.inference_mode(), autocast("cpu", bf16):
+        for i in range(0, tokens.shape[0], BATCH):
+            batch = tokens[i : i + BATCH]
+            logp = torch.log_softmax(model(batch, return_type="logits")[:, :-1].float(), -1)
+            total += -logp.gather(-1, batch[:, 1:, None]).sum().item()
+    seconds = time.perf_counter() - t0
+    n = tokens.shape[0] * (tokens.shape[1] - 1)
+    return total / n, n / seconds
+
+
+def _bf16_line(model, tokens: torch.Tensor) -> None:
+    """bfloat16 autocast against float32 on whole forward passes: speed, and how far it moves the loss (the
+    quantity every CE metric is built from)."""
+    if not bf16_fast("cpu"):
+        print("   bf16 forward: skipped (this CPU has no native bfloat16 matmuls; the atlas runs float32)")
+        return
+    nll32, rate32 = _nll_and_rate(model, tokens, bf16=False)
+    nll16, rate16 = _nll_and_rate(model, tokens, bf16=True)
+    print(
+        f"   whole forward, float32 {rate32:,.0f} tokens/s, bf16 autocast {rate16:,.0f} tokens/s "
+        f"({rate16 / rate32:.2f}x); next-token loss {nll32:.4f} vs {nll16:.4f} nats (shift {nll16 - nll32:+.4f})"
+    )

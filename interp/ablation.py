@@ -9,7 +9,6 @@ MLPs live the downstream MLPs respond too.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -102,11 +101,3 @@ def ablation_effects(
                 delta[layer][row, pos] = z[layer][pos, i] * transcoders[layer].W_dec[i]
             out.append(run(delta) - clean)
     return torch.cat(out).cpu() if out else torch.zeros(0)
-
-
-def effect_correlation(predicted: Sequence[float], measured: Sequence[float]) -> float:
-    """Pearson correlation of predicted attributions and measured ablation effects."""
-    p, m = torch.tensor(predicted, dtype=torch.float64), torch.tensor(measured, dtype=torch.float64)
-    p, m = p - p.mean(), m - m.mean()
-    denom = math.sqrt(float(p @ p) * float(m @ m))
-    return float(p @ m) / denom if denom else float("nan")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.ablation import ablation_effects, effect_correlation
+from interp.ablation import ablation_effects
 from interp.attribution import (
     FeatureTarget,
     LogitTarget,
@@ -38,6 +38,7 @@ from interp.attribution import (
     parse_target,
     target_string,
 )
+from interp.faithfulness import pearson
 from interp.model import DEFAULT_MODEL, load_model
 from storage import circuits, graph_export, layout, queries
 
@@ -223,8 +224,8 @@ def _faithfulness(checks: list[_Check]) -> list[str]:
         predicted = [-e for e, *_ in check.strongest]
         diff = max(abs(p - m) for p, m in zip(predicted, check.frozen))
         lines.append(
-            f"| {_md(check.label)} | {len(predicted)} | {effect_correlation(predicted, check.frozen):.4f} | "
-            f"{diff:.2g} | {effect_correlation(predicted, check.live):.4f} |"
+            f"| {_md(check.label)} | {len(predicted)} | {pearson(predicted, check.frozen):.4f} | "
+            f"{diff:.2g} | {pearson(predicted, check.live):.4f} |"
         )
     return lines + [
         "",

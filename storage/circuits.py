@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import polars as pl
 
 from interp.attribution import AttributionGraph
 from interp.edges import TopEdges
+from interp.faithfulness import NodeIntervention, agreement
 from interp.transcoder import Transcoder
 from storage import db
 from storage import transcoders as tc_store
 
 SCORES = ("replacement_score", "completeness_score", "error_share")  # interp.attribution.prune
+# a graph's rows, children first
+GRAPH_TABLES = ("graph_faithfulness", "graph_interventions", "graph_edges", "graph_nodes", "graphs")
 
 
 def graph_id(model: str, prompt: str, target: str) -> str:
@@ -163,14 +166,80 @@ def graph_frames(
     return meta, node_rows, edge_rows
 
 
+def faithfulness_frames(
+    gid: str, interventions: Sequence[NodeIntervention]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(graph_interventions rows, graph_faithfulness rows) of one graph's real-model interventions."""
+    settings = sorted({s for i in interventions for s in i.actual})
+    per_node = pl.DataFrame(
+        [
+            {
+                "graph_id": gid,
+                "setting": setting,
+                "node_id": i.node_id,
+                "layer": i.layer,
+                "position": i.position,
+                "feature": i.feature,
+                "predicted": i.predicted,
+                "actual": i.actual[setting],
+            }
+            for setting in settings
+            for i in interventions
+        ],
+        schema={
+            "graph_id": pl.Utf8,
+            "setting": pl.Utf8,
+            "node_id": pl.Utf8,
+            "layer": pl.Int32,
+            "position": pl.Int32,
+            "feature": pl.Int32,
+            "predicted": pl.Float32,
+            "actual": pl.Float32,
+        },
+    )
+    summary = pl.DataFrame(
+        [
+            {"graph_id": gid, "setting": setting, **_renamed(agreement(interventions, setting))}
+            for setting in settings
+        ],
+        schema={
+            "graph_id": pl.Utf8,
+            "setting": pl.Utf8,
+            "n_nodes": pl.Int32,
+            "pearson": pl.Float32,
+            "spearman": pl.Float32,
+            "sign_agreement": pl.Float32,
+        },
+    )
+    return per_node, summary
+
+
+def _renamed(stats: dict) -> dict:
+    return {"n_nodes" if k == "n" else k: v for k, v in stats.items()}
+
+
 def write_graph(
-    graph: AttributionGraph, model: str, prompt: str, target: str, transcoder_ids: Mapping[int, str]
+    graph: AttributionGraph,
+    model: str,
+    prompt: str,
+    target: str,
+    transcoder_ids: Mapping[int, str],
+    interventions: Sequence[NodeIntervention] = (),
 ) -> str:
-    """Store one graph (replacing any graph with the same id); returns its id."""
+    """Store one graph and its real-model interventions (replacing any graph with the same id); returns its id."""
     gid = graph_id(model, prompt, target)
     meta, nodes, edges = graph_frames(gid, graph, model, prompt, target, transcoder_ids)
+    per_node, summary = faithfulness_frames(gid, interventions)
     where = {"graph_id": gid}
-    db.write_many([("graphs", meta, where), ("graph_nodes", nodes, where), ("graph_edges", edges, where)])
+    db.write_many(
+        [
+            ("graphs", meta, where),
+            ("graph_nodes", nodes, where),
+            ("graph_edges", edges, where),
+            ("graph_interventions", per_node, where),
+            ("graph_faithfulness", summary, where),
+        ]
+    )
     return gid
 
 
@@ -179,7 +248,7 @@ def delete_graphs_except(model: str, keep: Iterable[str]) -> None:
     keep = list(keep)
     stale = "SELECT graph_id FROM graphs WHERE model = ? AND graph_id NOT IN (SELECT unnest(?::VARCHAR[]))"
     with db.transaction() as con:
-        for table in ("graph_edges", "graph_nodes", "graphs"):
+        for table in GRAPH_TABLES:
             con.execute(f"DELETE FROM {table} WHERE graph_id IN ({stale})", [model, keep])
 
 

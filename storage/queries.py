@@ -287,7 +287,8 @@ def graphs() -> pl.DataFrame:
 
 def graph(graph_id: str) -> dict[str, Any] | None:
     """One attribution graph: its row, nodes (with token strings of embed nodes and the `features` label of
-    feature nodes), edges and the prompt's token strings by position; None if unknown."""
+    feature nodes), edges, the prompt's token strings by position, and its real-model faithfulness (summary per
+    setting, and each intervened node's predicted and actual change); None if unknown."""
     with db.reader() as con:
         head = db.frame(con, "SELECT * FROM graphs WHERE graph_id = ?", [graph_id])
         if head.height == 0:
@@ -317,11 +318,27 @@ def graph(graph_id: str) -> dict[str, Any] | None:
                 [row["model"], tokens],
             ).iter_rows()
         )
+        faithfulness = db.frame(
+            con,
+            "SELECT setting, n_nodes, pearson, spearman, sign_agreement FROM graph_faithfulness "
+            "WHERE graph_id = ? ORDER BY setting",
+            [graph_id],
+        )
+        interventions = db.frame(
+            con,
+            """
+            SELECT i.node_id, n.label, i.setting, i.predicted, i.actual
+            FROM graph_interventions i LEFT JOIN graph_nodes n ON n.graph_id = i.graph_id AND n.node_id = i.node_id
+            WHERE i.graph_id = ? ORDER BY i.setting, abs(i.predicted) DESC""",
+            [graph_id],
+        )
     return {
         "graph": row,
         "nodes": nodes,
         "edges": edges,
         "token_strs": [vocab.get(t, str(t)) for t in tokens],
+        "faithfulness": faithfulness,
+        "interventions": interventions,
     }
 
 

@@ -354,6 +354,44 @@ TABLES: tuple[Table, ...] = (
         ("dst_node", "VARCHAR", "Downstream node."),
         ("weight", "REAL", "Attribution of src to dst."),
     ),
+    _t(
+        "graph_interventions",
+        "Faithfulness on the real model, per node: each of a graph's top feature nodes by |influence| zeroed in the "
+        "real model, every MLP live (interp.faithfulness).",
+        ("graph_id", "setting", "node_id"),
+        ("graph_id", "VARCHAR", "Graph."),
+        (
+            "setting",
+            "VARCHAR",
+            "'attention_frozen' (attention patterns held at their clean values) or 'nothing_frozen'.",
+        ),
+        ("node_id", "VARCHAR", "Feature node zeroed (see `graph_nodes`)."),
+        ("layer", "INTEGER", "Its layer."),
+        ("position", "INTEGER", "Its token position."),
+        ("feature", "INTEGER", "Its feature index."),
+        ("predicted", "REAL", "The graph's change of the target: minus the node's influence."),
+        ("actual", "REAL", "Measured change of the target (ablated minus clean) in the real model."),
+    ),
+    _t(
+        "graph_faithfulness",
+        "Faithfulness on the real model, per graph and setting: predicted vs actual changes of `graph_interventions`.",
+        ("graph_id", "setting"),
+        ("graph_id", "VARCHAR", "Graph."),
+        ("setting", "VARCHAR", "'attention_frozen' or 'nothing_frozen' (see `graph_interventions`)."),
+        (
+            "n_nodes",
+            "INTEGER",
+            "Feature nodes intervened on (top 20 by |influence|, fewer if the graph has fewer).",
+        ),
+        ("pearson", "REAL", "Pearson correlation of predicted and actual changes."),
+        ("spearman", "REAL", "Spearman rank correlation of predicted and actual changes."),
+        (
+            "sign_agreement",
+            "REAL",
+            "Share of nodes whose ablation moves the target in the predicted direction (goal >= 0.9 with attention "
+            "frozen).",
+        ),
+    ),
 )
 
 TABLE_BY_NAME = {t.name: t for t in TABLES}
@@ -383,6 +421,8 @@ MIGRATIONS: dict[int, list[str]] = {
         ),
         *_add_columns("graph_nodes", "cumulative_influence", "feeds"),
     ],
+    # faithfulness of each graph on the real model (interp.faithfulness)
+    4: [TABLE_BY_NAME["graph_interventions"].create_sql(), TABLE_BY_NAME["graph_faithfulness"].create_sql()],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.ablation import ablation_effects, effect_correlation
+from interp.ablation import ablation_effects
 from interp.attribution import (
     FeatureTarget,
     LogitTarget,
@@ -17,6 +17,7 @@ from interp.attribution import (
     parse_target,
     target_string,
 )
+from interp.faithfulness import pearson
 from tests.interp.test_edges import make_transcoders
 
 TOKENS = torch.tensor([1, 20, 31, 15, 22, 9, 40, 41, 12, 33])
@@ -171,7 +172,7 @@ def test_direct_attribution_predicts_ablation_with_live_mlps(tiny_model, tcs):
     ablations = [(int(layer), t, int(i)) for layer, i in zip(d.feat_layer, d.feat_index)]
     measured = ablation_effects(tiny_model, TOKENS, tcs, target, ablations)
     assert len(ablations) > 20 and direct
-    assert effect_correlation((-d.feat_w).tolist(), measured.tolist()) > 0.9
+    assert pearson((-d.feat_w).tolist(), measured.tolist()) > 0.9
 
 
 def test_parse_target_and_canonical_string(tiny_model):

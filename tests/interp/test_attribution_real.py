@@ -22,7 +22,7 @@ import os
 import pytest
 import torch
 
-from interp.ablation import ablation_effects, effect_correlation
+from interp.ablation import ablation_effects
 from interp.activations import harvest
 from interp.attribution import (
     FeatureTarget,
@@ -31,6 +31,7 @@ from interp.attribution import (
     direct_effects,
     parse_target,
 )
+from interp.faithfulness import pearson
 from interp.model import load_model
 from interp.train import TrainConfig, train
 from interp.transcoder import TranscoderConfig
@@ -117,11 +118,11 @@ def test_direct_feature_attributions_predict_ablations(real):
             ).tolist()
             live += ablation_effects(model, tokens, tcs, target, edges, freeze=("pattern",)).tolist()
     for kind, (predicted, residual_only, frozen, live) in rows.items():
-        r_frozen = effect_correlation(predicted, frozen)
+        r_frozen = pearson(predicted, frozen)
         print(
             f"\n{kind} targets, {len(predicted)} edges: correlation {r_frozen:.4f} (direct effects, errors frozen), "
-            f"{effect_correlation(residual_only, frozen):.4f} (residual-only edges), "
-            f"{effect_correlation(predicted, live):.4f} (only patterns frozen)"
+            f"{pearson(residual_only, frozen):.4f} (residual-only edges), "
+            f"{pearson(predicted, live):.4f} (only patterns frozen)"
         )
         assert len(predicted) >= 200
         assert r_frozen >= 0.95
