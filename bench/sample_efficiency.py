@@ -8,7 +8,8 @@ read at its averaged weights, as its trainer saves them. Both are scored on 256 
 
 Needs a built atlas (contexts in $ATLAS_HOME) and the optional `bench` extra (`pip install -e ".[bench]"`); the
 line says "skipped" otherwise. ATLAS_BENCH_LAYER (default 8) and ATLAS_BENCH_TOKENS (default: the training
-budget) choose the layer and the token count.
+budget) choose the layer and the token count; ATLAS_BENCH_LRS="4e-3,1e-3" adds our trainer at other learning rates
+(held-out FVU and effective L0: the sweep behind the default lr).
 """
 
 from __future__ import annotations
@@ -60,9 +61,16 @@ def fvu(predict: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> float:
     return err / (y64 - y64.mean(0)).pow(2).sum().item()
 
 
-def _ours(batches, d: int) -> tuple[Callable[[Tensor], Tensor], float]:
+def effective_l0(tc, x: Tensor) -> float:
+    """Mean number of features with z > 0 per held-out token (TopK keeps at most k; a collapse shows here)."""
+    with torch.no_grad():
+        active = sum(int((tc.encode(x[i : i + 4096].float()) > 0).sum()) for i in range(0, len(x), 4096))
+    return active / len(x)
+
+
+def _ours(batches, d: int, lr: float = TrainConfig.lr) -> tuple[Callable[[Tensor], Tensor], float]:
     cfg = TrainConfig(
-        k=K, d_sae=8 * d, batch_size=BATCH, train_tokens=len(batches) * BATCH, checkpoint_every=0
+        k=K, d_sae=8 * d, lr=lr, batch_size=BATCH, train_tokens=len(batches) * BATCH, checkpoint_every=0
     )
     tc_cfg = TranscoderConfig(d_in=d, d_sae=8 * d, d_out=d, architecture="topk", k=K)
     t0 = time.perf_counter()
@@ -120,5 +128,12 @@ def main() -> None:
     print(
         f"   layer {LAYER}, TopK k={K}, d_sae={8 * d}, {n:,} training tokens, {x_eval.shape[0]:,} held-out tokens"
     )
-    print(f"   held-out FVU: ours {fvu(ours, x_eval, y_eval):.3f} ({ours_s:.0f} s), ", end="")
-    print(f"eai-sparsify {fvu(theirs, x_eval, y_eval):.3f} ({theirs_s:.0f} s)")
+    print(
+        f"   held-out FVU: ours {fvu(ours, x_eval, y_eval):.3f} (L0 {effective_l0(ours, x_eval):.1f}, {ours_s:.0f} s), "
+        f"eai-sparsify {fvu(theirs, x_eval, y_eval):.3f} ({theirs_s:.0f} s)"
+    )
+    for lr in [float(v) for v in os.environ.get("ATLAS_BENCH_LRS", "").split(",") if v]:
+        tc, _ = _ours(batches, d, lr)
+        print(
+            f"   ours at lr {lr:g}: held-out FVU {fvu(tc, x_eval, y_eval):.3f}, L0 {effective_l0(tc, x_eval):.1f}"
+        )

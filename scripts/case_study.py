@@ -38,7 +38,7 @@ from interp.attribution import (
     parse_target,
     target_string,
 )
-from interp.faithfulness import pearson
+from interp.faithfulness import SETTINGS, agreement, intervene, pearson
 from interp.model import DEFAULT_MODEL, load_model
 from storage import circuits, graph_export, layout, queries
 
@@ -99,7 +99,8 @@ def _trace(
         st.model, tokens, st.tcs, target, n_paths=n_paths, n_steps=n_steps, token_strs=token_strs, cache=st.pc,
         tokenizer=tok,
     )  # fmt: skip
-    gid = circuits.write_graph(graph, st.model_name, st.prompt, canonical, ids)
+    interventions = intervene(st.model, graph, st.tcs)
+    gid = circuits.write_graph(graph, st.model_name, st.prompt, canonical, ids, interventions)
     json_path = graph_export.export_graph(gid, token_strs=token_strs)
     kinds: dict[str, int] = {}
     for node in graph.nodes.values():
@@ -120,6 +121,7 @@ def _trace(
     via_features = [p for p in paths if any(graph.nodes[n].kind == "feature" for n in p[1])]
     for attr, path in paths[:n_top] + [p for p in via_features[:n_top] if p not in paths[:n_top]]:
         lines.append(f"| {attr:+.3f} | " + " ← ".join(_md(graph.nodes[n].label) for n in path) + " |")
+    lines += ["", *_real_model_table(interventions)]
     ranked = sorted((n for n in graph.nodes.values() if n.kind == "feature"), key=lambda n: -abs(n.influence))
     strongest = sorted(
         (n for n in graph.nodes.values() if n.kind in ("error", "embed", "attn")),
@@ -208,6 +210,22 @@ def _direct_effects(st: _Study, check: _Check, n_top: int) -> tuple[list[str], t
     top = effects.features[layer]  # [pos, d_sae]
     position, feature = divmod(int(top.abs().argmax()), top.shape[1])
     return lines + [""], (layer, position, feature) if top.any() else None
+
+
+def _real_model_table(interventions) -> list[str]:
+    """The graph's faithfulness on the real model (interp.faithfulness), one row per setting."""
+    if not interventions:
+        return ["No feature node to intervene on.", ""]
+    lines = [
+        f"### Faithfulness on the real model (top {len(interventions)} feature nodes zeroed, MLPs live)",
+        "",
+        "| setting | Pearson | Spearman | sign agreement |",
+        "|---|---:|---:|---:|",
+    ]
+    for setting in SETTINGS:
+        a = agreement(interventions, setting)
+        lines.append(f"| {setting} | {a['pearson']:.2f} | {a['spearman']:.2f} | {a['sign_agreement']:.2f} |")
+    return lines + [""]
 
 
 def _faithfulness(checks: list[_Check]) -> list[str]:
