@@ -268,5 +268,29 @@ def build(model_dir: str, d_model: int = 32, model: str | None = None) -> dict:
     )
     add("graph_nodes", gnodes)
     add("graph_edges", gedges)
+    add(
+        "graph_faithfulness",
+        {
+            "graph_id": [graph_id] * 2,
+            "setting": ["attention_frozen", "nothing_frozen"],
+            "n_nodes": [2, 2],
+            "pearson": [0.97, 0.41],
+            "spearman": [1.0, 0.5],
+            "sign_agreement": [1.0, 0.5],
+        },
+    )
+    add(
+        "graph_interventions",
+        {
+            "graph_id": [graph_id] * 2,
+            "setting": ["attention_frozen"] * 2,
+            "node_id": ["f0", "f1"],
+            "layer": [0, 1],
+            "position": [4, 5],
+            "feature": [HOSTILE_FEATURE] * 2,
+            "predicted": [-0.6, -0.8],
+            "actual": [-0.55, -0.9],
+        },
+    )
     db.write_many(tables)
     return {"model": model, "transcoders": tids, "graph": graph_id, "feature": HOSTILE_FEATURE}
