@@ -190,14 +190,37 @@ def logits_from(model, tokens: Tensor, resid_pre: Tensor | None = None, start: i
         hf.model.layers = layers
 
 
-def _next_token_logprobs(model, tokens: Tensor, resid_pre: Tensor | None = None, start: int = 0) -> Tensor:
-    """tokens [b, p] -> [b, p-1, vocab] log-probs (see logits_from for resid_pre and start)."""
-    logits = logits_from(model, tokens, resid_pre, start)  # [b, p, vocab]
-    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
+class NextTokenLosses:
+    """Per-token next-token losses of one pass, and its KL from a reference (clean) pass of the same tokens.
+
+    Built from logits without materializing log-softmax: nll = logsumexp(l) - l[next token], and
+    KL(clean || pass) = sum p log p - sum p l + logsumexp(l), with the clean distribution p and its sum p log p
+    computed once per batch. Each further pass costs one logsumexp and one p . l product over the vocabulary.
+    """
+
+    def __init__(
+        self,
+        logits: Tensor,  # [b, p, vocab]
+        tokens: Tensor,  # [b, p]
+        clean: NextTokenLosses | None = None,  # the reference pass: also compute self.kl
+        keep_distribution: bool = False,  # keep p (this is the reference pass)
+    ):
+        lg = logits[:, :-1].float()  # [b, p-1, vocab]
+        self.lse = torch.logsumexp(lg, dim=-1)  # [b, p-1]
+        self.nll = self.lse - lg.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # [b, p-1]
+        self.kl = None if clean is None else clean.neg_entropy - _dot(clean.p, lg) + self.lse  # [b, p-1]
+        if keep_distribution:
+            self.p = torch.exp(lg - self.lse[..., None])  # [b, p-1, vocab]
+            self.neg_entropy = _dot(self.p, lg) - self.lse  # sum p log p  [b, p-1]
 
 
-def _nll(logp: Tensor, tokens: Tensor) -> Tensor:  # -> [b, p-1]
-    return -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+def _dot(p: Tensor, lg: Tensor) -> Tensor:  # sum_v p[..., v] lg[..., v]: [b, p-1, vocab] x2 -> [b, p-1]
+    return torch.einsum("bpv,bpv->bp", p, lg)  # no [b, p-1, vocab] temporary
+
+
+def _pass_losses(model, tokens: Tensor, resid_pre=None, start: int = 0, clean=None) -> NextTokenLosses:
+    """Losses of one pass (see logits_from for resid_pre and start; with `clean`, also its KL from that pass)."""
+    return NextTokenLosses(logits_from(model, tokens, resid_pre, start), tokens, clean)
 
 
 def _check_tokens(tokens: Tensor) -> None:
@@ -238,7 +261,7 @@ def evaluate(
     for i in tqdm(range(0, tokens.shape[0], batch_size), desc="evaluating", disable=not progress):
         batch = tokens[i : i + batch_size].to(device)  # [b, p]
         logits, cache = model.run_with_cache(batch, names_filter=lambda n: n in names)
-        logp_clean = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [b, p-1, vocab]
+        clean = NextTokenLosses(logits, batch, keep_distribution=True)
         for layer in layers:
             hook_in, hook_out = mlp_hooks(layer)
             x, y = (
@@ -248,15 +271,15 @@ def evaluate(
             stats[layer].update(transcoders[layer], x, y)
         del cache
         with spliced(model, transcoders):
-            logp_spliced = _next_token_logprobs(model, batch)
+            losses = _pass_losses(model, batch, clean=clean)
+        sums["ce_spliced"] += losses.nll.sum().item()
+        sums["kl"] += losses.kl.sum().item()
         with mean_ablated(model, means):
-            sums["ce_ablated"] += _nll(_next_token_logprobs(model, batch), batch).sum().item()
+            sums["ce_ablated"] += _pass_losses(model, batch).nll.sum().item()
         if zero_ablation:
             with zero_ablated(model, layers):
-                sums["ce_zero_ablated"] += _nll(_next_token_logprobs(model, batch), batch).sum().item()
-        sums["ce_clean"] += _nll(logp_clean, batch).sum().item()
-        sums["ce_spliced"] += _nll(logp_spliced, batch).sum().item()
-        sums["kl"] += (logp_clean.exp() * (logp_clean - logp_spliced)).sum().item()
+                sums["ce_zero_ablated"] += _pass_losses(model, batch).nll.sum().item()
+        sums["ce_clean"] += clean.nll.sum().item()
         n_pred += batch.shape[0] * (batch.shape[1] - 1)
     out = {k: v / n_pred for k, v in sums.items()}
     if not zero_ablation:
@@ -298,7 +321,7 @@ def evaluate_each(
     for i in tqdm(range(0, tokens.shape[0], batch_size), desc="evaluating", disable=not progress):
         batch = tokens[i : i + batch_size].to(device)  # [b, p]
         logits, cache = model.run_with_cache(batch, names_filter=lambda n: n in names)
-        logp_clean = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [b, p-1, vocab]
+        clean = NextTokenLosses(logits, batch, keep_distribution=True)
         del logits
         for layer in layers:
             hook_in, hook_out = mlp_hooks(layer)
@@ -306,15 +329,15 @@ def evaluate_each(
             stats[layer].update(transcoders[layer], x, y)
         starts = {layer: cache[resid[layer]] for layer in layers}  # [b, p, d_model] each
         del cache
-        ce_clean += _nll(logp_clean, batch).sum().item()
+        ce_clean += clean.nll.sum().item()
         for layer in layers:
             with spliced(model, {layer: transcoders[layer]}):
-                logp = _next_token_logprobs(model, batch, starts[layer], layer)
-            sums[layer]["ce_spliced"] += _nll(logp, batch).sum().item()
-            sums[layer]["kl"] += (logp_clean.exp() * (logp_clean - logp)).sum().item()
+                losses = _pass_losses(model, batch, starts[layer], layer, clean)
+            sums[layer]["ce_spliced"] += losses.nll.sum().item()
+            sums[layer]["kl"] += losses.kl.sum().item()
             with mean_ablated(model, {layer: means[layer]}):
-                logp = _next_token_logprobs(model, batch, starts[layer], layer)
-            sums[layer]["ce_ablated"] += _nll(logp, batch).sum().item()
+                losses = _pass_losses(model, batch, starts[layer], layer)
+            sums[layer]["ce_ablated"] += losses.nll.sum().item()
         n_pred += batch.shape[0] * (batch.shape[1] - 1)
     out = {}
     for layer in layers:

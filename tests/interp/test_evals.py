@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from interp.evals import ReconstructionStats, evaluate, evaluate_each, evaluate_layer, logits_from, spliced
+from interp.evals import (
+    NextTokenLosses,
+    ReconstructionStats,
+    evaluate,
+    evaluate_each,
+    evaluate_layer,
+    logits_from,
+    spliced,
+)
 from interp.model import load_model, mlp_hooks
 from interp.transcoder import Transcoder, TranscoderConfig
 from tests.conftest import make_tiny_checkpoint
@@ -197,3 +205,24 @@ def test_a_pass_started_at_a_block_equals_the_whole_pass(tmp_path, arch):
                 want = model(tokens)
                 got = logits_from(model, tokens, resid, layer)
             assert torch.equal(got, want) and not torch.equal(got, clean)
+
+
+def test_next_token_losses_equal_log_softmax_in_float64():
+    """nll and KL from logsumexp and one p.l product equal the textbook log-softmax formulas (float64 reference).
+    Tolerance: float32 sums over a 64-token vocabulary of logits up to ~15 in size round by at most
+    64 * eps32 * 15 ~ 1e-4."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 64, (3, 9), generator=g)
+    clean_logits, other_logits = (4 * torch.randn(3, 9, 64, generator=g) for _ in range(2))
+    clean = NextTokenLosses(clean_logits, tokens, keep_distribution=True)
+    other = NextTokenLosses(other_logits, tokens, clean)
+    logp_c = torch.log_softmax(clean_logits[:, :-1].double(), -1)
+    logp_o = torch.log_softmax(other_logits[:, :-1].double(), -1)
+    nll_ref = -logp_o.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    kl_ref = (logp_c.exp() * (logp_c - logp_o)).sum(-1)
+    torch.testing.assert_close(other.nll.double(), nll_ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(other.kl.double(), kl_ref, atol=1e-4, rtol=0)
+    assert kl_ref.min() > 0.01  # the distributions differ, so a wrong formula could not pass by accident
+    torch.testing.assert_close(
+        NextTokenLosses(clean_logits, tokens, clean).kl, torch.zeros(3, 8), atol=1e-4, rtol=0
+    )
