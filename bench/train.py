@@ -9,6 +9,9 @@
   from shards        when $ATLAS_HOME holds train activation shards (`activations` with train_contexts > 0):
                      TopK training tokens/s reading them (fp16 Parquet -> shuffle buffer -> step)
 
+The ratios above are float32 steps against float32 GEMMs; a last line gives the TopK step under bf16 autocast
+(the default where bf16 is native, interp.model.bf16_fast) as a multiple of its float32 rate.
+
 Synthetic activations with d_model 576 (SmolLM2) unless ATLAS_BENCH_D says otherwise; ATLAS_BENCH_STEPS sets the
 timed steps per measurement (default 4).
 """
@@ -58,8 +61,10 @@ def _encoder_bound(n: int, d: int, d_sae: int) -> float:
     return STEPS * n / (time.perf_counter() - t0)
 
 
-def _trainer(architecture: str, d_sae: int) -> Trainer:
-    cfg = TrainConfig(architecture=architecture, d_sae=d_sae, k=32, batch_size=BATCH, train_tokens=10**9)
+def _trainer(architecture: str, d_sae: int, bf16: bool = TrainConfig.autocast_bf16) -> Trainer:
+    cfg = TrainConfig(
+        architecture=architecture, d_sae=d_sae, k=32, batch_size=BATCH, train_tokens=10**9, autocast_bf16=bf16
+    )
     tc_cfg = TranscoderConfig(
         d_in=D, d_sae=d_sae, d_out=D, architecture=architecture, k=32 if architecture == "topk" else None
     )
@@ -128,17 +133,25 @@ def main() -> None:
     )
     flops = _matmul_flops(BATCH, D, d_sae)
     print(f"   matmul rate (dense step GEMM shapes): {flops / 1e9:.1f} GFLOP/s")
-    dense = _tokens_per_s(_trainer("relu", d_sae), _synthetic())
+    dense = _tokens_per_s(_trainer("relu", d_sae, bf16=False), _synthetic())  # float32, as the GEMMs
     mfu = dense * 12 * D * d_sae / flops
     print(f"   dense ReLU+L1 d_sae={d_sae}: {dense:,.0f} tokens/s, MFU {mfu:.2f}")
-    sparse = _tokens_per_s(_trainer("topk", d_sae), _synthetic())
+    sparse = _tokens_per_s(_trainer("topk", d_sae, bf16=False), _synthetic())
     print(f"   TopK k=32 sparse d_sae={d_sae}: {sparse:,.0f} tokens/s = {sparse / dense:.2f}x dense")
     bound = _encoder_bound(BATCH, D, 8 * D)
-    topk8 = _tokens_per_s(_trainer("topk", 8 * D), _synthetic())
+    topk8 = _tokens_per_s(_trainer("topk", 8 * D, bf16=False), _synthetic())
     print(
         f"   TopK k=32 d_sae={8 * D} (the default): {topk8:,.0f} tokens/s = {topk8 / bound:.2f} of the encoder-matmul "
         f"bound ({bound:,.0f} tokens/s for x @ W_enc alone)"
     )
+    bf16 = _trainer("topk", 8 * D, bf16=True)
+    if bf16.use_bf16:
+        rate = _tokens_per_s(bf16, _synthetic())
+        print(
+            f"   TopK d_sae={8 * D} under bf16 autocast (the default here): {rate:,.0f} tokens/s = {rate / topk8:.2f}x float32"
+        )
+    else:
+        print("   TopK under bf16 autocast: skipped (no native bf16 matmuls here; training runs float32)")
     shards = _from_shards()
     if shards is None:
         print("   from shards: no activation shards under $ATLAS_HOME (run `make atlas` first)")
