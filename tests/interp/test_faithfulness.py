@@ -3,7 +3,6 @@ where the model between feature and target is the graph's linear model, and a co
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -68,13 +67,12 @@ def test_interventions_are_exact_on_the_graphs_linear_model_and_a_corrupted_grap
 
 
 def test_wrong_transcoders_change_the_real_model_figures(tiny_model, tcs):  # noqa: F811
-    """The same target traced through other transcoders (layer 1 given layer 0's, and a rescaled copy) gives other
+    """The same target traced through other transcoders (layer 1 given layer 0's weights, layer 0 given layer 1's) gives other
     predictions and other ablations in both real-model settings: the stored figures depend on the transcoders."""
     right = {0: tcs[0], 1: tcs[1]}
     graph = _linear_stretch_graph(tiny_model, right)
     good = intervene(tiny_model, graph, right, 20)
-    wrong_tc = dataclasses.replace(tcs[1].cfg)
-    swapped = type(tcs[1])(wrong_tc)
+    swapped = type(tcs[1])(tcs[1].cfg)  # layer 1's config (hooks), layer 0's weights
     swapped.load_state_dict(tcs[0].state_dict())
     wrong = {0: tcs[1], 1: swapped}
     bad = intervene(tiny_model, _linear_stretch_graph(tiny_model, wrong), wrong, 20)
