@@ -5,7 +5,15 @@ import polars as pl
 import streamlit as st
 
 from app import components
-from app.overview import MATTERS_NATS, goal_misses, mlp_matters
+from app.overview import (
+    MATTERS_NATS,
+    MAX_DEAD_FRAC,
+    MAX_FVU,
+    MAX_L0,
+    MIN_CE_RECOVERED,
+    goal_misses,
+    mlp_matters,
+)
 from storage import queries
 
 st.set_page_config(page_title="Transcoder Atlas", layout="wide")
@@ -58,8 +66,9 @@ def main() -> None:
     missed = [(r["layer"], goal_misses(r)) for r in rows]
     missed = [(layer, m) for layer, m in missed if m]
     st.caption(
-        f"Goals on layers whose MLP matters (ΔCE mean-ablated ≥ {MATTERS_NATS} nats): CE recovered ≥ 0.90, "
-        "L0 ≤ 32, dead ≤ 5%. FVU above 0.9 is flagged on every layer."
+        f"Goals on layers whose MLP matters (ΔCE mean-ablated ≥ {MATTERS_NATS:g} nats): CE recovered ≥ "
+        f"{MIN_CE_RECOVERED:.2f}, L0 ≤ {MAX_L0:g}, dead ≤ {MAX_DEAD_FRAC:.0%}. FVU above {MAX_FVU:g} is flagged on "
+        "every layer."
     )
     for layer, m in missed:
         st.warning(f"Layer {layer}: " + "; ".join(components.esc(x) for x in m), icon="⚠️")

@@ -1,18 +1,22 @@
 """The overview's quality goals (DESIGN §7, README "Against the goals"): which metric of a transcoder misses one.
 
-Goals apply to layers whose MLP matters (mean-ablating it costs >= MATTERS_NATS of next-token loss): CE recovered
->= 0.90, L0 <= 32, dead features <= 5%. An FVU above 0.9 is flagged on every layer: the transcoder explains
-almost none of its MLP's output variance.
+The goals and their thresholds are interp.quality's, the ones the build's warning checks use: on layers whose MLP
+matters (mean-ablating it costs >= MATTERS_NATS of next-token loss), CE recovered >= 0.90, L0 <= 32, dead
+features <= 5%. Here they read rows from the database, where a metric can be missing (not evaluated). An FVU above
+0.9 is flagged on every layer: the transcoder explains almost none of its MLP's output variance.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-MATTERS_NATS = 0.3  # ce_ablated - ce_clean at or above this: the layer's MLP matters
-MIN_CE_RECOVERED = 0.90
-MAX_L0 = 32.0
-MAX_DEAD_FRAC = 0.05
+from interp.quality import Thresholds
+
+_GOALS = Thresholds()
+MATTERS_NATS = _GOALS.matters_delta_ce  # ce_ablated - ce_clean at or above this: the layer's MLP matters
+MIN_CE_RECOVERED = _GOALS.goal_ce_recovered
+MAX_L0 = _GOALS.goal_l0
+MAX_DEAD_FRAC = _GOALS.goal_dead_frac
 MAX_FVU = 0.9
 EPS = 1e-6  # metrics are stored as REAL (float32): 0.05 reads back as 0.0500000007
 

@@ -6,8 +6,9 @@
    few sink tokens on some layers), or, on a layer whose MLP matters (mean-ablating it costs at least
    `matters_delta_ce` nats), when it recovers less than `min_ce_recovered_blocking` of the loss. A layer whose MLP
    does not matter has a CE recovered that is a ratio of two tiny numbers: noise, never a verdict.
-2. The quality goals are warnings (non-blocking): CE recovered >= `goal_ce_recovered` on layers that matter,
-   L0 <= `goal_l0` and dead fraction <= `goal_dead_frac`. A transcoder can pass the gate and miss a goal.
+2. The quality goals are warnings (non-blocking) on layers whose MLP matters: CE recovered >= `goal_ce_recovered`,
+   L0 <= `goal_l0` and dead fraction <= `goal_dead_frac`. A transcoder can pass the gate and miss a goal. The app's
+   overview (app/overview.py) flags the same goals with these same thresholds.
 
 NaN metrics fail whatever they are compared with.
 """
@@ -51,9 +52,12 @@ def gate(m: Mapping[str, float], t: Thresholds) -> tuple[bool, str]:
 
 
 def goal_misses(m: Mapping[str, float], t: Thresholds) -> list[str]:
-    """The quality goals missed, each with its value and goal ([] when all are met)."""
+    """The quality goals missed on a layer whose MLP matters, each with its value and goal ([] when all are met or
+    the MLP does not matter)."""
+    if not mlp_matters(m, t):
+        return []
     out = []
-    if mlp_matters(m, t) and not m["ce_recovered"] >= t.goal_ce_recovered:
+    if not m["ce_recovered"] >= t.goal_ce_recovered:
         out.append(f"ce_recovered {m['ce_recovered']:.3f} < {t.goal_ce_recovered}")
     if not m["l0"] <= t.goal_l0:
         out.append(f"l0 {m['l0']:.1f} > {t.goal_l0:g}")

@@ -84,3 +84,5 @@ def test_goals_are_warnings_listed_with_their_values():
     assert gate(m, t)[0]
     assert goal_misses(m, t) == ["ce_recovered 0.850 < 0.9", "l0 40.0 > 32", "dead_frac 0.100 > 0.05"]
     assert goal_misses({**m, "ce_recovered": 0.95, "l0": 32.0, "dead_frac": 0.05}, t) == []
+    # a layer whose MLP does not matter (mean ablation costs 0.05 nats < 0.1) carries no goal
+    assert goal_misses({**m, "ce_ablated": 3.05}, t) == []
