@@ -186,30 +186,14 @@ def faithfulness_frames(
             for setting in settings
             for i in interventions
         ],
-        schema={
-            "graph_id": pl.Utf8,
-            "setting": pl.Utf8,
-            "node_id": pl.Utf8,
-            "layer": pl.Int32,
-            "position": pl.Int32,
-            "feature": pl.Int32,
-            "predicted": pl.Float32,
-            "actual": pl.Float32,
-        },
+        schema=db.polars_schema("graph_interventions"),
     )
     summary = pl.DataFrame(
         [
             {"graph_id": gid, "setting": setting, **_renamed(agreement(interventions, setting))}
             for setting in settings
         ],
-        schema={
-            "graph_id": pl.Utf8,
-            "setting": pl.Utf8,
-            "n_nodes": pl.Int32,
-            "pearson": pl.Float32,
-            "spearman": pl.Float32,
-            "sign_agreement": pl.Float32,
-        },
+        schema=db.polars_schema("graph_faithfulness"),
     )
     return per_node, summary
 

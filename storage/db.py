@@ -572,6 +572,22 @@ def now() -> pl.Expr:
     return pl.lit(datetime.now(timezone.utc).replace(tzinfo=None), dtype=pl.Datetime("us"))
 
 
+_POLARS_TYPES = {
+    "VARCHAR": pl.Utf8,
+    "INTEGER": pl.Int32,
+    "BIGINT": pl.Int64,
+    "REAL": pl.Float32,
+    "DOUBLE": pl.Float64,
+    "BOOLEAN": pl.Boolean,
+    "TIMESTAMP": pl.Datetime("us"),
+}
+
+
+def polars_schema(table: str) -> dict[str, pl.DataType]:
+    """{column: polars dtype} of a table's scalar columns, in declared order, for building its rows."""
+    return {c.name: _POLARS_TYPES[c.type] for c in TABLE_BY_NAME[table].columns if c.type in _POLARS_TYPES}
+
+
 def replace_rows(
     con: duckdb.DuckDBPyConnection, table: str, rows: pl.DataFrame, where: Mapping[str, Any]
 ) -> int:

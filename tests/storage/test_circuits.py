@@ -10,6 +10,7 @@ import torch
 
 from interp.attribution import LogitTarget, attribute
 from interp.edges import feature_edges
+from interp.faithfulness import NodeIntervention
 from storage import circuits, db, graph_export, queries
 from tests.interp.test_edges import make_transcoders
 
@@ -46,6 +47,24 @@ def test_graph_round_trip_and_idempotent_rewrite(atlas_home, graph):
     assert into_target == pytest.approx(meta["target_value"], rel=1e-4)
     circuits.delete_graphs_except("tiny", [])
     assert queries.graphs().height == 0 and db.query("SELECT count(*) n FROM graph_edges")["n"][0] == 0
+
+
+def test_graph_faithfulness_round_trips_with_the_declared_column_types(atlas_home, graph):
+    nodes = [
+        NodeIntervention(
+            f"f{i}", 1, i, 7 + i, -0.5 * i, {"attention_frozen": -0.4 * i, "nothing_frozen": 0.3 * i}
+        )
+        for i in range(4)
+    ]
+    gid = circuits.write_graph(graph, "tiny", "p", "logit:25-30@7", IDS, interventions=nodes)
+    stored = db.query("SELECT * FROM graph_interventions WHERE graph_id = ?", [gid])
+    assert stored.height == 8 and dict(stored.schema) == db.polars_schema("graph_interventions")
+    summary = queries.graph(gid)["faithfulness"]
+    frozen = summary.filter(summary["setting"] == "attention_frozen").row(0, named=True)
+    # predicted -0.5 i and actual -0.4 i: perfectly correlated, same signs where nonzero
+    assert frozen["n_nodes"] == 4 and frozen["pearson"] == pytest.approx(1.0, abs=1e-6)
+    live = summary.filter(summary["setting"] == "nothing_frozen").row(0, named=True)
+    assert live["pearson"] == pytest.approx(-1.0, abs=1e-6)
 
 
 def test_graph_export_folds_attention_exactly(atlas_home, graph):
