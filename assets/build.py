@@ -30,7 +30,9 @@ STEPS: list[tuple[str, str, str | None]] = [
     # one run per step over every layer: one forward pass per batch feeds every layer's trainer or miner
     ("transcoders", "transcoders", "range"),
     ("splice", "splice_metrics", None),
-    ("features", "features,feature_tokens", "range"),
+    # one at a time: each step's torch uses every core; two concurrent steps would oversubscribe them
+    ("features", "features", "range"),
+    ("feature_tokens", "feature_tokens", "range"),
     ("edges", "feature_edges", None),
     ("graphs", "attribution_graphs", None),
 ]
