@@ -228,11 +228,18 @@ def feature_tokens(context: dg.AssetExecutionContext, config: FeatureTokensConfi
     gated = listing.filter(pl.col("gate_passed").fill_null(False))["transcoder_id"].to_list()
     banks = {t: tc_store.load_transcoder(t).W_dec.detach() for t in gated}  # [d_sae, d_model] each
     metadata: dict = {}
+    ids = list(banks)
+    current = {}  # layer -> transcoder id, the layers of this run whose transcoder passed its gate
     for layer in settings.partition_layers(context):
         tid, skipped = _layer_gate(context, layer, feature_store.WEIGHT_TABLES)
         if skipped:
             metadata[f"L{layer}_skipped"] = skipped
-            continue
+        else:
+            current[layer] = tid
+    neighbors = decoder_neighbors(
+        list(banks.values()), [ids.index(t) for t in current.values()], config.n_neighbors
+    )
+    for layer, tid in current.items():
         tc = tc_store.load_transcoder(tid)
         top, bottom = logit_effects(tc.W_dec.detach(), W_U, config.n_tokens)
         effects = {
@@ -240,9 +247,7 @@ def feature_tokens(context: dg.AssetExecutionContext, config: FeatureTokensConfi
             "logit_top": top,
             "logit_bottom": bottom,
         }
-        ids = list(banks)
-        nb = decoder_neighbors(tc.W_dec.detach(), [banks[t] for t in ids], ids.index(tid), config.n_neighbors)
-        counts = feature_store.write_weight_views(tid, effects, nb, ids)
+        counts = feature_store.write_weight_views(tid, effects, neighbors[ids.index(tid)], ids)
         metadata[f"L{layer}_rows"] = counts
         metadata[f"L{layer}_neighbor_banks"] = ids
     return dg.MaterializeResult(metadata=metadata)

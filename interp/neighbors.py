@@ -1,12 +1,15 @@
 """Nearest features by decoder direction: cosine of f_dec vectors, within one transcoder and across layers.
 
-Steps: 1. unit-normalize every decoder row of the query and of each bank; 2. for blocks of query features,
-multiply with each bank's rows ([block, d_sae_bank]) and keep a running top-k over banks; 3. a feature never
-matches itself (same bank, same index). Memory: block x d_sae of one bank, never d_sae x d_sae.
+Steps: 1. unit-normalize every decoder row of every bank (one bank per transcoder); 2. for each pair of banks
+(a, b) with a a query bank, multiply blocks of a's rows with b's rows ([block, d_sae_b]) and keep a running top-k
+per row over banks; 3. cosine is symmetric, so when b is a query bank too the same block also updates b's rows
+(the top-k of each column) and the pair (b, a) is never computed: all-layers neighbours cost half the products;
+4. a feature never matches itself (same bank, same index). Memory: block x d_sae of one bank, never d_sae x d_sae.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,33 +28,55 @@ def _unit(w: Tensor) -> Tensor:
     return w / w.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
-def decoder_neighbors(
-    query: Tensor, banks: list[Tensor], self_bank: int | None, k: int, block: int = 1024
-) -> Neighbors:
-    """Top-k cosine neighbours of each row of query [d_sae, d] among the rows of every bank [d_sae_b, d].
+class _RunningTopK:
+    """Per-row top-k (cosine, bank, feature) of one query bank, merged candidate batch by candidate batch."""
 
-    self_bank: index of the bank that is the query itself (its diagonal is excluded), or None.
+    def __init__(self, n: int, k: int, n_candidates: int):
+        self.k, self.width = k, min(k, n_candidates)  # rows see n_candidates (self excluded): keep width
+        self.cos = torch.full((n, k), -torch.inf)  # below any cosine and the -2 of a masked self-match
+        self.bank = torch.full((n, k), -1, dtype=torch.long)
+        self.feature = torch.full((n, k), -1, dtype=torch.long)
+
+    def merge(self, rows: slice, cos: Tensor, feature: Tensor, bank: int) -> None:
+        """Merge candidates cos / feature [len(rows), m] from `bank` into rows `rows`."""
+        c = torch.cat([self.cos[rows], cos], 1)
+        f = torch.cat([self.feature[rows], feature], 1)
+        b = torch.cat([self.bank[rows], torch.full_like(feature, bank)], 1)
+        c, idx = c.topk(self.k, dim=1)
+        self.cos[rows], self.feature[rows], self.bank[rows] = c, f.gather(1, idx), b.gather(1, idx)
+
+    def result(self) -> Neighbors:
+        w = self.width
+        return Neighbors(
+            self.bank[:, :w].contiguous(), self.feature[:, :w].contiguous(), self.cos[:, :w].contiguous()
+        )
+
+
+def decoder_neighbors(
+    banks: Sequence[Tensor], queries: Sequence[int], k: int, block: int = 1024
+) -> dict[int, Neighbors]:
+    """{q: top-k cosine neighbours of each row of banks[q]} among the rows of every bank, for q in `queries`.
+
+    banks: decoder matrices [d_sae_b, d], one per transcoder; a row is never its own neighbour.
     """
-    q_all = _unit(query)
+    if not queries:
+        return {}
     units = [_unit(b) for b in banks]
-    out_bank, out_feat, out_cos = [], [], []
-    for i in range(0, q_all.shape[0], block):
-        q = q_all[i : i + block]  # [blk, d]
-        best_c = torch.full((len(q), 0), -2.0)
-        best_b = torch.zeros((len(q), 0), dtype=torch.long)
-        best_f = torch.zeros((len(q), 0), dtype=torch.long)
-        for j, u in enumerate(units):
-            cos = q @ u.T  # [blk, d_sae_b]
-            if j == self_bank:
-                rows = torch.arange(len(q))
-                cos[rows, rows + i] = -2.0
-            c, f = cos.topk(min(k, cos.shape[1]), dim=1)
-            best_c = torch.cat([best_c, c], 1)
-            best_f = torch.cat([best_f, f], 1)
-            best_b = torch.cat([best_b, torch.full_like(f, j)], 1)
-            best_c, idx = best_c.topk(min(k, best_c.shape[1]), dim=1)
-            best_f, best_b = best_f.gather(1, idx), best_b.gather(1, idx)
-        out_bank.append(best_b)
-        out_feat.append(best_f)
-        out_cos.append(best_c)
-    return Neighbors(torch.cat(out_bank), torch.cat(out_feat), torch.cat(out_cos))
+    n_candidates = sum(len(u) for u in units) - 1
+    best = {q: _RunningTopK(len(units[q]), k, n_candidates) for q in queries}
+    for a in sorted(set(queries)):
+        for b, ub in enumerate(units):
+            if b in best and b < a:  # done as the pair (b, a)
+                continue
+            for i in range(0, len(units[a]), block):
+                rows = slice(i, i + block)
+                cos = units[a][rows] @ ub.T  # [blk, d_sae_b]
+                if b == a:
+                    r = torch.arange(cos.shape[0])
+                    cos[r, r + i] = -2.0
+                c, f = cos.topk(min(k, cos.shape[1]), dim=1)
+                best[a].merge(rows, c, f, b)
+                if b in best and b != a:  # the same products, read by column: b's neighbours among a's block
+                    c, f = cos.topk(min(k, cos.shape[0]), dim=0)  # [k', d_sae_b]
+                    best[b].merge(slice(None), c.T, f.T + i, a)
+    return {q: best[q].result() for q in queries}

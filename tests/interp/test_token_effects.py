@@ -39,19 +39,28 @@ def test_planted_feature_reads_and_writes_its_token(tiny_model):
 
 def test_decoder_neighbors_match_brute_force_and_skip_self():
     g = torch.Generator().manual_seed(2)
-    q = torch.randn(30, 6, generator=g)
-    other = torch.randn(20, 6, generator=g)
-    other[5] = 3.0 * q[11]  # planted twin in another layer: cosine 1
-    nb = decoder_neighbors(q, [q, other], self_bank=0, k=4, block=8)
-    assert (int(nb.bank[11, 0]), int(nb.feature[11, 0])) == (1, 5)
-    assert abs(float(nb.cosine[11, 0]) - 1) < 1e-5
+    banks = [torch.randn(n, 6, generator=g) for n in (30, 20, 25)]
+    banks[1][5] = 3.0 * banks[0][11]  # planted twin in another layer: cosine 1
     unit = lambda w: w / w.norm(dim=1, keepdim=True)  # noqa: E731
-    cos = torch.cat([unit(q) @ unit(q).T - 3 * torch.eye(30), unit(q) @ unit(other).T], 1)  # self excluded
-    ref = cos.topk(4, dim=1)
-    torch.testing.assert_close(nb.cosine, ref.values)
-    flat = nb.bank * 30 + nb.feature  # bank 0 columns 0..29, bank 1 columns 30..49
-    torch.testing.assert_close(cos.gather(1, flat), ref.values)  # same neighbours up to ties (the twin)
-    assert not ((nb.bank == 0) & (nb.feature == torch.arange(30).view(-1, 1))).any()
+    offsets = [0, 30, 50]  # column of each bank's row 0 in the concatenated brute-force matrix
+    every = torch.cat([unit(b) for b in banks])  # [75, 6]
+    # queries 0 and 2: the pair (0, 2) is computed once and read both ways; bank 1 is a candidate only
+    found = decoder_neighbors(banks, [0, 2], k=4, block=8)
+    assert set(found) == {0, 2}
+    assert (int(found[0].bank[11, 0]), int(found[0].feature[11, 0])) == (1, 5)
+    assert abs(float(found[0].cosine[11, 0]) - 1) < 1e-5
+    for q, nb in found.items():
+        cos = unit(banks[q]) @ every.T  # [n_q, 75]
+        own = torch.arange(len(banks[q]))
+        cos[own, own + offsets[q]] = -3.0  # a row is never its own neighbour
+        ref = cos.topk(4, dim=1)
+        torch.testing.assert_close(nb.cosine, ref.values)
+        flat = torch.tensor(offsets)[nb.bank] + nb.feature
+        torch.testing.assert_close(cos.gather(1, flat), ref.values)  # same neighbours up to ties
+        assert not ((nb.bank == q) & (nb.feature == own.view(-1, 1))).any()
+    # fewer candidates than k: every other row, once
+    small = decoder_neighbors([torch.randn(3, 6, generator=g)], [0], k=10)[0]
+    assert small.cosine.shape == (3, 2) and (small.bank == 0).all() and (small.cosine > -1.0001).all()
 
 
 def test_labels_name_the_dominant_token_or_the_top_few():

@@ -39,7 +39,7 @@ def test_export_round_trips_features_and_examples(atlas_home, tiny_model, tiny_m
         "logit_top": top,
         "logit_bottom": bottom,
     }
-    feature_store.write_weight_views(tid, effects, decoder_neighbors(W_dec, [W_dec], 0, 3), [tid])
+    feature_store.write_weight_views(tid, effects, decoder_neighbors([W_dec], [0], 3)[0], [tid])
 
     path = neuronpedia.export(tid, batch_size=20)
     assert os.path.basename(path) == "1-atlas-tc"
