@@ -25,9 +25,10 @@ STYLE = {  # kind -> (legend name, colour, marker symbol)
     "target": ("target", "#b07aa1", "star"),
     "feature": ("feature (click: card)", "#f28e2b", "circle"),
     "attn": ("attention head", "#59a14f", "diamond"),
+    "skip": ("transcoder skip path (linear)", "#76b7b2", "hexagon"),
     "embed": ("token embedding", "#4e79a7", "square"),
     "error": ("error (not explained)", "#7f7f7f", "x"),
-    "other": ("bias / skip / pruned remainder", "#c7c7c7", "triangle-up"),
+    "other": ("bias / pruned remainder", "#c7c7c7", "triangle-up"),
 }
 ALWAYS = ("target", "embed")  # kept at every pruning threshold, as circuit-tracer keeps tokens and logits
 
@@ -44,17 +45,19 @@ def node_text(n: dict) -> str:
         return f"L{n['layer']}#{n['feature']}"
     if n["kind"] == "attn":
         return f"L{n['layer']}H{n['feature']}"
+    if n["kind"] == "skip":
+        return f"L{n['layer']} skip"
     if n["kind"] == "embed":
         return show_token(n["token_str"] if n["token_str"] is not None else str(n["feature"]))
     if n["kind"] == "target":
         return n["label"] or "target"
-    return {"error": "err"}.get(n["kind"], n["kind"])  # error, bias, skip, pruned: the hover has the details
+    return {"error": "err"}.get(n["kind"], n["kind"])  # error, bias, pruned: the hover has the details
 
 
 def prune_rows(nodes: pl.DataFrame, edges: pl.DataFrame, threshold: float, leaves: bool = False):
     """(nodes, edges) kept at node threshold `threshold`: the target, the embeddings and every node whose
-    cumulative influence is ≤ threshold; bias/skip/pruned leaves only if `leaves`; edges between kept nodes."""
-    other = pl.col("kind").is_in(["bias", "skip", "pruned"])
+    cumulative influence is ≤ threshold; bias/pruned leaves only if `leaves`; edges between kept nodes."""
+    other = pl.col("kind").is_in(["bias", "pruned"])
     # graphs stored before cumulative influence existed (NULL) keep every node
     ranked = ~other & (pl.col("cumulative_influence").fill_null(0.0) <= threshold)
     keep = pl.col("kind").is_in(ALWAYS) | ranked | (other & leaves)

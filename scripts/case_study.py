@@ -124,7 +124,7 @@ def _trace(
     lines += ["", *_real_model_table(interventions)]
     ranked = sorted((n for n in graph.nodes.values() if n.kind == "feature"), key=lambda n: -abs(n.influence))
     strongest = sorted(
-        (n for n in graph.nodes.values() if n.kind in ("error", "embed", "attn")),
+        (n for n in graph.nodes.values() if n.kind in ("error", "embed", "attn", "skip")),
         key=lambda n: -abs(n.influence),
     )[:5]
     lines += [

@@ -4,11 +4,12 @@ format. The exports folder is directly servable by circuit-tracer's own viewer (
 each graph is `<slug>.json` and `graph-metadata.json` lists them.
 
 Mapping: feature nodes -> 'cross layer transcoder' (node_id '<layer>_<feature>_<pos>', `feature` the Cantor pairing
-of (layer, feature) as circuit-tracer numbers features), error and skip nodes -> 'mlp reconstruction error'
+of (layer, feature) as circuit-tracer numbers features), error nodes -> 'mlp reconstruction error'
 ('0_<layer>_<pos>'), embeddings -> 'embedding' ('E_<token>_<pos>'), a logit target -> 'logit'
-('<n_layers+1>_<token>_<pos>'). circuit-tracer has no attention nodes: with patterns frozen a head's contribution
-is linear, so each attention node is folded into direct links (src -> attention node -> dst becomes src -> dst with
-the same weight, summed over heads and sources), exactly as circuit-tracer's own edges are. Bias and
+('<n_layers+1>_<token>_<pos>'). circuit-tracer has no attention or skip nodes: with patterns and norm scales
+frozen, a head's contribution and a transcoder's skip path are linear, so each such node is folded into direct
+links (src -> attention or skip node -> dst becomes src -> dst with the same weight, summed over heads, sources
+and skip layers), exactly as circuit-tracer's own edges are. Bias and
 pruned-remainder nodes have no counterpart and are left out (they stay in the database). `metadata.info` carries
 the target (as text), the graph's scores and its node and edge counts.
 """
@@ -19,6 +20,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
+from interp.attribution import PASS_THROUGH_KINDS
 from storage import layout, queries
 from storage.circuits import SCORES
 
@@ -64,15 +66,15 @@ def graph_json(gid: str, token_strs: list[str] | None = None) -> dict[str, Any]:
             return f"{n_layers + 1}_{f}_{pos}" if logit_target else f"{layer}_{f}_{pos}"
         if kind == "feature":
             return f"{layer}_{f}_{pos}"
-        if kind in ("error", "skip"):
+        if kind == "error":
             return f"0_{layer}_{pos}"
         if kind == "embed":
             return f"E_{f}_{pos}"
         return None  # bias, pruned
 
-    # fold attention nodes into direct links: an attention node's only out-link goes to the node it feeds
-    # (graphs stored before `feeds` existed have none: their attention nodes' links are left out)
-    feeds = {n: r["feeds"] for n, r in rows.items() if r["kind"] == "attn" and r["feeds"] in rows}
+    # fold attention and skip nodes into direct links: their only out-link goes to the node they feed (graphs
+    # stored before `feeds` existed have none: their attention nodes' links are left out)
+    feeds = {n: r["feeds"] for n, r in rows.items() if r["kind"] in PASS_THROUGH_KINDS and r["feeds"] in rows}
 
     def sink(node_id: str) -> str:
         while node_id in feeds:
@@ -94,7 +96,6 @@ def graph_json(gid: str, token_strs: list[str] | None = None) -> dict[str, Any]:
         ftype = {
             "feature": "cross layer transcoder",
             "error": "mlp reconstruction error",
-            "skip": "mlp reconstruction error",
             "embed": "embedding",
             "target": "logit" if logit_target else "cross layer transcoder",
         }[kind]

@@ -75,7 +75,7 @@ def main() -> None:
         0.05,
         key="node_threshold",
     )
-    leaves = right.checkbox("Show bias, skip and pruned-remainder nodes", False, key="show_leaves")
+    leaves = right.checkbox("Show bias and pruned-remainder nodes", False, key="show_leaves")
     shown, shown_edges = prune_rows(nodes, edges, threshold, leaves)
     st.caption(
         f"Showing {shown.height} of {nodes.height} nodes and {shown_edges.height} of {edges.height} edges."

@@ -11,24 +11,27 @@ splits exactly into
     feature  z_i^(l)[t] (f_dec,i · w)                              transcoder layers l whose MLP is below the read
     error    (y − ŷ)^(l)[t] · w   (the whole MLP output for layers without a transcoder)
     bias     b_dec^(l) · w, attention output biases, and the reader's own bias (b_enc,i or b_U difference)
-    skip     (W_skip^(l) x^(l)[t]) · w
+    skip     (W_skip^(l) x^(l)[t]) · w                              transcoder layers with a skip path
     attn     pattern^(m,h)[t,s] · x1^(m)[s] W_V^(m,h) W_O^(m,h) w   heads (m,h) below the read, sources s ≤ t
 
 A feature node reads w = f_enc,i / rms(resid_mid^(l)[t]); its value is the pre-activation (= z_i when active).
 An attention node (m,h,s→t) exists per downstream node a; it reads resid_pre^(m)[s] with
-w' = pattern[t,s] / rms(resid_pre^(m)[s]) · W_V W_O w_a, so its value is exactly its contribution into a.
+w' = pattern[t,s] / rms(resid_pre^(m)[s]) · W_V W_O w_a, so its value is exactly its contribution into a. A skip
+node (l, t) exists per downstream node a too; it reads MLP l's input with w' = W_skip^(l)ᵀ w_a / rms(resid_mid^(l)[t]):
+the skip path is linear, so attribution passes through it to the features, heads and embedding below, instead of
+stopping at a leaf that a skip transcoder would otherwise fill with much of each MLP's output.
 
 Algorithm:
   1. One clean forward pass caches the residual stream at every stage, norm scales, attention patterns and MLP
      outputs; every transcoder encodes its layer's MLP input (z, ŷ, error).
   2. The target is a reader: a feature pre-activation at (layer, position) or a logit (difference) at a position.
   3. Greedy search for `n_steps` steps. Each frontier path ends at node a with multiplier μ_a (attribution to the
-     target per unit of a's value; μ_target = 1) and proposes every upstream feature, attention node and
-     embedding b with path attribution μ_a · w(b→a). The top `n_paths` proposals by |attribution| over the
+     target per unit of a's value; μ_target = 1) and proposes every upstream feature, attention node, skip path
+     and embedding b with path attribution μ_a · w(b→a). The top `n_paths` proposals by |attribution| over the
      whole frontier become the next frontier, with μ_b = μ_a · w(b→a) / z_b for features, μ_b = μ_a for
-     attention nodes (embeddings end a path).
-  4. The graph holds every node on a kept path. Each feature, attention and target node gets an edge from every
-     upstream graph node, from every error, bias, skip and embedding leaf at its position, and one `pruned`
+     attention and skip nodes (embeddings end a path).
+  4. The graph holds every node on a kept path. Each feature, attention, skip and target node gets an edge from
+     every upstream graph node, from every error, bias and embedding leaf at its position, and one `pruned`
      edge with the sum of the contributions left out, so its incoming weights sum to its value.
   5. Influence (attribution flowing to the target): the target's is its value; every other node's is
      Σ over its out-edges weight · μ_dst, computed in decreasing stage order. Then circuit-tracer's graph
@@ -50,7 +53,7 @@ reader split along the stream), `direct` (exact direct effects), `graph` (typed 
 from interp.attribution.cache import PromptCache, context_length
 from interp.attribution.decompose import decompose
 from interp.attribution.direct import DirectEffects, direct_effects
-from interp.attribution.graph import LEAF_KINDS, AttributionGraph, GraphNode, NodeKey
+from interp.attribution.graph import LEAF_KINDS, PASS_THROUGH_KINDS, AttributionGraph, GraphNode, NodeKey
 from interp.attribution.prune import EDGE_THRESHOLD, NODE_THRESHOLD, graph_scores, prune
 from interp.attribution.search import attribute, target_label
 from interp.attribution.targets import (
@@ -67,6 +70,7 @@ __all__ = [
     "EDGE_THRESHOLD",
     "LEAF_KINDS",
     "NODE_THRESHOLD",
+    "PASS_THROUGH_KINDS",
     "AttributionGraph",
     "DirectEffects",
     "FeatureTarget",

@@ -2,7 +2,8 @@
 
 w · resid[stage][t] splits exactly into the embedding, each active feature of every transcoder layer below the read
 (z_i (f_dec,i · w)), each layer's error (the whole MLP output where a layer has no transcoder, and at BOS),
-decoder/attention biases, skip paths, and one term per (attention layer, head, source position).
+decoder/attention biases, one skip term per transcoder layer with a skip path ((W_skip x) · w), and one term per
+(attention layer, head, source position).
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ class _Decomposition:
     feat_w: Tensor  # [F] contributions of active features at the read position
     attn: Tensor  # [M, n_heads, t+1] contributions of each head from each source position
     ov: Tensor  # [M, n_heads, d_model] W_V W_O w per head (to build attention readers)
-    leaves: dict[NodeKey, float]  # leaf node -> contribution (embed, errors, biases, skip)
+    skip_layer: Tensor  # [S] int64 transcoder layers with a skip path below the read
+    skip_w: Tensor  # [S] their contributions (W_skip x) · w
+    leaves: dict[NodeKey, float]  # leaf node -> contribution (embed, errors, biases)
 
-    def candidates(self) -> Tensor:  # [F + M·H·(t+1) + 1]: features, attention entries, embedding
+    def candidates(
+        self,
+    ) -> Tensor:  # [F + M·H·(t+1) + S + 1]: features, attention entries, skip paths, embedding
         embed = torch.tensor([next(iter(self.leaves.values()))], device=self.feat_w.device)
-        return torch.cat([self.feat_w, self.attn.flatten(), embed])
+        return torch.cat([self.feat_w, self.attn.flatten(), self.skip_w, embed])
 
     def total(self) -> float:
-        return float(self.feat_w.sum() + self.attn.sum()) + sum(self.leaves.values())
+        return float(self.feat_w.sum() + self.attn.sum() + self.skip_w.sum()) + sum(self.leaves.values())
 
 
 @torch.no_grad()
@@ -39,7 +44,7 @@ def decompose(pc: PromptCache, stage: int, t: int, w: Tensor) -> _Decomposition:
     leaves = {
         NodeKey("embed", position=t): float(pc.resid[0, t] @ w)
     }  # first entry: the embedding (see candidates())
-    layers, indices, weights = [], [], []
+    layers, indices, weights, skip_layer, skip_w = [], [], [], [], []
     for layer in range(stage // 2):  # MLPs whose output is already in the stream
         tc = pc.transcoders.get(layer)
         if tc is None or t == 0:  # no transcoder, or BOS (transcoders are trained on positions 1.. only)
@@ -53,7 +58,8 @@ def decompose(pc: PromptCache, stage: int, t: int, w: Tensor) -> _Decomposition:
         leaves[NodeKey("bias", layer, t, detail="dec")] = float(tc.b_dec @ w)
         leaves[NodeKey("error", layer, t)] = float((pc.mlp_out[layer, t] - pc.y_hat[layer][t]) @ w)
         if pc.skip[layer] is not None:
-            leaves[NodeKey("skip", layer, t)] = float(pc.skip[layer][t] @ w)
+            skip_layer.append(layer)
+            skip_w.append(float(pc.skip[layer][t] @ w))
     n_attn = pc.attn_layers_below(stage)
     for m in range(n_attn):
         b = float(pc.attn_bias[m] @ w)
@@ -70,5 +76,7 @@ def decompose(pc: PromptCache, stage: int, t: int, w: Tensor) -> _Decomposition:
         torch.cat(weights) if weights else torch.zeros(0, device=w.device),
         attn,
         ov,
+        torch.tensor(skip_layer, dtype=torch.int64, device=w.device),
+        torch.tensor(skip_w, dtype=w.dtype, device=w.device),
         leaves,
     )

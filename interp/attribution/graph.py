@@ -3,7 +3,8 @@
 Node ids are built from a `NodeKey` (kind, layer, position, feature or head, ...) and never parsed back: code that
 needs a node's layer, position or the node it feeds reads the typed fields of `NodeKey` / `GraphNode`. Id strings
 (stable, stored in `graph_nodes.node_id`): 'target', 'feat:L<l>:<pos>:<i>', 'attn:L<m>.H<h>:<s>><t>|<dst id>',
-'embed:<pos>', 'err:L<l>:<pos>', 'bias:<dec|attn|enc|unembed>:L<l>:<pos>', 'skip:L<l>:<pos>', 'pruned|<dst id>'.
+'skip:L<l>:<pos>|<dst id>', 'embed:<pos>', 'err:L<l>:<pos>', 'bias:<dec|attn|enc|unembed>:L<l>:<pos>',
+'pruned|<dst id>'.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from torch import Tensor
 
 from interp.attribution.targets import Target
 
-LEAF_KINDS = ("embed", "error", "bias", "skip", "pruned")
-KINDS = ("target", "feature", "attn", *LEAF_KINDS)
+LEAF_KINDS = ("embed", "error", "bias", "pruned")
+# linear nodes that exist per node they feed: their value is exactly their contribution into it (an attention
+# head's OV term from one source position; a transcoder's skip path W_skip x at one position)
+PASS_THROUGH_KINDS = ("attn", "skip")
+KINDS = ("target", "feature", *PASS_THROUGH_KINDS, *LEAF_KINDS)
 
 
 class NodeKey(NamedTuple):
@@ -28,7 +32,7 @@ class NodeKey(NamedTuple):
     position: int | None = None  # where the node reads or sits (an attention node: its source position)
     index: int | None = None  # feature index (feature), head (attn)
     detail: str = ""  # bias: 'dec', 'attn', 'enc' or 'unembed'
-    feeds: str | None = None  # attn and pruned: id of the node whose value they are part of
+    feeds: str | None = None  # attn, skip and pruned: id of the node whose value they are part of
     feeds_position: int | None = None  # attn: the position of the node it feeds
 
     @property
@@ -47,7 +51,7 @@ class NodeKey(NamedTuple):
         if k == "bias":
             return f"bias:{self.detail}:L{layer}:{pos}"
         if k == "skip":
-            return f"skip:L{layer}:{pos}"
+            return f"skip:L{layer}:{pos}|{self.feeds}"
         if k == "pruned":
             return f"pruned|{self.feeds}"
         raise ValueError(f"Unknown node kind {k!r}.")
@@ -66,7 +70,7 @@ class GraphNode:
     stage: int = -1  # where the node reads the residual stream (leaves: -1)
     reader: Tensor | None = field(default=None, repr=False)  # [d_model] (non-leaf nodes)
     own_bias: tuple[NodeKey, float] | None = field(default=None, repr=False)
-    feeds: str | None = None  # attn and pruned nodes: the node whose value they are part of
+    feeds: str | None = None  # attn, skip and pruned nodes: the node whose value they are part of
     # share of the graph's normalized influence held by nodes at least as influential (see interp.attribution.prune)
     cumulative_influence: float | None = None
 
@@ -102,7 +106,7 @@ class AttributionGraph:
                         continue
                     attr = mu * w
                     found.append((attr, [*path, src]))
-                    if node.kind == "attn":
+                    if node.kind in PASS_THROUGH_KINDS:
                         grown.append((mu, [*path, src]))
                     elif node.kind == "feature" and node.activation:
                         grown.append((attr / node.activation, [*path, src]))

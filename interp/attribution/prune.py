@@ -3,12 +3,12 @@
 Two influences per node:
   * signed influence (`GraphNode.influence`): the attribution flowing from the node to the target. The target's is
     its value; every other node's is Σ over its out-edges weight · μ_dst, μ_dst = influence / value for features,
-    μ of the node it feeds for attention nodes; computed in decreasing stage order. The leaves' influences sum to
+    μ of the node it feeds for attention and skip nodes; computed in decreasing stage order. The leaves' influences sum to
     the target's value.
   * normalized influence (circuit-tracer's `compute_influence`): with Â the adjacency matrix (rows = destination)
     of |weights| normalized so each row sums to 1, and e the target's indicator, influence = e (Â + Â² + ...).
-    Bias, skip and pruned-remainder leaves have no counterpart in circuit-tracer (which drops biases) and are left
-    out of Â; attention nodes pass influence through like any node.
+    Bias and pruned-remainder leaves have no counterpart in circuit-tracer (which drops biases) and are left out of
+    Â; attention and skip nodes pass influence through like any node.
 
 Scores (circuit-tracer's `compute_graph_scores`, on the graph before pruning):
   * replacement score = influence(embeddings) / (influence(embeddings) + influence(errors)): the share of the
@@ -23,8 +23,8 @@ Pruning (circuit-tracer's `prune_graph`, defaults NODE_THRESHOLD and EDGE_THRESH
      of the total (ties kept). The target and the embeddings are always kept.
   2. On the graph of kept nodes, score each edge by Â[dst, src] · (influence_dst + e_dst) and keep the best edges
      that together hold `edge_threshold` of the total edge score.
-  3. Repeatedly drop feature, attention and error nodes left without a kept out-edge, and feature and attention
-     nodes left without a kept incoming edge from Â.
+  3. Repeatedly drop feature, attention, skip and error nodes left without a kept out-edge, and feature,
+     attention and skip nodes left without a kept incoming edge from Â.
   4. Every dropped edge into a kept node is added to that node's `pruned` remainder, so each node's incoming
      weights still sum to its value; influences are recomputed on the pruned graph.
 `cumulative_influence` of a node: the share of the total normalized influence held by nodes at least as
@@ -35,11 +35,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from interp.attribution.graph import LEAF_KINDS, AttributionGraph, GraphNode, NodeKey
+from interp.attribution.graph import LEAF_KINDS, PASS_THROUGH_KINDS, AttributionGraph, GraphNode, NodeKey
 
 NODE_THRESHOLD = 0.8  # circuit-tracer's default: keep the nodes holding 80% of the influence
 EDGE_THRESHOLD = 0.98  # circuit-tracer's default: keep the edges holding 98% of the edge influence
-OUTSIDE = ("bias", "skip", "pruned")  # leaves with no circuit-tracer counterpart: not in Â
+OUTSIDE = ("bias", "pruned")  # leaves with no circuit-tracer counterpart: not in Â
 
 
 def signed_influence(graph: AttributionGraph) -> None:
@@ -56,7 +56,7 @@ def signed_influence(graph: AttributionGraph) -> None:
         node = graph.nodes[dst]
         if node.kind == "feature":
             mult[dst] = node.influence / node.activation if node.activation else 0.0
-        elif node.kind == "attn":
+        elif node.kind in PASS_THROUGH_KINDS:
             mult[dst] = mult.get(node.feeds, 0.0)
         for src, w in incoming[dst]:
             graph.nodes[src].influence += w * mult[dst]
@@ -153,7 +153,7 @@ def prune(
         drop = {
             n
             for n in keep - always
-            if n not in has_out or (kind[n] in ("feature", "attn") and n not in has_in)
+            if n not in has_out or (kind[n] in ("feature", *PASS_THROUGH_KINDS) and n not in has_in)
         }
         keep -= drop
         kept_edges = {e for e in kept_edges if e[0] in keep and e[1] in keep}

@@ -2,12 +2,12 @@
 
 1. The target is a reader: a feature pre-activation at (layer, position) or a logit (difference) at a position.
 2. Greedy search for `n_steps` steps. Each frontier path ends at node a with multiplier μ_a (attribution to the
-   target per unit of a's value; μ_target = 1) and proposes every upstream feature, attention node and
-   embedding b with path attribution μ_a · w(b→a). The top `n_paths` proposals by |attribution| over the
+   target per unit of a's value; μ_target = 1) and proposes every upstream feature, attention node, skip path
+   and embedding b with path attribution μ_a · w(b→a). The top `n_paths` proposals by |attribution| over the
    whole frontier become the next frontier, with μ_b = μ_a · w(b→a) / z_b for features, μ_b = μ_a for
-   attention nodes (embeddings end a path).
-3. The graph holds every node on a kept path. Each feature, attention and target node gets an edge from every
-   upstream graph node, from every error, bias, skip and embedding leaf at its position, and one `pruned`
+   attention and skip nodes (embeddings end a path).
+3. The graph holds every node on a kept path. Each feature, attention, skip and target node gets an edge from
+   every upstream graph node, from every error, bias and embedding leaf at its position, and one `pruned`
    edge with the sum of the contributions left out, so its incoming weights sum to its value.
 4. Influence, scores and (optionally) influence-based pruning: interp.attribution.prune.
 """
@@ -44,7 +44,9 @@ class _Builder:
         self.pc, self.token_strs = pc, token_strs
         self.nodes: dict[str, GraphNode] = {}
         self.decomps: dict[str, _Decomposition] = {}
+        # pass-through children of each node: (m, h, s) -> attention node id, layer -> skip node id
         self.attn_children: dict[str, dict[tuple[int, int, int], str]] = defaultdict(dict)
+        self.skip_children: dict[str, dict[int, str]] = defaultdict(dict)
 
     def tok(self, pos: int) -> str:
         return repr(self.token_strs[pos]) if self.token_strs else str(int(self.pc.tokens[pos]))
@@ -83,6 +85,21 @@ class _Builder:
             self.attn_children[dst][(m, h, s)] = node_id
         return node_id
 
+    def skip(self, dst: str, layer: int, value: float) -> str:
+        """The skip path W_skip x of `layer` at dst's position, as read by dst: it reads the MLP input through
+        W_skip^T w_dst, so its value is exactly its contribution into dst."""
+        pc, dst_node = self.pc, self.nodes[dst]
+        t = dst_node.position
+        node_id = NodeKey("skip", layer, t, feeds=dst).id
+        if node_id not in self.nodes:
+            reader = pc.reader(2 * layer + 1, t, pc.transcoders[layer].W_skip.T @ dst_node.reader)
+            self.nodes[node_id] = GraphNode(
+                node_id, "skip", layer, t, None, value, label=f"L{layer} skip @{t} {self.tok(t)}",
+                stage=2 * layer + 1, reader=reader, feeds=dst,
+            )  # fmt: skip
+            self.skip_children[dst][layer] = node_id
+        return node_id
+
     def leaf_label(self, key: NodeKey) -> str:
         kind, layer, pos = key.kind, key.layer, key.position
         where = "" if pos is None else f" @{pos} {self.tok(pos)}"
@@ -93,8 +110,6 @@ class _Builder:
             return f"L{layer} {what}{where}"
         if kind == "bias":
             return f"{key.detail} bias L{layer}{where}"
-        if kind == "skip":
-            return f"L{layer} skip{where}"
         return f"pruned → {self.nodes[key.feeds].label or key.feeds}"
 
     def leaf(self, key: NodeKey) -> str:
@@ -126,6 +141,12 @@ class _Builder:
             for m, h, s in kept:
                 left_out[m, h, s] = False
             pruned += float(d.attn[left_out].sum())
+            skips = self.skip_children.get(dst, {})
+            for layer, w in zip(d.skip_layer.tolist(), d.skip_w.tolist()):
+                if layer in skips:
+                    edges[(skips[layer], dst)] = w
+                else:
+                    pruned += w
             leaves = dict(d.leaves)
             if node.own_bias is not None:
                 leaves[node.own_bias[0]] = node.own_bias[1]
@@ -190,6 +211,9 @@ def attribute(
                 m, h, s = torch.unravel_index(torch.tensor(i - n_feat), d.attn.shape)
                 src = b.attn(dst, int(m), int(h), int(s), float(d.attn[m, h, s]))
                 frontier.append((src, mu))
+            elif i < n_feat + d.attn.numel() + len(d.skip_w):
+                j = i - n_feat - d.attn.numel()
+                frontier.append((b.skip(dst, int(d.skip_layer[j]), float(d.skip_w[j])), mu))
             # else: the embedding, a leaf that is always in the graph
     # 3. edges of every non-leaf node
     edges = b.edges()

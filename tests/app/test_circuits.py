@@ -28,9 +28,9 @@ def test_circuits_page_draws_and_ranks_a_stored_attribution_graph(atlas_db, tiny
     at.run()
     assert not at.exception, at.exception
     page = "\n".join(m.value for m in at.markdown)
-    # everything but bias/skip/pruned leaves is drawn at threshold 1; the leaves on request
+    # everything but bias/pruned leaves is drawn at threshold 1; the leaves on request
     drawn = points(figure(at))
-    leaves = {n for n, node in graph.nodes.items() if node.kind in ("bias", "skip", "pruned")}
+    leaves = {n for n, node in graph.nodes.items() if node.kind in ("bias", "pruned")}
     assert set(drawn) == set(graph.nodes) - leaves
     at.checkbox(key="show_leaves").check().run()
     assert set(points(figure(at))) == set(graph.nodes)
@@ -42,7 +42,7 @@ def test_circuits_page_draws_and_ranks_a_stored_attribution_graph(atlas_db, tiny
         n
         for n, node in graph.nodes.items()
         if node.kind in ("target", "embed")
-        or (node.kind not in ("bias", "skip", "pruned") and node.cumulative_influence <= 0.5 + 1e-6)
+        or (node.kind not in ("bias", "pruned") and node.cumulative_influence <= 0.5 + 1e-6)
     }
     assert kept == expected and len(kept) < len(drawn)
     shown = [float(v) for v in re.findall(r"<li><code>([+-][\d.]+)</code>", page)]

@@ -8,6 +8,7 @@ import torch
 
 from interp.ablation import ablation_effects
 from interp.attribution import (
+    PASS_THROUGH_KINDS,
     FeatureTarget,
     LogitTarget,
     PromptCache,
@@ -52,7 +53,7 @@ def check_bookkeeping(graph):
     """Every non-leaf node: incoming edges (features, heads, errors, biases, pruned) sum to its own value."""
     checked = 0
     for node_id, node in graph.nodes.items():
-        if node.kind in ("target", "feature", "attn"):
+        if node.kind in ("target", "feature", *PASS_THROUGH_KINDS):
             total = sum(graph.incoming(node_id).values())
             assert total == pytest.approx(node.activation, rel=1e-4, abs=1e-5), node_id
             checked += 1
@@ -190,7 +191,8 @@ def test_parse_target_and_canonical_string(tiny_model):
 
 
 def test_decomposition_is_exact_with_skip_transcoders(tiny_model, tcs):
-    """The skip path (W_skip x) is its own leaf: features + b_dec + skip + error still sum to the MLP output."""
+    """The skip path (W_skip x) is its own term: features + b_dec + skip + error still sum to the MLP output, and a
+    skip node reads the stream below it exactly (its incoming edges sum to its value), so paths run through it."""
     import dataclasses
 
     from interp.transcoder import Transcoder
@@ -207,5 +209,23 @@ def test_decomposition_is_exact_with_skip_transcoders(tiny_model, tcs):
         w = torch.randn(tiny_model.cfg.d_model, generator=g)
         d = decompose(pc, stage, 6, w)
         assert d.total() == pytest.approx(float(pc.resid[stage, 6] @ w), rel=1e-4, abs=1e-5)
+        assert len(d.skip_w) == sum(1 for layer in skipped if 2 * layer + 1 < stage)
     graph = attribute(tiny_model, TOKENS, skipped, LogitTarget(token=25, other=30, position=-1), n_paths=40)
-    assert check_bookkeeping(graph) > 5 and any(n.kind == "skip" for n in graph.nodes.values())
+    skips = [n for n, node in graph.nodes.items() if node.kind == "skip"]
+    assert skips and check_bookkeeping(graph) > 5
+    for n in skips:
+        node = graph.nodes[n]
+        # the same float32 product in two orders, (x W_skip^T) w against x (W_skip^T w): rounding, ~1e-7 relative
+        read = float(pc.resid[node.stage, node.position] @ node.reader)
+        assert node.activation == pytest.approx(read, rel=1e-5, abs=1e-5)
+        assert graph.edges[(n, node.feeds)] == pytest.approx(node.activation)
+    # attribution flows through the skip nodes: some of their inputs are graph nodes, not only leaves
+    assert any(
+        graph.nodes[src].kind not in ("bias", "pruned", "error") for n in skips for src in graph.incoming(n)
+    )
+    # the leaves' influences still add up to the target: float32 sums of terms that cancel, so the tolerance
+    # scales with the terms' total size
+    leaves = [
+        node.influence for node in graph.nodes.values() if node.kind in ("embed", "error", "bias", "pruned")
+    ]
+    assert sum(leaves) == pytest.approx(graph.target_value, abs=1e-5 * sum(map(abs, leaves)))

@@ -3,14 +3,16 @@ to circuit-tracer JSON with attention nodes folded into links without losing att
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from interp.attribution import LogitTarget, attribute
+from interp.attribution import PASS_THROUGH_KINDS, LogitTarget, attribute
 from interp.edges import feature_edges
 from interp.faithfulness import NodeIntervention
+from interp.transcoder import Transcoder
 from storage import circuits, db, graph_export, queries
 from tests.interp.test_edges import make_transcoders
 
@@ -18,14 +20,31 @@ TOKENS = torch.tensor([1, 20, 31, 15, 22, 9, 40, 41])
 IDS = {0: "tiny/L0/relu-48", 1: "tiny/L1/relu-48", 2: "tiny/L2/relu-48"}
 
 
-@pytest.fixture(scope="module")
-def graph(tiny_model):
+def _graph(tiny_model, skip: bool):
     tcs = make_transcoders([0, 1, 2], tiny_model.cfg.d_model, d_sae=48, seed=3)
+    if skip:  # skip transcoders: the same weights plus a linear skip path W_skip x
+        g = torch.Generator().manual_seed(4)
+        for layer, tc in tcs.items():
+            twin = Transcoder(dataclasses.replace(tc.cfg, skip=True))
+            twin.load_state_dict(
+                {**tc.state_dict(), "W_skip": torch.randn(tc.cfg.d_out, tc.cfg.d_in, generator=g) * 0.05}
+            )
+            tcs[layer] = twin
     with torch.no_grad():
         for tc in tcs.values():
             tc.b_enc.fill_(-0.3)
             tc.W_dec.mul_(0.01)
     return attribute(tiny_model, TOKENS, tcs, LogitTarget(25, 30, -1), n_paths=24, n_steps=3)
+
+
+@pytest.fixture(scope="module")
+def graph(tiny_model):
+    return _graph(tiny_model, skip=False)
+
+
+@pytest.fixture(scope="module")
+def skip_graph(tiny_model):
+    return _graph(tiny_model, skip=True)
 
 
 def test_graph_round_trip_and_idempotent_rewrite(atlas_home, graph):
@@ -67,18 +86,22 @@ def test_graph_faithfulness_round_trips_with_the_declared_column_types(atlas_hom
     assert live["pearson"] == pytest.approx(-1.0, abs=1e-6)
 
 
-def test_graph_export_folds_attention_exactly(atlas_home, graph):
+@pytest.mark.parametrize("which", ["graph", "skip_graph"])
+def test_graph_export_folds_attention_and_skip_exactly(atlas_home, which, request):
+    graph = request.getfixturevalue(which)
+    if which == "skip_graph":
+        assert any(node.kind == "skip" for node in graph.nodes.values())
     gid = circuits.write_graph(graph, "tiny", "p", "logit:25-30@7", IDS)
     path = graph_export.export_graph(gid)
     data = json.loads(open(path).read())
     assert set(data) == {"metadata", "qParams", "nodes", "links"}
     ids = {n["node_id"] for n in data["nodes"]}
     assert all(link["source"] in ids and link["target"] in ids for link in data["links"])
-    assert not any("attn" in n["node_id"] for n in data["nodes"])
+    assert not any("attn" in n["node_id"] or "skip" in n["node_id"] for n in data["nodes"])
     target_id = next(n["node_id"] for n in data["nodes"] if n["is_target_logit"])
     assert target_id == f"4_25_{len(TOKENS) - 1}"  # n_layers + 1
-    # links into the target + the bias/pruned weight left out along folded attention nodes == the target value
-    dropped = 0.0
+    # links into the target + the bias/pruned weight left out along folded attention and skip nodes == its value
+    dropped, size = 0.0, 0.0
     stack = ["target"]
     while stack:
         dst = stack.pop()
@@ -86,10 +109,13 @@ def test_graph_export_folds_attention_exactly(atlas_home, graph):
             kind = graph.nodes[src].kind
             if kind in ("bias", "pruned"):
                 dropped += w
-            elif kind == "attn":
+                size += abs(w)
+            elif kind in PASS_THROUGH_KINDS:
                 stack.append(src)
-    into = sum(link["weight"] for link in data["links"] if link["target"] == target_id)
-    assert into + dropped == pytest.approx(graph.target_value, rel=1e-4, abs=1e-6)
+    into = [link["weight"] for link in data["links"] if link["target"] == target_id]
+    # weights are stored as REAL (float32) and partly cancel: the tolerance scales with the terms' total size
+    size += sum(map(abs, into))
+    assert sum(into) + dropped == pytest.approx(graph.target_value, rel=1e-4, abs=1e-6 * size)
     assert len(data["metadata"]["prompt_tokens"]) == len(TOKENS)
 
 
