@@ -18,6 +18,8 @@ from assets import resources, settings
 from assets.metadata import md_table
 from interp.attribution import (
     EDGE_THRESHOLD,
+    N_PATHS,
+    N_STEPS,
     NODE_THRESHOLD,
     PromptCache,
     attribute,
@@ -57,8 +59,8 @@ class AttributionGraphsConfig(dg.Config):
         {"prompt": "In 1999, the company grew. In 2000, it grew again. In 200", "target": 'logit:"1"-"0"'},
         {"prompt": "Mr. Smith went to Washington. Later that day Mr.", "target": 'logit:" Smith"'},
     ]
-    n_paths: int = 16  # paths kept per step of the greedy search (the paper's number of branches)
-    n_steps: int = 3  # search depth in steps (the paper's number of iterations)
+    n_paths: int = N_PATHS  # paths kept per step of the greedy search (the paper's number of branches)
+    n_steps: int = N_STEPS  # search depth in steps (the paper's number of iterations)
     # influence-based pruning of the searched graph (circuit-tracer's defaults, interp.attribution.prune): keep the
     # nodes holding this share of the normalized influence, then the edges holding this share of edge influence
     node_threshold: float = NODE_THRESHOLD

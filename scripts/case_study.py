@@ -30,6 +30,8 @@ import torch
 
 from interp.ablation import ablation_effects
 from interp.attribution import (
+    N_PATHS,
+    N_STEPS,
     FeatureTarget,
     LogitTarget,
     PromptCache,
@@ -261,8 +263,8 @@ def run(
     layers: list[int] | None,
     prompt: str,
     target_spec: str,
-    n_paths: int = 24,
-    n_steps: int = 3,
+    n_paths: int = N_PATHS,
+    n_steps: int = N_STEPS,
     n_top: int = 6,
     models_dir: str | None = None,
 ) -> tuple[str, str]:
@@ -327,8 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--target", default=TARGET)
-    parser.add_argument("--n-paths", type=int, default=24)
-    parser.add_argument("--n-steps", type=int, default=3)
+    parser.add_argument("--n-paths", type=int, default=N_PATHS)
+    parser.add_argument("--n-steps", type=int, default=N_STEPS)
     args = parser.parse_args(argv)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     text, path = run(args.model, layers, args.prompt, args.target, args.n_paths, args.n_steps)

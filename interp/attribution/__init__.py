@@ -55,7 +55,7 @@ from interp.attribution.decompose import decompose
 from interp.attribution.direct import DirectEffects, direct_effects
 from interp.attribution.graph import LEAF_KINDS, PASS_THROUGH_KINDS, AttributionGraph, GraphNode, NodeKey
 from interp.attribution.prune import EDGE_THRESHOLD, NODE_THRESHOLD, graph_scores, prune
-from interp.attribution.search import attribute, target_label
+from interp.attribution.search import N_PATHS, N_STEPS, attribute, target_label
 from interp.attribution.targets import (
     FeatureTarget,
     LogitTarget,
@@ -70,6 +70,8 @@ __all__ = [
     "EDGE_THRESHOLD",
     "LEAF_KINDS",
     "NODE_THRESHOLD",
+    "N_PATHS",
+    "N_STEPS",
     "PASS_THROUGH_KINDS",
     "AttributionGraph",
     "DirectEffects",

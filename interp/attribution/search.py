@@ -30,6 +30,12 @@ from interp.transcoder import Transcoder
 
 log = logging.getLogger(__name__)
 
+# Search defaults for a full-depth atlas: attention and skip nodes are steps of a path too, so at 30 layers a path
+# needs several steps to reach the features below; on SmolLM2's case-study prompts 16 paths x 3 steps kept 0-2
+# feature nodes and 128 x 6 keeps 10-36, in about 5 s a graph on 2 cores (README, "Attribution graphs").
+N_PATHS = 128
+N_STEPS = 6
+
 
 def target_label(target: Target, t: int, tokenizer=None) -> str:
     """How the target node is labelled: 'L3 #12 @5' or 'logit " Mary" − " John"' (token ids without a tokenizer)."""
@@ -166,8 +172,8 @@ def attribute(
     tokens: Tensor,  # [pos] token ids (BOS included if the model expects it)
     transcoders: Mapping[int, Transcoder],
     target: Target,
-    n_paths: int = 16,
-    n_steps: int = 3,
+    n_paths: int = N_PATHS,
+    n_steps: int = N_STEPS,
     token_strs: Sequence[str] | None = None,
     cache: PromptCache | None = None,
     tokenizer=None,
