@@ -96,7 +96,8 @@ def test_one_run_trains_every_layer_and_versions_sit_side_by_side(corpus, tiny_m
 
 
 def test_failed_gate_is_recorded_and_blocks(corpus, tiny_model_dir):
-    result = _train("0", max_fvu_typical=0.0, goal_l0=0.5)
+    # goals apply where the MLP matters: count every layer as mattering, so the L0 goal of 0.5 is missed
+    result = _train("0", max_fvu_typical=0.0, goal_l0=0.5, matters_delta_ce=-1.0)
     tid = tc_store.list_transcoders(tiny_model_dir)["transcoder_id"][0]
     passed, reason = tc_store.gate_status(tid)
     assert not passed and "fvu_typical" in reason and "> 0.0" in reason
