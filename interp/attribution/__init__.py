@@ -51,7 +51,7 @@ reader split along the stream), `direct` (exact direct effects), `graph` (typed 
 """
 
 from interp.attribution.cache import PromptCache, context_length
-from interp.attribution.decompose import decompose
+from interp.attribution.decompose import decompose, decompose_many
 from interp.attribution.direct import DirectEffects, direct_effects
 from interp.attribution.graph import LEAF_KINDS, PASS_THROUGH_KINDS, AttributionGraph, GraphNode, NodeKey
 from interp.attribution.prune import EDGE_THRESHOLD, NODE_THRESHOLD, graph_scores, prune
@@ -85,6 +85,7 @@ __all__ = [
     "check_target",
     "context_length",
     "decompose",
+    "decompose_many",
     "direct_effects",
     "graph_scores",
     "parse_target",

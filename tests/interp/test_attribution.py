@@ -14,6 +14,7 @@ from interp.attribution import (
     PromptCache,
     attribute,
     decompose,
+    decompose_many,
     direct_effects,
     parse_target,
     target_string,
@@ -47,6 +48,22 @@ def test_decomposition_is_exact_at_every_stage(tiny_model, tcs):
             expected = float(pc.resid[stage, t] @ w)
             assert d.total() == pytest.approx(expected, rel=1e-4, abs=1e-5)
             assert d.attn.shape == ((stage + 1) // 2, tiny_model.cfg.n_heads, t + 1)
+
+
+def test_a_batch_of_readers_decomposes_like_each_alone(tiny_model, tcs):
+    """decompose_many over readers at mixed stages and positions (BOS included): each part sums to its reader's
+    value and equals the reader decomposed alone, candidate by candidate and leaf by leaf."""
+    pc = PromptCache(tiny_model, TOKENS, {0: tcs[0], 2: tcs[2]})
+    g = torch.Generator().manual_seed(5)
+    at = [(0, 3), (1, 0), (3, 9), (4, 5), (6, 9), (2 * tiny_model.cfg.n_layers, 7), (5, 1)]
+    W = torch.randn(len(at), tiny_model.cfg.d_model, generator=g)
+    parts = decompose_many(pc, [s for s, _ in at], [t for _, t in at], W)
+    for (stage, t), w, part in zip(at, W, parts):
+        assert part.total() == pytest.approx(float(pc.resid[stage, t] @ w), rel=1e-4, abs=1e-5)
+        alone = decompose(pc, stage, t, w)
+        torch.testing.assert_close(part.candidates(), alone.candidates(), rtol=1e-5, atol=1e-6)
+        assert part.leaves.keys() == alone.leaves.keys()
+        assert part.leaves == pytest.approx(alone.leaves, rel=1e-5, abs=1e-6)
 
 
 def check_bookkeeping(graph):
