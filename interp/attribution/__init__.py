@@ -45,8 +45,8 @@ reproduces exactly (the faithfulness check).
 Position 0 (BOS, the attention sink) is never split into features: transcoders are trained on positions 1..
 only, so there the whole MLP output is an error node.
 
-Modules, one concept each: `targets` (the target language), `cache` (the prompt cache), `decompose` (one
-reader split along the stream), `direct` (exact direct effects), `graph` (typed node ids, nodes, edges), `search`
+Modules, one concept each: `targets` (the target language), `cache` (the prompt cache), `decompose` (readers
+split along the stream, one or a batch at a time), `direct` (exact direct effects), `graph` (typed node ids, nodes, edges), `search`
 (the greedy path search, steps 2-4), `prune` (influence, graph scores, influence-based pruning, step 5).
 """
 
