@@ -162,3 +162,40 @@ def test_migration_3_adds_graph_scores_to_a_version_2_database():
         have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
         assert set(columns) <= have
     assert con.execute("SELECT graph_id, replacement_score FROM graphs").fetchall() == [("g", None)]
+
+
+def test_migration_5_drops_the_feature_edges_index_and_keeps_its_rows():
+    import duckdb
+
+    from storage.db import migrate
+    from storage.schema import MIGRATIONS, TABLE_BY_NAME
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+    for version in (1, 2, 3, 4):
+        for stmt in MIGRATIONS[version]:
+            con.execute(stmt)
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    # feature_edges as versions 1-4 created it: with its primary key
+    edges = TABLE_BY_NAME["feature_edges"]
+    con.execute("DROP TABLE feature_edges")
+    con.execute(dataclasses.replace(edges, indexed=True).create_sql())
+    con.execute(
+        "INSERT INTO feature_edges VALUES ('a', 1, 'b', 2, 'resid', 0.5, 0), ('a', 3, 'b', 2, 'resid', 0.25, 1)"
+    )
+
+    def primary_keys() -> list:
+        return con.execute(
+            "SELECT constraint_type FROM duckdb_constraints() WHERE table_name = 'feature_edges' "
+            "AND constraint_type = 'PRIMARY KEY'"
+        ).fetchall()
+
+    assert primary_keys()
+    assert migrate(con) == 4
+    assert not primary_keys()
+    assert con.execute("SELECT src_feature, weight FROM feature_edges ORDER BY rank").fetchall() == [
+        (1, 0.5),
+        (3, 0.25),
+    ]
+    described = [(r[0], r[1]) for r in con.execute("DESCRIBE feature_edges").fetchall()]
+    assert described == [(c.name, "FLOAT" if c.type == "REAL" else c.type) for c in edges.columns]
