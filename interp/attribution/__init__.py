@@ -17,9 +17,10 @@ splits exactly into
 A feature node reads w = f_enc,i / rms(resid_mid^(l)[t]); its value is the pre-activation (= z_i when active).
 An attention node (m,h,s→t) exists per downstream node a; it reads resid_pre^(m)[s] with
 w' = pattern[t,s] / rms(resid_pre^(m)[s]) · W_V W_O w_a, so its value is exactly its contribution into a. A skip
-node (l, t) exists per downstream node a too; it reads MLP l's input with w' = W_skip^(l)ᵀ w_a / rms(resid_mid^(l)[t]):
-the skip path is linear, so attribution passes through it to the features, heads and embedding below, instead of
-stopping at a leaf that a skip transcoder would otherwise fill with much of each MLP's output.
+node (l, t) exists per downstream node a too; it reads MLP l's input with
+w' = W_skip^(l)ᵀ w_a / rms(resid_mid^(l)[t]): the skip path is linear, so attribution passes through it to the
+features, heads and embedding below, instead of stopping at a leaf that a skip transcoder would otherwise fill
+with much of each MLP's output.
 
 Algorithm:
   1. One clean forward pass caches the residual stream at every stage, norm scales, attention patterns and MLP
@@ -46,8 +47,9 @@ Position 0 (BOS, the attention sink) is never split into features: transcoders a
 only, so there the whole MLP output is an error node.
 
 Modules, one concept each: `targets` (the target language), `cache` (the prompt cache), `decompose` (readers
-split along the stream, one or a batch at a time), `direct` (exact direct effects), `graph` (typed node ids, nodes, edges), `search`
-(the greedy path search, steps 2-4), `prune` (influence, graph scores, influence-based pruning, step 5).
+split along the stream, one or a batch at a time), `direct` (exact direct effects), `graph` (typed node ids, nodes,
+edges), `search` (the greedy path search, steps 2-4), `prune` (influence, graph scores, influence-based pruning,
+step 5).
 """
 
 from interp.attribution.cache import PromptCache, context_length

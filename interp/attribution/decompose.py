@@ -30,9 +30,8 @@ class _Decomposition:
     skip_w: Tensor  # [S] their contributions (W_skip x) · w
     leaves: dict[NodeKey, float]  # leaf node -> contribution (embed, errors, biases)
 
-    def candidates(
-        self,
-    ) -> Tensor:  # [F + M·H·(t+1) + S + 1]: features, attention entries, skip paths, embedding
+    # [F + M·H·(t+1) + S + 1]: features, attention entries, skip paths, embedding
+    def candidates(self) -> Tensor:
         embed = torch.tensor([next(iter(self.leaves.values()))], device=self.feat_w.device)
         return torch.cat([self.feat_w, self.attn.flatten(), self.skip_w, embed])
 
@@ -51,7 +50,7 @@ def decompose_many(
     pc: PromptCache,
     stages: Sequence[int],
     positions: Sequence[int],
-    W: Tensor,  # W [N, d_model] readers
+    W: Tensor,  # [N, d_model] readers
 ) -> list[_Decomposition]:
     """`decompose` of N readers: W[n] read at (stages[n], positions[n])."""
     n_readers = len(stages)
@@ -60,9 +59,8 @@ def decompose_many(
     leaves: list[dict[NodeKey, float]] = [
         {NodeKey("embed", position=t): v} for t, v in zip(positions, dots(pc.resid[0, ts]))
     ]  # first entry: the embedding (see candidates())
-    feats: list[list[tuple[int, Tensor, Tensor]]] = [
-        [] for _ in range(n_readers)
-    ]  # (layer, indices, weights)
+    # per reader: (layer, active feature indices, their contributions) and (layer, skip contribution)
+    feats: list[list[tuple[int, Tensor, Tensor]]] = [[] for _ in range(n_readers)]
     skips: list[list[tuple[int, float]]] = [[] for _ in range(n_readers)]
     for layer in range(max(stages) // 2):  # MLPs whose output is already in the stream of some reader
         below = [n for n in range(n_readers) if layer < stages[n] // 2]
