@@ -3,9 +3,11 @@ drawn and path-ranked by the Circuits page exactly as the in-memory graph ranks 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from interp.attribution import FeatureTarget, attribute
@@ -49,3 +51,30 @@ def test_circuits_page_draws_and_ranks_a_stored_attribution_graph(atlas_db, tiny
     expected_paths = [attr for attr, _ in graph.top_paths(10)]
     assert len(expected_paths) >= 3
     assert shown == pytest.approx(expected_paths, rel=1e-3, abs=1e-4)
+
+
+def test_skip_nodes_are_drawn_as_their_own_kind(atlas_db, tiny_model):
+    """A graph over skip transcoders: every skip node is drawn, in the skip legend entry, labelled by its layer."""
+    tids = dict(enumerate(atlas_db["transcoders"]))
+    g = torch.Generator().manual_seed(6)
+    transcoders = {}
+    for layer, tid in tids.items():
+        tc = Transcoder.load(layout.transcoder_dir(tid))
+        twin = Transcoder(dataclasses.replace(tc.cfg, skip=True))
+        twin.load_state_dict(
+            {**tc.state_dict(), "W_skip": torch.randn(tc.cfg.d_out, tc.cfg.d_in, generator=g)}
+        )
+        transcoders[layer] = twin
+    prompt = "ab<c>d"
+    tokens = tiny_model.to_tokens(prompt)[0]  # [pos]
+    graph = attribute(tiny_model, tokens, transcoders, FeatureTarget(1, 3, -1), n_paths=12, n_steps=3)
+    skips = {n: node for n, node in graph.nodes.items() if node.kind == "skip"}
+    assert skips
+    gid = write_graph(graph, atlas_db["model"], prompt, f"feature:{tids[1]}:3@-1", tids)
+    at = AppTest.from_file(str(PAGES["circuits"]), default_timeout=120)
+    at.query_params["graph"] = gid
+    at.run()
+    assert not at.exception, at.exception
+    drawn = points(figure(at))
+    assert {n: drawn[n]["trace"] for n in skips} == {n: "transcoder skip path (linear)" for n in skips}
+    assert all(drawn[n]["text"] == f"L{node.layer} skip" for n, node in skips.items())
