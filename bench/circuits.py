@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from interp.attribution import LogitTarget, PromptCache, attribute, direct_effects
+from interp.attribution import NODE_THRESHOLD, LogitTarget, PromptCache, attribute, direct_effects
 from interp.edges import feature_edges
 from interp.transcoder import Transcoder, TranscoderConfig
 
@@ -171,7 +171,9 @@ def bench_graph() -> None:
     t0 = time.perf_counter()
     pc = PromptCache(model, tokens, tcs)
     cache_s = time.perf_counter() - t0
-    graph = attribute(model, tokens, tcs, target, cache=pc, node_threshold=0.8)  # the asset's search defaults
+    graph = attribute(
+        model, tokens, tcs, target, cache=pc, node_threshold=NODE_THRESHOLD
+    )  # the search defaults
     total = time.perf_counter() - t0
     done.set()
     sampler.join()

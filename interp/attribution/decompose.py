@@ -55,7 +55,10 @@ def decompose_many(
     """`decompose` of N readers: W[n] read at (stages[n], positions[n])."""
     n_readers = len(stages)
     ts = torch.tensor(positions, device=W.device)  # [N]
-    dots = lambda rows: (rows * W).sum(-1).tolist()  # noqa: E731  [N, d] -> N floats (row n . reader n)
+
+    def dots(rows: Tensor) -> list[float]:  # [N, d_model] -> row n . reader n, for each n
+        return (rows * W).sum(-1).tolist()
+
     leaves: list[dict[NodeKey, float]] = [
         {NodeKey("embed", position=t): v} for t, v in zip(positions, dots(pc.resid[0, ts]))
     ]  # first entry: the embedding (see candidates())
