@@ -30,6 +30,7 @@ import torch
 
 from interp.attribution import NODE_THRESHOLD, LogitTarget, PromptCache, attribute, direct_effects
 from interp.edges import feature_edges
+from interp.faithfulness import SETTINGS
 from interp.transcoder import Transcoder, TranscoderConfig
 
 D_MODEL, N_HEADS, D_HEAD, N_LAYERS = 576, 9, 64, 12
@@ -197,7 +198,9 @@ def report_faithfulness() -> None:
 
         rows = db.query(
             """SELECT g.target, f.setting, f.n_nodes, f.pearson, f.spearman, f.sign_agreement
-               FROM graph_faithfulness f JOIN graphs g USING (graph_id) ORDER BY g.target, f.setting"""
+               FROM graph_faithfulness f JOIN graphs g USING (graph_id)
+               ORDER BY g.target, list_position(?::VARCHAR[], f.setting), f.setting""",
+            [list(SETTINGS)],
         )
     except Exception as e:  # no atlas yet
         print(f"   faithfulness: skipped (no graphs in the atlas: run `make atlas`; {type(e).__name__})")

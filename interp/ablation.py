@@ -2,9 +2,11 @@
 change of a target (a feature pre-activation or a logit difference), with chosen parts of the computation frozen.
 
 With attention patterns, norm scales and every other MLP output frozen ('pattern', 'scale', 'mlp'), the model from
-the ablated feature to the target is exactly the linear model an attribution graph is defined in, so a complete
-graph's influence, and `interp.attribution.direct_effects`, match the measured change to float precision; with
-MLPs live the downstream MLPs respond too.
+the ablated feature to the target is exactly the linear model of `interp.attribution.direct_effects`, so direct
+effects match the measured change to float precision. With 'replacement' instead of 'mlp', every MLP with a
+transcoder is the transcoder (its error term frozen at its clean value): the replacement model an attribution graph
+is a linearisation of, where downstream features respond, TopK and ReLU included. With MLPs live the real
+downstream MLPs respond.
 """
 
 from __future__ import annotations
@@ -33,9 +35,14 @@ def ablation_effects(
 
     The model runs for real, with what `freeze` names held at its clean value: 'pattern' (attention patterns),
     'scale' (every norm's 1/rms), 'mlp' (every MLP output, so only the ablated feature's own removal and the
-    linear attention paths carry the change: the graph's linear model). Returns [len(ablations)]: ablated minus
-    clean target value.
+    linear attention paths carry the change), 'replacement' (every MLP with a transcoder becomes the transcoder
+    run on its live input plus its clean error; position 0 and MLPs without a transcoder are frozen outputs).
+    Returns [len(ablations)]: ablated minus clean target value.
     """
+    if "mlp" in freeze and "replacement" in freeze:
+        raise ValueError(
+            "freeze 'mlp' holds every MLP output fixed and 'replacement' runs transcoders; pick one."
+        )
     n_pos = len(tokens)
     t = target.position % n_pos
     clean_names = []
@@ -44,9 +51,11 @@ def ablation_effects(
     if "scale" in freeze:
         clean_names += [f"blocks.{m}.ln{k}.hook_scale" for m in range(model.cfg.n_layers) for k in (1, 2)]
         clean_names.append("ln_final.hook_scale")
-    mlp_names = [f"blocks.{m}.hook_mlp_out" for m in range(model.cfg.n_layers)] if "mlp" in freeze else []
+    frozen_mlps = "mlp" in freeze or "replacement" in freeze
+    mlp_names = [f"blocks.{m}.hook_mlp_out" for m in range(model.cfg.n_layers)] if frozen_mlps else []
     layers = sorted({a[0] for a in ablations})
-    x_names = [f"blocks.{layer}.ln2.hook_normalized" for layer in layers]
+    replaced = sorted(transcoders) if "replacement" in freeze else []
+    x_names = [f"blocks.{layer}.ln2.hook_normalized" for layer in sorted(set(layers) | set(replaced))]
     stop = target.layer + 1 if isinstance(target, FeatureTarget) else None  # nothing above the target matters
     wanted = set(clean_names + x_names + mlp_names)
     _, cache = model.run_with_cache(
@@ -57,15 +66,32 @@ def ablation_effects(
     z = {
         layer: transcoders[layer].encode(cache[f"blocks.{layer}.ln2.hook_normalized"][0]) for layer in layers
     }
+    # replacement: each transcoder's error at positions 1.., held while its features respond
+    error = {
+        layer: cache[f"blocks.{layer}.hook_mlp_out"][0]
+        - transcoders[layer](cache[f"blocks.{layer}.ln2.hook_normalized"][0])  # [pos, d_model]
+        for layer in replaced
+        if f"blocks.{layer}.hook_mlp_out" in cache  # layers above a feature target do not run
+    }
 
     def run(delta: dict[int, Tensor]) -> Tensor:  # delta: layer -> [B, pos, d_model] removed from MLP out
         batch = next(iter(delta.values())).shape[0]
-        captured = {}
+        captured, x_live = {}, {}
         hooks = [(name, lambda act, hook: cache[hook.name].expand_as(act)) for name in clean_names]
+        hooks += [
+            (f"blocks.{layer}.ln2.hook_normalized", lambda act, hook: x_live.__setitem__(hook.name, act))
+            for layer in error
+        ]
 
         def mlp_out(act: Tensor, hook) -> Tensor:
-            base = cache[hook.name].expand_as(act) if mlp_names else act
             layer = int(hook.name.split(".")[1])
+            base = cache[hook.name].expand_as(act) if mlp_names else act
+            if (
+                layer in error
+            ):  # the transcoder on the live input, its clean error added back; BOS stays frozen
+                x = x_live[f"blocks.{layer}.ln2.hook_normalized"]  # [B, pos, d_model]
+                replacement = transcoders[layer](x[:, 1:]) + error[layer][1:]
+                base = torch.cat([base[:, :1], replacement], dim=1)
             return base - delta[layer] if layer in delta else base
 
         hooks += [

@@ -3,18 +3,24 @@ says it will?
 
 For the graph's `n` feature nodes of largest |influence|, the graph predicts that zero-ablating node b changes the
 target by −influence_b (the attribution flowing from b to the target along the graph's edges, linear through the
-downstream features it feeds). The real model then runs with b's decoder contribution z_b f_dec,b removed from its
-MLP's real output, every MLP live (interp.ablation), in two settings:
+downstream features it feeds). The model then runs with b's decoder contribution z_b f_dec,b removed from its MLP's
+output (interp.ablation), in settings that thaw the graph's frozen linear model one part at a time:
 
-  attention_frozen   attention patterns held at their clean values, as the graph's linear model holds them
-  nothing_frozen     the model as it is: patterns, norms and every MLP respond
+  replacement_model       patterns and norm scales frozen, every MLP with a transcoder replaced by it (error held):
+                          the model the graph linearises, so only the search's left-out paths and the features'
+                          nonlinearity (TopK, ReLU) separate prediction and outcome
+  attention_norms_frozen  patterns and norm scales frozen, every MLP real and live: do the transcoders stand in for
+                          the MLPs they replace?
+  attention_frozen        patterns frozen, norms and MLPs live (the setting the goals are stated for)
+  nothing_frozen          the model as it is: patterns, norms and every MLP respond
 
-and each setting's predicted and actual changes are compared by Pearson and Spearman correlation and by sign
-agreement (the share of nodes whose ablation moves the target the way the graph says; an actual change of exactly 0
-agrees only with a prediction of 0).
+The last three are the real model, MLPs live. Each setting's predicted and actual changes are compared by Pearson
+and Spearman correlation and by sign agreement (the share of nodes whose ablation moves the target the way the
+graph says; an actual change of exactly 0 agrees only with a prediction of 0). Read down the ladder, the drop
+between two rows is what the thawed part costs.
 
-This is the figure the README leads circuits with. The consistency check — direct effects against ablations with
-every MLP output frozen, the graph's own linear model — lives in tests/interp/test_attribution_real.py.
+attention_frozen is the figure the README leads circuits with. The consistency check — direct effects against
+ablations with every MLP output frozen, the graph's own linear model — lives in tests/interp/test_attribution_real.py.
 """
 
 from __future__ import annotations
@@ -30,7 +36,12 @@ from interp.ablation import ablation_effects
 from interp.attribution import AttributionGraph
 from interp.transcoder import Transcoder
 
-SETTINGS: dict[str, tuple[str, ...]] = {"attention_frozen": ("pattern",), "nothing_frozen": ()}
+SETTINGS: dict[str, tuple[str, ...]] = {  # name -> what interp.ablation.ablation_effects freezes
+    "replacement_model": ("pattern", "scale", "replacement"),
+    "attention_norms_frozen": ("pattern", "scale"),
+    "attention_frozen": ("pattern",),
+    "nothing_frozen": (),
+}
 TOP_NODES = 20
 
 

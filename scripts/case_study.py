@@ -215,11 +215,13 @@ def _direct_effects(st: _Study, check: _Check, n_top: int) -> tuple[list[str], t
 
 
 def _real_model_table(interventions) -> list[str]:
-    """The graph's faithfulness on the real model (interp.faithfulness), one row per setting."""
+    """The graph's faithfulness in the replacement model and the real model (interp.faithfulness), one row per
+    setting."""
     if not interventions:
         return ["No feature node to intervene on.", ""]
     lines = [
-        f"### Faithfulness on the real model (top {len(interventions)} feature nodes zeroed, MLPs live)",
+        f"### Faithfulness (top {len(interventions)} feature nodes zeroed; the replacement model, then the real "
+        "model with MLPs live)",
         "",
         "| setting | Pearson | Spearman | sign agreement |",
         "|---|---:|---:|---:|",

@@ -21,6 +21,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from interp.faithfulness import SETTINGS
 from storage import db, features
 from storage import transcoders as tc_store
 
@@ -321,16 +322,16 @@ def graph(graph_id: str) -> dict[str, Any] | None:
         faithfulness = db.frame(
             con,
             "SELECT setting, n_nodes, pearson, spearman, sign_agreement FROM graph_faithfulness "
-            "WHERE graph_id = ? ORDER BY setting",
-            [graph_id],
+            "WHERE graph_id = ? ORDER BY list_position(?::VARCHAR[], setting), setting",
+            [graph_id, list(SETTINGS)],
         )
         interventions = db.frame(
             con,
             """
             SELECT i.node_id, n.label, i.setting, i.predicted, i.actual
             FROM graph_interventions i LEFT JOIN graph_nodes n ON n.graph_id = i.graph_id AND n.node_id = i.node_id
-            WHERE i.graph_id = ? ORDER BY i.setting, abs(i.predicted) DESC""",
-            [graph_id],
+            WHERE i.graph_id = ? ORDER BY list_position(?::VARCHAR[], i.setting), i.setting, abs(i.predicted) DESC""",
+            [graph_id, list(SETTINGS)],
         )
     return {
         "graph": row,

@@ -363,28 +363,31 @@ TABLES: tuple[Table, ...] = (
     ),
     _t(
         "graph_interventions",
-        "Faithfulness on the real model, per node: each of a graph's top feature nodes by |influence| zeroed in the "
-        "real model, every MLP live (interp.faithfulness).",
+        "Faithfulness per node: each of a graph's top feature nodes by |influence| zeroed in the replacement model "
+        "and in the real model, every MLP live (interp.faithfulness).",
         ("graph_id", "setting", "node_id"),
         ("graph_id", "VARCHAR", "Graph."),
         (
             "setting",
             "VARCHAR",
-            "'attention_frozen' (attention patterns held at their clean values) or 'nothing_frozen'.",
+            "What is held at its clean value (interp.faithfulness.SETTINGS): 'replacement_model' (attention "
+            "patterns and norm scales; transcoders run in place of their MLPs, errors held), "
+            "'attention_norms_frozen' (patterns and norm scales; real MLPs live), 'attention_frozen' (patterns) "
+            "or 'nothing_frozen'.",
         ),
         ("node_id", "VARCHAR", "Feature node zeroed (see `graph_nodes`)."),
         ("layer", "INTEGER", "Its layer."),
         ("position", "INTEGER", "Its token position."),
         ("feature", "INTEGER", "Its feature index."),
         ("predicted", "REAL", "The graph's change of the target: minus the node's influence."),
-        ("actual", "REAL", "Measured change of the target (ablated minus clean) in the real model."),
+        ("actual", "REAL", "Measured change of the target (ablated minus clean) in the setting's model."),
     ),
     _t(
         "graph_faithfulness",
-        "Faithfulness on the real model, per graph and setting: predicted vs actual changes of `graph_interventions`.",
+        "Faithfulness per graph and setting: predicted vs actual changes of `graph_interventions`.",
         ("graph_id", "setting"),
         ("graph_id", "VARCHAR", "Graph."),
-        ("setting", "VARCHAR", "'attention_frozen' or 'nothing_frozen' (see `graph_interventions`)."),
+        ("setting", "VARCHAR", "What is held at its clean value (see `graph_interventions`)."),
         (
             "n_nodes",
             "INTEGER",

@@ -22,8 +22,11 @@ def score(value) -> str:
 
 
 FAITHFULNESS_HELP = (
-    "Each of the graph's top feature nodes by |influence| zeroed in the real model, every MLP live. Predicted: "
-    "minus the node's influence. Goal: sign agreement >= 0.9 and Spearman >= 0.8 with attention frozen."
+    "Each of the graph's top feature nodes by |influence| zeroed, predicted change = minus the node's influence. "
+    "Settings, top to bottom, thaw the graph's linear model one part at a time: replacement_model (transcoders in "
+    "place of the MLPs, errors, attention patterns and norms frozen), attention_norms_frozen (the real MLPs live), "
+    "attention_frozen (norms live too), nothing_frozen. Goal: sign agreement >= 0.9 and Spearman >= 0.8 with "
+    "attention frozen."
 )
 
 
@@ -33,7 +36,9 @@ def faithfulness(g: dict) -> None:
     if summary.height == 0:
         st.caption("No real-model interventions stored for this graph (re-materialize `attribution_graphs`).")
         return
-    st.markdown("**Faithfulness on the real model** (MLPs live)", help=FAITHFULNESS_HELP)
+    st.markdown(
+        "**Faithfulness: the replacement model, then the real model** (MLPs live)", help=FAITHFULNESS_HELP
+    )
     st.dataframe(summary, hide_index=True, width="content")
     with st.expander("Predicted vs actual change of the target, per node"):
         st.dataframe(g["interventions"], hide_index=True)

@@ -312,10 +312,10 @@ def test_circuits_page_draws_graph_with_legend_hover_and_ranks_paths(atlas_db):
     # token positions along the x axis, escaped (position 5 is the hostile image token)
     assert html_lib.escape(IMG) in fig["layout"]["xaxis"]["ticktext"]
     assert "Replacement score" in page
-    # real-model faithfulness, both settings, from graph_faithfulness
+    # faithfulness per setting from graph_faithfulness, in the ladder's order (replacement model first)
     shown = at.dataframe[0].value
-    assert list(shown["setting"]) == ["attention_frozen", "nothing_frozen"]
-    assert list(shown["sign_agreement"]) == [1.0, 0.5]
+    assert list(shown["setting"]) == ["replacement_model", "attention_frozen", "nothing_frozen"]
+    assert list(shown["sign_agreement"]) == [1.0, 1.0, 0.5]
     assert_no_markup_from_tokens(page)
     # path attributions by hand (fixture_db; interp.attribution's rule: an edge's weight times the share of
     # each feature's activation it explains): f1->t 2.4; f0->f1->t 2.4*1.0/1.5; e4->f0->f1->t 1.6*2.0/2.0;

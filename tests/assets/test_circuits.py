@@ -13,6 +13,7 @@ import torch
 
 from assets.circuits import attribution_graphs, feature_edges, graphs_balance
 from interp.attribution import parse_target
+from interp.faithfulness import SETTINGS
 from storage import db, layout, queries
 from storage import transcoders as tc_store
 from tests.interp.test_edges import make_transcoders
@@ -84,13 +85,13 @@ def test_attribution_graphs_asset_stores_balanced_graphs_and_exports(atlas, tiny
         assert info["replacement_score"] == pytest.approx(row["replacement_score"], rel=1e-6)
         assert info["completeness_score"] == pytest.approx(row["completeness_score"], rel=1e-6)
         assert exported["metadata"]["node_threshold"] == 0.8
-        # faithfulness on the real model: both settings, the top feature nodes by |influence|, summary = rows
+        # faithfulness: every setting, the top feature nodes by |influence|, summary = rows
         faith = db.query("SELECT * FROM graph_faithfulness WHERE graph_id = ?", [row["graph_id"]])
-        assert sorted(faith["setting"]) == ["attention_frozen", "nothing_frozen"]
+        assert sorted(faith["setting"]) == sorted(SETTINGS)
         per_node = db.query("SELECT * FROM graph_interventions WHERE graph_id = ?", [row["graph_id"]])
         n_features = stored["nodes"].filter(pl.col("kind") == "feature").height
-        assert faith["n_nodes"].to_list() == [min(20, n_features)] * 2
-        assert per_node.height == 2 * min(20, n_features)
+        assert faith["n_nodes"].to_list() == [min(20, n_features)] * len(SETTINGS)
+        assert per_node.height == len(SETTINGS) * min(20, n_features)
         influence = dict(zip(stored["nodes"]["node_id"], stored["nodes"]["influence"]))
         for r in per_node.iter_rows(named=True):
             assert r["predicted"] == -influence[r["node_id"]]  # both stored as REAL from the same float
