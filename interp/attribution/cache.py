@@ -66,16 +66,22 @@ class PromptCache:
         self.pattern = stack([f"blocks.{m}.attn.hook_pattern" for m in range(n)])  # [n, n_heads, pos, pos]
         self.mlp_out = stack([f"blocks.{m}.hook_mlp_out" for m in range(n)])  # [n, pos, d_model]
         self.W_V, self.W_O = ov_weights(model)  # [n, n_heads, d_model, d_head], [n, n_heads, d_head, d_model]
+        self.v = torch.einsum(
+            "msd,mhde->mshe", self.x1, self.W_V
+        )  # [n, pos, n_heads, d_head] values, no bias
         self.attn_bias = _attn_bias(model, self.W_O)  # [n, d_model]
         self.W_U, self.b_U = model.W_U, model.b_U  # [d_model, d_vocab], [d_vocab]
-        self.x2, self.z, self.y_hat, self.skip, self.b_enc = {}, {}, {}, {}, {}
+        self.x2, self.z, self.y_hat, self.skip = {}, {}, {}, {}
+        # each layer's active features per position, padded with zeros to the most active at any position
+        self.active_index, self.active_z = {}, {}  # layer -> [pos, K] int64, [pos, K]
         for layer, tc in self.transcoders.items():
             x = cache[f"blocks.{layer}.ln2.hook_normalized"][0]  # [pos, d_model]
             self.x2[layer] = x
-            self.z[layer] = tc.encode(x)  # [pos, d_sae]
-            self.y_hat[layer] = tc.decode(self.z[layer], x)  # [pos, d_model]
+            z = self.z[layer] = tc.encode(x)  # [pos, d_sae]
+            active_z, active_index = z.topk(int((z > 0).sum(-1).max()), dim=-1)
+            self.active_index[layer], self.active_z[layer] = active_index, active_z
+            self.y_hat[layer] = tc.decode_sparse(active_z, active_index, x)  # [pos, d_model] = decode(z, x)
             self.skip[layer] = None if tc.W_skip is None else tc.skip_out(x)  # [pos, d_model]
-            self.b_enc[layer] = tc.b_enc - tc.b_pre @ tc.W_enc  # [d_sae], b_pre folded in
 
     def attn_layers_below(self, stage: int) -> int:
         """How many attention layers (0, 1, ...) have their output in resid[stage]."""
@@ -99,7 +105,7 @@ class PromptCache:
         if isinstance(target, FeatureTarget):
             stage = 2 * target.layer + 1
             v = self.transcoders[target.layer].W_enc[:, target.feature]
-            return stage, t, self.reader(stage, t, v), float(self.b_enc[target.layer][target.feature])
+            return stage, t, self.reader(stage, t, v), self.b_enc(target.layer, target.feature)
         stage, v, bias = 2 * self.n_layers, self.W_U[:, target.token], self.b_U[target.token]
         if target.other is not None:
             v, bias = v - self.W_U[:, target.other], bias - self.b_U[target.other]
@@ -108,7 +114,12 @@ class PromptCache:
     def feature_value(self, layer: int, position: int, feature: int) -> float:
         """Pre-activation of a transcoder feature (independent of the decomposition: straight from the encoder)."""
         tc = self.transcoders[layer]
-        return float(self.x2[layer][position] @ tc.W_enc[:, feature] + self.b_enc[layer][feature])
+        return float(self.x2[layer][position] @ tc.W_enc[:, feature]) + self.b_enc(layer, feature)
+
+    def b_enc(self, layer: int, feature: int) -> float:
+        """A feature's encoder bias with the transcoder's input centering folded in: b_enc,i − b_pre · f_enc,i."""
+        tc = self.transcoders[layer]
+        return float(tc.b_enc[feature] - tc.b_pre @ tc.W_enc[:, feature])
 
     def logit_value(self, target: LogitTarget, position: int) -> float:
         out = self.logits[position, target.token]

@@ -25,7 +25,7 @@ class _Decomposition:
     feat_index: Tensor  # [F] int64
     feat_w: Tensor  # [F] contributions of active features at the read position
     attn: Tensor  # [M, n_heads, t+1] contributions of each head from each source position
-    ov: Tensor  # [M, n_heads, d_model] W_V W_O w per head (to build attention readers)
+    u: Tensor  # [M, n_heads, d_head] W_O w per head: head (m, h) reads W_V[m, h] u[m, h] (attention readers)
     skip_layer: Tensor  # [S] int64 transcoder layers with a skip path below the read
     skip_w: Tensor  # [S] their contributions (W_skip x) · w
     leaves: dict[NodeKey, float]  # leaf node -> contribution (embed, errors, biases)
@@ -62,9 +62,12 @@ def decompose_many(
     leaves: list[dict[NodeKey, float]] = [
         {NodeKey("embed", position=t): v} for t, v in zip(positions, dots(pc.resid[0, ts]))
     ]  # first entry: the embedding (see candidates())
-    # per reader: (layer, active feature indices, their contributions) and (layer, skip contribution)
-    feats: list[list[tuple[int, Tensor, Tensor]]] = [[] for _ in range(n_readers)]
+    # every reader's active features, layer by layer: [N, K_layer] blocks of layer, index, contribution and whether
+    # the reader sees it (its MLP is below the read, not at BOS, active)
+    feat_layer, feat_index, feat_w, feat_seen = [], [], [], []
     skips: list[list[tuple[int, float]]] = [[] for _ in range(n_readers)]
+    mlps_below = torch.tensor(stages, device=W.device) // 2  # [N] MLP layers whose output a reader sees
+    not_bos = ts != 0  # [N]: at BOS an MLP is an error node (transcoders are trained on positions 1.. only)
     for layer in range(max(stages) // 2):  # MLPs whose output is already in the stream of some reader
         below = [n for n in range(n_readers) if layer < stages[n] // 2]
         tc = pc.transcoders.get(layer)
@@ -75,41 +78,53 @@ def decompose_many(
             continue
         err, dec_bias = dots(pc.mlp_out[layer, ts] - pc.y_hat[layer][ts]), (W @ tc.b_dec).tolist()
         skip = None if pc.skip[layer] is None else dots(pc.skip[layer][ts])
-        z = pc.z[layer][ts]  # [N, d_sae]
+        index, z = pc.active_index[layer][ts], pc.active_z[layer][ts]  # [N, K]
+        seen = (layer < mlps_below) & not_bos  # [N] readers that see this layer's features
+        feat_index.append(index)
+        feat_layer.append(torch.full_like(index, layer))
+        feat_seen.append((z > 0) & seen[:, None])
+        w = torch.zeros_like(z)  # [N, K] z_i (f_dec,i · w), for the readers that see them
+        rows = torch.nn.functional.embedding(
+            index[seen], tc.W_dec
+        )  # [n, K, d_model]: faster than W_dec[index]
+        w[seen] = z[seen] * (rows * W[seen, None]).sum(-1)
+        feat_w.append(w)
         for n in below:
             t = positions[n]
-            if t == 0:  # BOS: transcoders are trained on positions 1.. only
+            if t == 0:  # BOS
                 leaves[n][NodeKey("error", layer, t)] = mlp[n]
                 continue
-            active = z[n].nonzero()[:, 0]
-            feats[n].append((layer, active, z[n, active] * (tc.W_dec[active] @ W[n])))
             leaves[n][NodeKey("bias", layer, t, detail="dec")] = dec_bias[n]
             leaves[n][NodeKey("error", layer, t)] = err[n]
             if skip is not None:
                 skips[n].append((layer, skip[n]))
+
+    def joined(blocks: list[Tensor], dtype: torch.dtype) -> Tensor:  # [N, K_layer] blocks -> [N, sum K]
+        return torch.cat(blocks, 1) if blocks else torch.zeros(n_readers, 0, dtype=dtype, device=W.device)
+
+    feat_layer, feat_index = joined(feat_layer, torch.int64), joined(feat_index, torch.int64)
+    feat_w, feat_seen = joined(feat_w, W.dtype), joined(feat_seen, torch.bool)
     n_attn = [pc.attn_layers_below(stage) for stage in stages]
     M, T = max(n_attn), max(positions) + 1
     bias = (W @ pc.attn_bias[:M].T).tolist()  # [N][M]
     u = torch.einsum("mhed,nd->nmhe", pc.W_O[:M], W)  # [N, M, H, d_head]
-    ov = torch.einsum("mhde,nmhe->nmhd", pc.W_V[:M], u)  # [N, M, H, d_model]
-    vals = torch.einsum("msd,nmhd->nmhs", pc.x1[:M, :T], ov)  # [N, M, H, T]
+    vals = torch.einsum("mshe,nmhe->nmhs", pc.v[:M, :T], u)  # [N, M, H, T]: x1 W_V W_O w
     pattern = pc.pattern[:M, :, ts, :T].permute(2, 0, 1, 3)  # [N, M, H, T]: row t of each reader
     attn = pattern * vals
     out = []
-    empty = torch.zeros(0, dtype=torch.int64, device=W.device)
     for n in range(n_readers):
         m, t = n_attn[n], positions[n]
         for layer in range(m):
             if bias[n][layer] != 0.0:
                 leaves[n][NodeKey("bias", layer, t, detail="attn")] = bias[n][layer]
-        f = feats[n]
+        seen = feat_seen[n]
         out.append(
             _Decomposition(
-                torch.cat([torch.full_like(i, layer) for layer, i, _ in f]) if f else empty,
-                torch.cat([i for _, i, _ in f]) if f else empty,
-                torch.cat([v for _, _, v in f]) if f else torch.zeros(0, device=W.device),
+                feat_layer[n, seen],
+                feat_index[n, seen],
+                feat_w[n, seen],
                 attn[n, :m, :, : t + 1],
-                ov[n, :m],
+                u[n, :m],
                 torch.tensor([layer for layer, _ in skips[n]], dtype=torch.int64, device=W.device),
                 torch.tensor([v for _, v in skips[n]], dtype=W.dtype, device=W.device),
                 leaves[n],

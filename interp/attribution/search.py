@@ -62,9 +62,12 @@ class _Builder:
             self.decompose(node_id)
         return self.decomps[node_id]
 
-    def decompose(self, *node_ids: str, batch: int = 128) -> None:
-        """Decompose the nodes not yet decomposed, `batch` readers per call of decompose_many."""
-        todo = [n for n in dict.fromkeys(node_ids) if n not in self.decomps]
+    def decompose(self, *node_ids: str, batch: int = 64) -> None:
+        """Decompose the nodes not yet decomposed, `batch` readers per call of decompose_many, in stage order: a
+        batch's attention products run over the layers below its highest reader."""
+        todo = sorted(
+            (n for n in dict.fromkeys(node_ids) if n not in self.decomps), key=lambda n: self.nodes[n].stage
+        )
         for i in range(0, len(todo), batch):
             nodes = [self.nodes[n] for n in todo[i : i + batch]]
             readers = torch.stack([node.reader for node in nodes])  # [N, d_model]
@@ -81,7 +84,7 @@ class _Builder:
                 node_id, "feature", layer, t, i, pc.feature_value(layer, t, i),
                 label=f"L{layer} #{i} @{t} {self.tok(t)}", stage=stage,
                 reader=pc.reader(stage, t, tc.W_enc[:, i]),
-                own_bias=(NodeKey("bias", layer, t, detail="enc"), float(pc.b_enc[layer][i])),
+                own_bias=(NodeKey("bias", layer, t, detail="enc"), pc.b_enc(layer, i)),
             )  # fmt: skip
         return node_id
 
@@ -90,7 +93,7 @@ class _Builder:
         t = dst_node.position
         node_id = NodeKey("attn", m, s, h, feeds=dst, feeds_position=t).id
         if node_id not in self.nodes:
-            ov = self.decomposition(dst).ov[m, h]  # [d_model]
+            ov = pc.W_V[m, h] @ self.decomposition(dst).u[m, h]  # [d_model] W_V W_O w_dst
             reader = pc.pattern[m, h, t, s] * pc.reader(2 * m, s, ov)
             self.nodes[node_id] = GraphNode(
                 node_id, "attn", m, s, h, value, label=f"L{m}.H{h} {s}→{t} {self.tok(s)}", stage=2 * m,
@@ -141,22 +144,31 @@ class _Builder:
         edges: dict[tuple[str, str], float] = {}
         inner = [n for n, node in self.nodes.items() if node.kind not in LEAF_KINDS]
         self.decompose(*inner)
+        # the graph's features at each position, keyed layer * stride + index like a decomposition's candidates
+        stride = 1 + max((tc.d_sae for tc in self.pc.transcoders.values()), default=0)
+        feature_ids: dict[int, dict[int, str]] = defaultdict(dict)  # position -> key -> node id
+        for node_id, node in self.nodes.items():
+            if node.kind == "feature":
+                feature_ids[node.position][node.layer * stride + node.feature] = node_id
+        feature_keys = {
+            t: torch.tensor(list(ids), device=self.pc.tokens.device) for t, ids in feature_ids.items()
+        }
         for dst in inner:
             node, d = self.nodes[dst], self.decomposition(dst)
-            pruned = 0.0
-            for layer, i, w in zip(d.feat_layer.tolist(), d.feat_index.tolist(), d.feat_w.tolist()):
-                src = NodeKey("feature", layer, node.position, i).id
-                if src in self.nodes:
-                    edges[(src, dst)] = w
-                else:
-                    pruned += w
+            keys = d.feat_layer * stride + d.feat_index  # [F]
+            in_graph = torch.isin(keys, feature_keys.get(node.position, keys[:0]))  # [F]
+            pruned = float(d.feat_w[~in_graph].sum())
+            ids = feature_ids[node.position]
+            for key, w in zip(keys[in_graph].tolist(), d.feat_w[in_graph].tolist()):
+                edges[(ids[key], dst)] = w
             kept = self.attn_children.get(dst, {})
-            for (m, h, s), src in kept.items():
-                edges[(src, dst)] = float(d.attn[m, h, s])
-            left_out = torch.ones_like(d.attn, dtype=torch.bool)
-            for m, h, s in kept:
-                left_out[m, h, s] = False
-            pruned += float(d.attn[left_out].sum())
+            left_out = d.attn.clone()
+            if kept:
+                m, h, s = zip(*kept)
+                for src, w in zip(kept.values(), d.attn[m, h, s].tolist()):
+                    edges[(src, dst)] = w
+                left_out[m, h, s] = 0.0
+            pruned += float(left_out.sum())
             skips = self.skip_children.get(dst, {})
             for layer, w in zip(d.skip_layer.tolist(), d.skip_w.tolist()):
                 if layer in skips:
@@ -214,7 +226,9 @@ def attribute(
         for dst, mu in frontier:
             cand = b.decomposition(dst).candidates()
             top = cand.abs().topk(min(n_paths, len(cand)))
-            proposals += [(abs(mu) * float(a), dst, int(i), mu) for a, i in zip(top.values, top.indices)]
+            proposals += [
+                (abs(mu) * a, dst, i, mu) for a, i in zip(top.values.tolist(), top.indices.tolist())
+            ]
         proposals.sort(key=lambda p: -p[0])
         frontier = []
         for _, dst, i, mu in proposals[:n_paths]:
