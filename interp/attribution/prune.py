@@ -80,9 +80,13 @@ def _normalized(graph: AttributionGraph, edges) -> tuple[dict, dict]:
     return rows, influence
 
 
-def graph_scores(graph: AttributionGraph) -> dict[str, float]:
-    """Replacement score, completeness score and error share (see top)."""
-    rows, influence = _normalized(graph, graph.edges)
+Normalized = tuple[dict, dict]  # what _normalized returns for a graph's edges
+
+
+def graph_scores(graph: AttributionGraph, normalized: Normalized | None = None) -> dict[str, float]:
+    """Replacement score, completeness score and error share (see top); `normalized`: _normalized(graph,
+    graph.edges) if the caller has it already."""
+    rows, influence = normalized or _normalized(graph, graph.edges)
     kind = {n: node.kind for n, node in graph.nodes.items()}
     tokens = sum(v for n, v in influence.items() if kind[n] == "embed")
     errors = sum(v for n, v in influence.items() if kind[n] == "error")
@@ -123,16 +127,20 @@ def _threshold(scores: list[float], share: float) -> float:
 
 
 def prune(
-    graph: AttributionGraph, node_threshold: float = NODE_THRESHOLD, edge_threshold: float = EDGE_THRESHOLD
+    graph: AttributionGraph,
+    node_threshold: float = NODE_THRESHOLD,
+    edge_threshold: float = EDGE_THRESHOLD,
+    normalized: Normalized | None = None,
 ) -> AttributionGraph:
-    """The graph pruned by normalized influence (steps 1-4 at the top); the input graph is left unchanged."""
+    """The graph pruned by normalized influence (steps 1-4 at the top); the input graph is left unchanged.
+    `normalized`: _normalized(graph, graph.edges) if the caller has it already."""
     for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, not {v}.")
     nodes, kind = graph.nodes, {n: node.kind for n, node in graph.nodes.items()}
     always = {n for n, k in kind.items() if k in ("target", "embed")}
     # 1. nodes
-    _, influence = _normalized(graph, graph.edges)
+    _, influence = normalized or _normalized(graph, graph.edges)
     cut = _threshold(list(influence.values()), node_threshold)
     keep = {n for n, v in influence.items() if v >= cut and v > 0} | always
     # 2. edges among kept nodes
@@ -187,12 +195,14 @@ def finish(
 ) -> AttributionGraph:
     """Influences and scores of a freshly built graph, then pruning if thresholds are given (None: no pruning)."""
     signed_influence(graph)
-    graph.scores = graph_scores(graph)
+    normalized = _normalized(graph, graph.edges)
+    graph.scores = graph_scores(graph, normalized)
     if node_threshold is not None or edge_threshold is not None:
         graph = prune(
             graph,
             NODE_THRESHOLD if node_threshold is None else node_threshold,
             EDGE_THRESHOLD if edge_threshold is None else edge_threshold,
+            normalized,
         )
         signed_influence(graph)
     _, influence = _normalized(graph, graph.edges)

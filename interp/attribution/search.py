@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -53,6 +55,7 @@ class _Builder:
         # pass-through children of each node: (m, h, s) -> attention node id, layer -> skip node id
         self.attn_children: dict[str, dict[tuple[int, int, int], str]] = defaultdict(dict)
         self.skip_children: dict[str, dict[int, str]] = defaultdict(dict)
+        self.leaf_ids: dict[NodeKey, str] = {}  # a leaf key's id, formatted once
 
     def tok(self, pos: int) -> str:
         return repr(self.token_strs[pos]) if self.token_strs else str(int(self.pc.tokens[pos]))
@@ -109,7 +112,7 @@ class _Builder:
         t = dst_node.position
         node_id = NodeKey("skip", layer, t, feeds=dst).id
         if node_id not in self.nodes:
-            reader = pc.reader(2 * layer + 1, t, pc.transcoders[layer].W_skip.T @ dst_node.reader)
+            reader = pc.reader(2 * layer + 1, t, dst_node.reader @ pc.transcoders[layer].W_skip)  # W_skip^T w
             self.nodes[node_id] = GraphNode(
                 node_id, "skip", layer, t, None, value, label=f"L{layer} skip @{t} {self.tok(t)}",
                 stage=2 * layer + 1, reader=reader, feeds=dst,
@@ -130,7 +133,9 @@ class _Builder:
         return f"pruned → {self.nodes[key.feeds].label or key.feeds}"
 
     def leaf(self, key: NodeKey) -> str:
-        node_id = key.id
+        node_id = self.leaf_ids.get(key)
+        if node_id is None:
+            node_id = self.leaf_ids[key] = key.id
         if node_id not in self.nodes:
             token = int(self.pc.tokens[key.position]) if key.kind == "embed" else None
             self.nodes[node_id] = GraphNode(
@@ -221,17 +226,16 @@ def attribute(
     # 2. greedy search
     frontier: list[tuple[str, float]] = [("target", 1.0)]
     for _ in range(n_steps):
-        proposals: list[tuple[float, str, int, float]] = []  # (|attr|, dst, candidate index, mu)
         b.decompose(*(dst for dst, _ in frontier))  # the whole frontier in batches
-        for dst, mu in frontier:
-            cand = b.decomposition(dst).candidates()
-            top = cand.abs().topk(min(n_paths, len(cand)))
-            proposals += [
-                (abs(mu) * a, dst, i, mu) for a, i in zip(top.values.tolist(), top.indices.tolist())
-            ]
-        proposals.sort(key=lambda p: -p[0])
-        frontier = []
-        for _, dst, i, mu in proposals[:n_paths]:
+        # every frontier node's candidates, scaled by |mu|, in one vector: its top n_paths are the proposals kept
+        candidates = [b.decomposition(dst).candidates() for dst, _ in frontier]
+        starts = [0, *itertools.accumulate(len(c) for c in candidates)]
+        scores = torch.cat([c.abs() * abs(mu) for c, (_, mu) in zip(candidates, frontier)])  # [Σ candidates]
+        kept = scores.topk(min(n_paths, len(scores))).indices.tolist()  # largest first
+        proposals = [(row := bisect.bisect_right(starts, k) - 1, k - starts[row]) for k in kept]
+        last, frontier = frontier, []
+        for row, i in proposals:
+            dst, mu = last[row]
             d = b.decomposition(dst)
             n_feat, t_dst = len(d.feat_w), b.nodes[dst].position
             if i < n_feat:
