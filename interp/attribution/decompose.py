@@ -4,7 +4,8 @@ w · resid[stage][t] splits exactly into the embedding, each active feature of e
 (z_i (f_dec,i · w)), each layer's error (the whole MLP output where a layer has no transcoder, and at BOS),
 decoder/attention biases, one skip term per transcoder layer with a skip path ((W_skip x) · w), and one term per
 (attention layer, head, source position). `decompose_many` splits a batch of readers at once (one step's frontier):
-the attention terms of all of them come from three batched products instead of three small ones per reader.
+the attention terms of all of them come from two batched products: u = W_O w for every head below a reader, then
+u against the prompt's cached value vectors x W_V (PromptCache.v), so no reader needs its own W_V W_O w.
 """
 
 from __future__ import annotations
