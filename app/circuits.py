@@ -19,6 +19,7 @@ import polars as pl
 
 from app.components import show_token
 from interp.attribution import AttributionGraph, GraphNode
+from interp.attribution.prune import OUTSIDE
 
 WIDTH, ROW_H, MIN_H = 1400, 46, 420  # figure size: readable at 1,400 px
 STYLE = {  # kind -> (legend name, colour, marker symbol)
@@ -57,7 +58,7 @@ def node_text(n: dict) -> str:
 def prune_rows(nodes: pl.DataFrame, edges: pl.DataFrame, threshold: float, leaves: bool = False):
     """(nodes, edges) kept at node threshold `threshold`: the target, the embeddings and every node whose
     cumulative influence is ≤ threshold; bias/pruned leaves only if `leaves`; edges between kept nodes."""
-    other = pl.col("kind").is_in(["bias", "pruned"])
+    other = pl.col("kind").is_in(OUTSIDE)  # the leaves circuit-tracer's graphs have no counterpart of
     # graphs stored before cumulative influence existed (NULL) keep every node
     ranked = ~other & (pl.col("cumulative_influence").fill_null(0.0) <= threshold)
     keep = pl.col("kind").is_in(ALWAYS) | ranked | (other & leaves)

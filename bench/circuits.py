@@ -28,7 +28,14 @@ import time
 
 import torch
 
-from interp.attribution import NODE_THRESHOLD, LogitTarget, PromptCache, attribute, direct_effects
+from interp.attribution import (
+    EDGE_THRESHOLD,
+    NODE_THRESHOLD,
+    LogitTarget,
+    PromptCache,
+    attribute,
+    direct_effects,
+)
 from interp.edges import feature_edges
 from interp.faithfulness import SETTINGS
 from interp.transcoder import Transcoder, TranscoderConfig
@@ -161,11 +168,14 @@ def bench_graph() -> None:
         PromptCache(model, tokens, tcs)
     target = LogitTarget(int(logits[0, -1].argmax()))
 
-    def build():  # what a graph costs from the prompt: the cached forward pass, then the search (asset defaults)
+    def build():  # what a graph costs from the prompt: the cached forward pass, then the search and pruning with
+        # the asset's defaults
         t0 = time.perf_counter()
         pc = PromptCache(model, tokens, tcs)
         cache_s = time.perf_counter() - t0
-        graph = attribute(model, tokens, tcs, target, cache=pc, node_threshold=NODE_THRESHOLD)
+        graph = attribute(
+            model, tokens, tcs, target, cache=pc, node_threshold=NODE_THRESHOLD, edge_threshold=EDGE_THRESHOLD
+        )
         return time.perf_counter() - t0, cache_s, pc, graph
 
     base, peak, done = _rss(), [0], threading.Event()
