@@ -226,6 +226,8 @@ def attribute(
     # 2. greedy search
     frontier: list[tuple[str, float]] = [("target", 1.0)]
     for _ in range(n_steps):
+        if not frontier:  # every path ended at an embedding
+            break
         b.decompose(*(dst for dst, _ in frontier))  # the whole frontier in batches
         # every frontier node's candidates, scaled by |mu|, in one vector: its top n_paths are the proposals kept
         candidates = [b.decomposition(dst).candidates() for dst, _ in frontier]
