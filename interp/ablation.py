@@ -86,9 +86,8 @@ def ablation_effects(
         def mlp_out(act: Tensor, hook) -> Tensor:
             layer = int(hook.name.split(".")[1])
             base = cache[hook.name].expand_as(act) if mlp_names else act
-            if (
-                layer in error
-            ):  # the transcoder on the live input, its clean error added back; BOS stays frozen
+            # replacement: the transcoder on the live input, its clean error added back; BOS stays frozen
+            if layer in error:
                 x = x_live[f"blocks.{layer}.ln2.hook_normalized"]  # [B, pos, d_model]
                 replacement = transcoders[layer](x[:, 1:]) + error[layer][1:]
                 base = torch.cat([base[:, :1], replacement], dim=1)

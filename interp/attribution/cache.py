@@ -66,9 +66,8 @@ class PromptCache:
         self.pattern = stack([f"blocks.{m}.attn.hook_pattern" for m in range(n)])  # [n, n_heads, pos, pos]
         self.mlp_out = stack([f"blocks.{m}.hook_mlp_out" for m in range(n)])  # [n, pos, d_model]
         self.W_V, self.W_O = ov_weights(model)  # [n, n_heads, d_model, d_head], [n, n_heads, d_head, d_model]
-        self.v = torch.einsum(
-            "msd,mhde->mshe", self.x1, self.W_V
-        )  # [n, pos, n_heads, d_head] values, no bias
+        # [n, pos, n_heads, d_head] each head's values x1 W_V, without the value bias (a bias node of its own)
+        self.v = torch.einsum("msd,mhde->mshe", self.x1, self.W_V)
         self.attn_bias = _attn_bias(model, self.W_O)  # [n, d_model]
         self.W_U, self.b_U = model.W_U, model.b_U  # [d_model, d_vocab], [d_vocab]
         self.x2, self.z, self.y_hat, self.skip = {}, {}, {}, {}

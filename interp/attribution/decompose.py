@@ -84,12 +84,12 @@ def decompose_many(
         feat_index.append(index)
         feat_layer.append(torch.full_like(index, layer))
         feat_seen.append((z > 0) & seen[:, None])
-        w = torch.zeros_like(z)  # [N, K] z_i (f_dec,i · w), for the readers that see them
-        rows = torch.nn.functional.embedding(
-            index[seen], tc.W_dec
-        )  # [n, K, d_model]: faster than W_dec[index]
-        w[seen] = z[seen] * (rows * W[seen, None]).sum(-1)
-        feat_w.append(w)
+        # [N, K] z_i (f_dec,i · w) for the readers that see them; F.embedding gathers the decoder rows
+        # [n, K, d_model] several times faster than W_dec[index]
+        contribution = torch.zeros_like(z)
+        rows = torch.nn.functional.embedding(index[seen], tc.W_dec)
+        contribution[seen] = z[seen] * (rows * W[seen, None]).sum(-1)
+        feat_w.append(contribution)
         for n in below:
             t = positions[n]
             if t == 0:  # BOS

@@ -62,7 +62,12 @@ def signed_influence(graph: AttributionGraph) -> None:
             graph.nodes[src].influence += w * mult[dst]
 
 
-def _normalized(graph: AttributionGraph, edges) -> tuple[dict, dict]:
+Normalized = tuple[
+    dict, dict
+]  # (Â as {dst: {src: share}}, normalized influence per node): what _normalized returns
+
+
+def _normalized(graph: AttributionGraph, edges) -> Normalized:
     """(Â as {dst: {src: share}}, normalized influence per node of Â) over `edges` (see top)."""
     rows: dict[str, dict[str, float]] = defaultdict(dict)
     for (src, dst), w in edges.items():
@@ -78,9 +83,6 @@ def _normalized(graph: AttributionGraph, edges) -> tuple[dict, dict]:
         for src, share in rows.get(dst, {}).items():
             influence[src] += out * share
     return rows, influence
-
-
-Normalized = tuple[dict, dict]  # what _normalized returns for a graph's edges
 
 
 def graph_scores(graph: AttributionGraph, normalized: Normalized | None = None) -> dict[str, float]:
