@@ -168,8 +168,8 @@ def bench_graph() -> None:
         PromptCache(model, tokens, tcs)
     target = LogitTarget(int(logits[0, -1].argmax()))
 
-    def build():  # what a graph costs from the prompt: the cached forward pass, then the search and pruning with
-        # the asset's defaults
+    def build():
+        """What a graph costs from the prompt: the cached forward pass, then search and pruning (asset defaults)."""
         t0 = time.perf_counter()
         pc = PromptCache(model, tokens, tcs)
         cache_s = time.perf_counter() - t0

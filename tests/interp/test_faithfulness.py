@@ -98,9 +98,8 @@ def test_a_complete_graph_predicts_its_replacement_model(tiny_model, tcs):  # no
     errors = {name: 0.0 for name in settings}
     for r in rows:
         for name in settings:
-            if (
-                r.layer == 2
-            ):  # no MLP above the top transcoder layer: both settings are the graph's linear model
+            # no MLP above the top transcoder layer: both settings are the graph's linear model there
+            if r.layer == 2:
                 assert r.actual[name] == pytest.approx(r.predicted, abs=1e-5, rel=1e-4)
             errors[name] += abs(r.actual[name] - r.predicted)
     # below it, the replacement model's features respond as the graph says except where one crosses its threshold
