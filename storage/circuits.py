@@ -106,6 +106,7 @@ def graph_frames(
             "tokens": [graph.tokens],
             "target": [target],
             "target_value": [graph.target_value],
+            "target_prob": [graph.target_prob],
             "config": [
                 json.dumps({**graph.config, "transcoder_ids": {str(k): v for k, v in transcoder_ids.items()}})
             ],
@@ -116,6 +117,7 @@ def graph_frames(
         schema_overrides={
             "tokens": pl.List(pl.Int32),
             "target_value": pl.Float32,
+            "target_prob": pl.Float32,
             **{name: pl.Float32 for name in SCORES},
             "n_nodes": pl.Int32,
             "n_edges": pl.Int32,

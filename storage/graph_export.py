@@ -11,7 +11,9 @@ frozen, a head's contribution and a transcoder's skip path are linear, so each s
 links (src -> attention or skip node -> dst becomes src -> dst with the same weight, summed over heads, sources
 and skip layers), exactly as circuit-tracer's own edges are. Bias and
 pruned-remainder nodes have no counterpart and are left out (they stay in the database). `metadata.info` carries
-the target (as text), the graph's scores and its node and edge counts.
+the target (as text), the graph's scores and its node and edge counts. A logit target's label ends in
+'(p=<probability>)' as circuit-tracer writes it: the viewer parses it out of every logit node's label and stops
+drawing if it is missing (tests/app/test_circuit_tracer_viewer.py).
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def graph_json(gid: str, token_strs: list[str] | None = None) -> dict[str, Any]:
         if src in feeds or export_id(src) is None or export_id(dst) is None:
             continue
         links[(export_id(src), export_id(dst))] += e["weight"]
+    # graphs stored before `target_prob` existed have none: 'nan' keeps the label parseable (it only sorts logits)
+    prob = meta.get("target_prob")
+    logit_label = f"{target['label']} (p={float('nan') if prob is None else prob:.3f})"
     out_nodes: dict[str, dict[str, Any]] = {}
     for node_id, r in rows.items():
         eid = export_id(node_id)
@@ -114,14 +119,14 @@ def graph_json(gid: str, token_strs: list[str] | None = None) -> dict[str, Any]:
             "layer": layer,
             "ctx_idx": pos,
             "feature_type": ftype,
-            "token_prob": 0.0,
+            "token_prob": (prob or 0.0) if is_logit else 0.0,
             "is_target_logit": is_logit,
             "run_idx": 0,
             "reverse_ctx_idx": 0,
             "jsNodeId": f"L_{r['feature']}-{pos}"
             if is_logit
             else _js_id(kind, r["layer"], r["feature"], pos),
-            "clerp": r["label"] or "",
+            "clerp": logit_label if is_logit else r["label"] or "",
             # circuit-tracer's `influence` is the node's cumulative influence (its viewer prunes on it)
             "influence": r["cumulative_influence"],
             "attribution": r["influence"],  # ours: signed attribution to the target

@@ -301,6 +301,12 @@ TABLES: tuple[Table, ...] = (
         ),
         ("target_value", "REAL", "Value of the target on the prompt."),
         (
+            "target_prob",
+            "REAL",
+            "Logit targets: the model's probability of the target token (the first, for a difference) at the "
+            "target position; NULL for feature targets.",
+        ),
+        (
             "config",
             "JSON",
             "Search and pruning settings (top-N paths, depth, node/edge thresholds, transcoders).",
@@ -440,6 +446,8 @@ MIGRATIONS: dict[int, list[str]] = {
         "DROP TABLE feature_edges",
         "ALTER TABLE feature_edges_unindexed RENAME TO feature_edges",
     ],
+    # the target token's probability: the circuit-tracer viewer reads it in a logit node's label
+    6: _add_columns("graphs", "target_prob"),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

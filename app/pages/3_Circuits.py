@@ -21,6 +21,11 @@ def score(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def probability(row: dict) -> str:
+    """' · p = 0.831' for a logit target whose token probability is stored, else ''."""
+    return "" if row.get("target_prob") is None else f" · p = {row['target_prob']:.3f}"
+
+
 FAITHFULNESS_HELP = (
     "Each of the graph's top feature nodes by |influence| zeroed, predicted change = minus the node's influence. "
     "Settings, top to bottom, thaw the graph's linear model one part at a time: replacement_model (transcoders in "
@@ -63,7 +68,7 @@ def main() -> None:
     esc = components.esc
     components.html_block(
         f"<div class='atlas-prompt'><b>Prompt</b> <code>{esc(row['prompt'])}</code><br>"
-        f"<b>Target</b> <code>{esc(row['target'])}</code> = {row['target_value'] or 0:.4f}<br>"
+        f"<b>Target</b> <code>{esc(row['target'])}</code> = {row['target_value'] or 0:.4f}{probability(row)}<br>"
         f"<span class='atlas-graph-scores' title='{esc(SCORE_HELP)}'>"
         f"<b>Replacement score</b> {score(row.get('replacement_score'))} · "
         f"<b>completeness score</b> {score(row.get('completeness_score'))} · "

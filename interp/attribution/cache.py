@@ -126,6 +126,10 @@ class PromptCache:
             out = out - self.logits[position, target.other]
         return float(out)
 
+    def logit_prob(self, target: LogitTarget, position: int) -> float:
+        """The model's probability of the target's (first) token at `position`."""
+        return float(self.logits[position].float().softmax(-1)[target.token])
+
 
 def _attn_bias(model, W_O: Tensor) -> Tensor:
     """Constant output of each attention layer: b_O + Σ_h b_V,h W_O,h (patterns sum to 1). [n_layers, d_model]"""

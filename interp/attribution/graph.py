@@ -86,6 +86,7 @@ class AttributionGraph:
     scores: dict[str, float] = field(
         default_factory=dict
     )  # replacement, completeness, error share (see prune)
+    target_prob: float | None = None  # logit targets: the model's probability of the target token there
 
     def incoming(self, node_id: str) -> dict[str, float]:
         return {src: w for (src, dst), w in self.edges.items() if dst == node_id}

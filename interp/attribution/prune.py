@@ -188,7 +188,7 @@ def prune(
         edges[(key.id, dst)] = w
     config = {**graph.config, "node_threshold": node_threshold, "edge_threshold": edge_threshold}
     pruned = AttributionGraph(graph.tokens, graph.target, graph.target_value, out_nodes, edges, config)
-    pruned.scores = dict(graph.scores)
+    pruned.scores, pruned.target_prob = dict(graph.scores), graph.target_prob
     return pruned
 
 

@@ -215,10 +215,10 @@ def attribute(
     stage, t, reader, bias = pc.target_reader(target)
     if isinstance(target, FeatureTarget):
         value = pc.feature_value(target.layer, t, target.feature)
-        own_bias, layer = (NodeKey("bias", target.layer, t, detail="enc"), bias), target.layer
+        own_bias, layer, prob = (NodeKey("bias", target.layer, t, detail="enc"), bias), target.layer, None
     else:
         value, own_bias = pc.logit_value(target, t), (NodeKey("bias", pc.n_layers, t, detail="unembed"), bias)
-        layer = None
+        layer, prob = None, pc.logit_prob(target, t)
     b.nodes["target"] = GraphNode(
         "target", "target", layer, t, getattr(target, "feature", getattr(target, "token", None)), value,
         label=target_label(target, t, tokenizer), stage=stage, reader=reader, own_bias=own_bias,
@@ -260,7 +260,7 @@ def attribute(
         "layers": sorted(pc.transcoders),
         "n_layers": pc.n_layers,
     }
-    graph = AttributionGraph(tokens.tolist(), target, value, b.nodes, edges, config)
+    graph = AttributionGraph(tokens.tolist(), target, value, b.nodes, edges, config, target_prob=prob)
     # 4. influence, scores, pruning
     graph = finish(graph, node_threshold, edge_threshold)
     log.info("attribution graph: %d nodes, %d edges, target %.4g", len(graph.nodes), len(graph.edges), value)

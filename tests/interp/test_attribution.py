@@ -82,6 +82,7 @@ def test_bookkeeping_logit_target(tiny_model, tcs):
     graph = attribute(tiny_model, TOKENS, tcs, target, n_paths=40, n_steps=3)
     logits = tiny_model(TOKENS[None])[0, -1]
     assert graph.target_value == pytest.approx(float(logits[25] - logits[30]), rel=1e-5)
+    assert graph.target_prob == pytest.approx(float(logits.softmax(-1)[25]), rel=1e-5)
     assert check_bookkeeping(graph) > 5
     kinds = {n.kind for n in graph.nodes.values()}
     assert {"target", "feature", "attn", "embed", "error", "pruned"} <= kinds
@@ -115,7 +116,7 @@ def test_influence_equals_ablation_exactly_on_a_linear_stretch(tiny_model, tcs):
     feature = int(pc.z[1][t].argmax())
     target = FeatureTarget(1, feature, t)
     graph = attribute(tiny_model, TOKENS, transcoders, target, n_paths=100_000, n_steps=3, cache=pc)
-    assert check_bookkeeping(graph) > 10
+    assert check_bookkeeping(graph) > 10 and graph.target_prob is None  # a feature has no token probability
     assert not any(n.kind == "pruned" for n in graph.nodes.values())  # nothing left out
     assert graph.target_value == pytest.approx(float(pc.z[1][t, feature]), rel=1e-5)
     nodes = [n for n in graph.nodes.values() if n.kind == "feature" and n.layer == 0]

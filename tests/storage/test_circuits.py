@@ -57,6 +57,7 @@ def test_graph_round_trip_and_idempotent_rewrite(atlas_home, graph):
     found = queries.graph(gid)
     meta, nodes, edges = found["graph"], found["nodes"], found["edges"]
     assert meta["tokens"] == TOKENS.tolist() and json.loads(meta["config"])["transcoder_ids"]["1"] == IDS[1]
+    assert 0 < graph.target_prob < 1 and meta["target_prob"] == pytest.approx(graph.target_prob, rel=1e-6)
     assert nodes.height == len(graph.nodes) and edges.height == len(graph.edges)
     assert db.query("SELECT count(*) AS n FROM graphs")["n"][0] == 1
     feats = nodes.filter(nodes["kind"] == "feature")
@@ -98,8 +99,12 @@ def test_graph_export_folds_attention_and_skip_exactly(atlas_home, which, reques
     ids = {n["node_id"] for n in data["nodes"]}
     assert all(link["source"] in ids and link["target"] in ids for link in data["links"])
     assert not any("attn" in n["node_id"] or "skip" in n["node_id"] for n in data["nodes"])
-    target_id = next(n["node_id"] for n in data["nodes"] if n["is_target_logit"])
+    target = next(n for n in data["nodes"] if n["is_target_logit"])
+    target_id = target["node_id"]
     assert target_id == f"4_25_{len(TOKENS) - 1}"  # n_layers + 1
+    # circuit-tracer's viewer parses the probability out of the label: '... (p=0.123)'
+    assert target["clerp"].endswith(f"(p={graph.target_prob:.3f})")
+    assert target["token_prob"] == pytest.approx(graph.target_prob, rel=1e-6)
     # links into the target + the bias/pruned weight left out along folded attention and skip nodes == its value
     dropped, size = 0.0, 0.0
     stack = ["target"]
@@ -199,3 +204,31 @@ def test_migration_5_drops_the_feature_edges_index_and_keeps_its_rows():
     ]
     described = [(r[0], r[1]) for r in con.execute("DESCRIBE feature_edges").fetchall()]
     assert described == [(c.name, "FLOAT" if c.type == "REAL" else c.type) for c in edges.columns]
+
+
+def test_migration_6_adds_the_target_probability_and_keeps_old_graphs():
+    import duckdb
+
+    from storage.db import migrate
+    from storage.schema import MIGRATIONS
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+    for version in range(1, 6):
+        for stmt in MIGRATIONS[version]:
+            con.execute(stmt)
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    con.execute("ALTER TABLE graphs DROP COLUMN target_prob")  # graphs as versions 1-5 declared it
+    con.execute("INSERT INTO graphs (graph_id, model, prompt, target) VALUES ('g', 'm', 'p', 'logit:1@0')")
+    assert migrate(con) == 5
+    assert con.execute("SELECT graph_id, target_prob FROM graphs").fetchall() == [("g", None)]
+
+
+def test_a_graph_without_a_stored_probability_exports_a_parseable_logit_label(atlas_home, graph):
+    """Graphs stored before `target_prob` existed: the label still ends in '(p=...)' (the viewer needs it)."""
+    gid = circuits.write_graph(
+        dataclasses.replace(graph, target_prob=None), "tiny", "p", "logit:25-30@7", IDS
+    )
+    data = graph_export.graph_json(gid)
+    target = next(n for n in data["nodes"] if n["is_target_logit"])
+    assert target["clerp"].endswith("(p=nan)") and target["token_prob"] == 0.0
