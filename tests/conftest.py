@@ -71,6 +71,12 @@ def make_tiny_checkpoint(
         model = GPTNeoXForCausalLM(cfg)
     else:
         raise ValueError(f"unknown arch {arch!r}")
+    with (
+        torch.no_grad()
+    ):  # Hugging Face initializes biases to zero: make them count, so bias terms are checked
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
     model.eval().save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from interp.attribution.targets import FeatureTarget, LogitTarget, Target, check_target
-from interp.edges import ov_weights
 from interp.model import parallel_blocks
 from interp.transcoder import Transcoder
 
@@ -65,9 +64,17 @@ class PromptCache:
         self.x1 = stack([f"blocks.{m}.ln1.hook_normalized" for m in range(n)])  # [n, pos, d_model]
         self.pattern = stack([f"blocks.{m}.attn.hook_pattern" for m in range(n)])  # [n, n_heads, pos, pos]
         self.mlp_out = stack([f"blocks.{m}.hook_mlp_out" for m in range(n)])  # [n, pos, d_model]
-        self.W_V, self.W_O = ov_weights(model)  # [n, n_heads, d_model, d_head], [n, n_heads, d_head, d_model]
+        # W_V per key/value head: query heads share them under grouped-query attention (SmolLM2: 3 for 9 heads)
+        self.W_V, self.W_O = (
+            model.W_V,
+            model.W_O,
+        )  # [n, n_kv_heads, d_model, d_head], [n, n_heads, d_head, d_model]
+        group = self.W_O.shape[1] // self.W_V.shape[1]
+        self.kv_head = (
+            torch.arange(self.n_heads, device=self.W_V.device) // group
+        )  # [n_heads] head -> its W_V
         # [n, pos, n_heads, d_head] each head's values x1 W_V, without the value bias (a bias node of its own)
-        self.v = torch.einsum("msd,mhde->mshe", self.x1, self.W_V)
+        self.v = torch.einsum("msd,mkde->mske", self.x1, self.W_V)[:, :, self.kv_head]
         self.attn_bias = _attn_bias(model, self.W_O)  # [n, d_model]
         self.W_U, self.b_U = model.W_U, model.b_U  # [d_model, d_vocab], [d_vocab]
         self.x2, self.z, self.y_hat, self.skip = {}, {}, {}, {}
@@ -91,11 +98,12 @@ class PromptCache:
         m = self.attn_layers_below(k) - 1
         return m if m >= 0 and self.attn_layers_below(k - 1) == m else None
 
-    def reader(self, stage: int, position: int, v: Tensor) -> Tensor:
-        """Vector on the raw residual stream that reads v through the (frozen) norm at stage/position."""
+    def reader(self, stage: int, position: int | Tensor, v: Tensor) -> Tensor:
+        """Vector on the raw residual stream that reads v [d_model] through the (frozen) norm at stage/position;
+        or, with positions [N], the readers of v [N, d_model], row n at positions[n]."""
         if self.center:
-            v = v - v.mean()
-        return v * self.inv_scale[stage, position]
+            v = v - v.mean(-1, keepdim=True)
+        return v * self.inv_scale[stage, position][..., None]
 
     def target_reader(self, target: Target) -> tuple[int, int, Tensor, float]:
         """(stage, position, reader [d_model], bias): the target's value is reader · resid[stage][position] + bias."""

@@ -5,7 +5,9 @@ w · resid[stage][t] splits exactly into the embedding, each active feature of e
 decoder/attention biases, one skip term per transcoder layer with a skip path ((W_skip x) · w), and one term per
 (attention layer, head, source position). `decompose_many` splits a batch of readers at once (one step's frontier):
 the attention terms of all of them come from two batched products: u = W_O w for every head below a reader, then
-u against the prompt's cached value vectors x W_V (PromptCache.v), so no reader needs its own W_V W_O w.
+u against the prompt's cached value vectors x W_V (PromptCache.v), so no reader needs its own W_V W_O w. Readers
+that will not be expanded (the search's last frontier) can skip those products (`heads=False`): their heads'
+terms then come as one sum, the read value minus every other term.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class _Decomposition:
     skip_layer: Tensor  # [S] int64 transcoder layers with a skip path below the read
     skip_w: Tensor  # [S] their contributions (W_skip x) · w
     leaves: dict[NodeKey, float]  # leaf node -> contribution (embed, errors, biases)
+    heads_total: float = 0.0  # decomposed with heads=False (attn and u empty): the heads' terms, summed
 
     # [F + M·H·(t+1) + S + 1]: features, attention entries, skip paths, embedding
     def candidates(self) -> Tensor:
@@ -37,7 +40,8 @@ class _Decomposition:
         return torch.cat([self.feat_w, self.attn.flatten(), self.skip_w, embed])
 
     def total(self) -> float:
-        return float(self.feat_w.sum() + self.attn.sum() + self.skip_w.sum()) + sum(self.leaves.values())
+        terms = self.feat_w.sum() + self.attn.sum() + self.skip_w.sum()
+        return float(terms) + self.heads_total + sum(self.leaves.values())
 
 
 @torch.no_grad()
@@ -52,8 +56,10 @@ def decompose_many(
     stages: Sequence[int],
     positions: Sequence[int],
     W: Tensor,  # [N, d_model] readers
+    heads: bool = True,
 ) -> list[_Decomposition]:
-    """`decompose` of N readers: W[n] read at (stages[n], positions[n])."""
+    """`decompose` of N readers: W[n] read at (stages[n], positions[n]); with heads=False, each reader's head
+    terms as one sum (`heads_total`) instead of one term per head and source."""
     n_readers = len(stages)
     ts = torch.tensor(positions, device=W.device)  # [N]
 
@@ -68,11 +74,14 @@ def decompose_many(
     feat_layer, feat_index, feat_w, feat_seen = [], [], [], []
     skips: list[list[tuple[int, float]]] = [[] for _ in range(n_readers)]
     mlps_below = torch.tensor(stages, device=W.device) // 2  # [N] MLP layers whose output a reader sees
+    mlp_total = [0.0] * n_readers  # what every MLP below adds to each read (heads=False needs it)
     not_bos = ts != 0  # [N]: at BOS an MLP is an error node (transcoders are trained on positions 1.. only)
     for layer in range(max(stages) // 2):  # MLPs whose output is already in the stream of some reader
         below = [n for n in range(n_readers) if layer < stages[n] // 2]
         tc = pc.transcoders.get(layer)
         mlp = dots(pc.mlp_out[layer, ts])
+        for n in below:
+            mlp_total[n] += mlp[n]
         if tc is None:
             for n in below:
                 leaves[n][NodeKey("error", layer, positions[n])] = mlp[n]
@@ -108,10 +117,21 @@ def decompose_many(
     n_attn = [pc.attn_layers_below(stage) for stage in stages]
     M, T = max(n_attn), max(positions) + 1
     bias = (W @ pc.attn_bias[:M].T).tolist()  # [N][M]
-    u = torch.einsum("mhed,nd->nmhe", pc.W_O[:M], W)  # [N, M, H, d_head]
-    vals = torch.einsum("mshe,nmhe->nmhs", pc.v[:M, :T], u)  # [N, M, H, T]: x1 W_V W_O w
-    pattern = pc.pattern[:M, :, ts, :T].permute(2, 0, 1, 3)  # [N, M, H, T]: row t of each reader
-    attn = pattern * vals
+    if heads:
+        u = torch.einsum("mhed,nd->nmhe", pc.W_O[:M], W)  # [N, M, H, d_head]
+        vals = torch.einsum("mshe,nmhe->nmhs", pc.v[:M, :T], u)  # [N, M, H, T]: x1 W_V W_O w
+        pattern = pc.pattern[:M, :, ts, :T].permute(2, 0, 1, 3)  # [N, M, H, T]: row t of each reader
+        attn, heads_total = pattern * vals, [0.0] * n_readers
+    else:  # the read value less the embedding, the MLPs and the attention biases
+        u, attn = (
+            W.new_zeros(n_readers, 0, pc.n_heads, pc.W_O.shape[2]),
+            W.new_zeros(n_readers, 0, pc.n_heads, T),
+        )
+        read = dots(pc.resid[torch.tensor(stages, device=W.device), ts])
+        heads_total = [
+            read[n] - next(iter(leaves[n].values())) - mlp_total[n] - sum(bias[n][: n_attn[n]])
+            for n in range(n_readers)
+        ]
     out = []
     for n in range(n_readers):
         m, t = n_attn[n], positions[n]
@@ -129,6 +149,7 @@ def decompose_many(
                 torch.tensor([layer for layer, _ in skips[n]], dtype=torch.int64, device=W.device),
                 torch.tensor([v for _, v in skips[n]], dtype=W.dtype, device=W.device),
                 leaves[n],
+                heads_total[n],
             )
         )
     return out

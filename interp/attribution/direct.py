@@ -67,7 +67,7 @@ def direct_effects(pc: PromptCache, stage: int, t: int, w: Tensor) -> DirectEffe
         if m is not None:  # attention layer m (reading resid[2m] through its norm) adds into resid[k]
             bias_and_skip += float(pc.attn_bias[m] @ g.sum(0))
             u = torch.einsum("hef,tf->hte", pc.W_O[m], g)  # [H, t+1, d_head]
-            ov = torch.einsum("hde,hte->htd", pc.W_V[m], u)  # [H, t+1, d_model]
+            ov = torch.einsum("hde,hte->htd", pc.W_V[m, pc.kv_head], u)  # [H, t+1, d_model]
             back = torch.einsum("hts,htd->sd", pc.pattern[m, :, :n, :n], ov)  # [t+1 (source), d_model]
             if pc.center:
                 back = back - back.mean(-1, keepdim=True)

@@ -65,16 +65,19 @@ class _Builder:
             self.decompose(node_id)
         return self.decomps[node_id]
 
-    def decompose(self, *node_ids: str, batch: int = 64) -> None:
+    def decompose(self, *node_ids: str, batch: int = 64, heads: bool = True) -> None:
         """Decompose the nodes not yet decomposed, `batch` readers per call of decompose_many, in stage order: a
-        batch's attention products run over the layers below its highest reader."""
+        batch's attention products run over the layers below its highest reader. heads=False for nodes that will
+        not be expanded (decompose_many)."""
         todo = sorted(
             (n for n in dict.fromkeys(node_ids) if n not in self.decomps), key=lambda n: self.nodes[n].stage
         )
         for i in range(0, len(todo), batch):
             nodes = [self.nodes[n] for n in todo[i : i + batch]]
+            self.skip_readers(nodes)
             readers = torch.stack([node.reader for node in nodes])  # [N, d_model]
-            parts = decompose_many(self.pc, [n.stage for n in nodes], [n.position for n in nodes], readers)
+            stages, positions = [n.stage for n in nodes], [n.position for n in nodes]
+            parts = decompose_many(self.pc, stages, positions, readers, heads=heads)
             self.decomps.update(zip(todo[i : i + batch], parts))
 
     def feature(self, layer: int, t: int, i: int) -> str:
@@ -96,7 +99,7 @@ class _Builder:
         t = dst_node.position
         node_id = NodeKey("attn", m, s, h, feeds=dst, feeds_position=t).id
         if node_id not in self.nodes:
-            ov = pc.W_V[m, h] @ self.decomposition(dst).u[m, h]  # [d_model] W_V W_O w_dst
+            ov = pc.W_V[m, pc.kv_head[h]] @ self.decomposition(dst).u[m, h]  # [d_model] W_V W_O w_dst
             reader = pc.pattern[m, h, t, s] * pc.reader(2 * m, s, ov)
             self.nodes[node_id] = GraphNode(
                 node_id, "attn", m, s, h, value, label=f"L{m}.H{h} {s}→{t} {self.tok(s)}", stage=2 * m,
@@ -107,18 +110,30 @@ class _Builder:
 
     def skip(self, dst: str, layer: int, value: float) -> str:
         """The skip path W_skip x of `layer` at dst's position, as read by dst: it reads the MLP input through
-        W_skip^T w_dst, so its value is exactly its contribution into dst."""
-        pc, dst_node = self.pc, self.nodes[dst]
-        t = dst_node.position
+        W_skip^T w_dst, so its value is exactly its contribution into dst. Its reader is made when it is first
+        decomposed, with the other skip readers of its layer (`skip_readers`)."""
+        t = self.nodes[dst].position
         node_id = NodeKey("skip", layer, t, feeds=dst).id
         if node_id not in self.nodes:
-            reader = pc.reader(2 * layer + 1, t, dst_node.reader @ pc.transcoders[layer].W_skip)  # W_skip^T w
             self.nodes[node_id] = GraphNode(
                 node_id, "skip", layer, t, None, value, label=f"L{layer} skip @{t} {self.tok(t)}",
-                stage=2 * layer + 1, reader=reader, feeds=dst,
+                stage=2 * layer + 1, feeds=dst,
             )  # fmt: skip
             self.skip_children[dst][layer] = node_id
         return node_id
+
+    def skip_readers(self, nodes: list[GraphNode]) -> None:
+        """Give the skip nodes among `nodes` that have none their reader W_skip^T w_dst, one product per layer."""
+        by_layer: dict[int, list[GraphNode]] = defaultdict(list)
+        for node in nodes:
+            if node.kind == "skip" and node.reader is None:
+                by_layer[node.layer].append(node)
+        for layer, group in by_layer.items():
+            W = torch.stack([self.nodes[node.feeds].reader for node in group])  # [N, d_model] w_dst
+            positions = torch.tensor([node.position for node in group], device=W.device)
+            readers = self.pc.reader(2 * layer + 1, positions, W @ self.pc.transcoders[layer].W_skip)
+            for node, reader in zip(group, readers):
+                node.reader = reader
 
     def leaf_label(self, key: NodeKey) -> str:
         kind, layer, pos = key.kind, key.layer, key.position
@@ -148,7 +163,8 @@ class _Builder:
         """Step 3: the incoming edges of every non-leaf node, a `pruned` remainder closing each node's books."""
         edges: dict[tuple[str, str], float] = {}
         inner = [n for n, node in self.nodes.items() if node.kind not in LEAF_KINDS]
-        self.decompose(*inner)
+        # the nodes not decomposed yet are the last step's, never expanded: no head of theirs is in the graph
+        self.decompose(*inner, heads=False)
         # the graph's features at each position, keyed layer * stride + index like a decomposition's candidates
         stride = 1 + max((tc.d_sae for tc in self.pc.transcoders.values()), default=0)
         feature_ids: dict[int, dict[int, str]] = defaultdict(dict)  # position -> key -> node id
@@ -173,7 +189,7 @@ class _Builder:
                 for src, w in zip(kept.values(), d.attn[m, h, s].tolist()):
                     edges[(src, dst)] = w
                 left_out[m, h, s] = 0.0
-            pruned += float(left_out.sum())
+            pruned += float(left_out.sum()) + d.heads_total
             skips = self.skip_children.get(dst, {})
             for layer, w in zip(d.skip_layer.tolist(), d.skip_w.tolist()):
                 if layer in skips:

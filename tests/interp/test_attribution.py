@@ -64,6 +64,16 @@ def test_a_batch_of_readers_decomposes_like_each_alone(tiny_model, tcs):
         torch.testing.assert_close(part.candidates(), alone.candidates(), rtol=1e-5, atol=1e-6)
         assert part.leaves.keys() == alone.leaves.keys()
         assert part.leaves == pytest.approx(alone.leaves, rel=1e-5, abs=1e-6)
+    # without the per-head products: the same features, skips and leaves, and the heads' terms as one sum
+    lights = decompose_many(pc, [s for s, _ in at], [t for _, t in at], W, heads=False)
+    for part, light in zip(parts, lights):
+        assert light.attn.numel() == 0 and light.leaves == pytest.approx(part.leaves, rel=1e-5, abs=1e-6)
+        torch.testing.assert_close(light.feat_w, part.feat_w)
+        torch.testing.assert_close(light.skip_w, part.skip_w)
+        # a difference of float32 sums: its rounding scales with the size of the terms, not of the result
+        size = float(part.candidates().abs().sum()) + sum(map(abs, part.leaves.values()))
+        assert light.heads_total == pytest.approx(float(part.attn.sum()), abs=1e-6 * size)
+        assert light.total() == pytest.approx(part.total(), abs=1e-6 * size)
 
 
 def check_bookkeeping(graph):

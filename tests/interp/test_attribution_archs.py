@@ -14,6 +14,7 @@ from interp.attribution import (
     PromptCache,
     attribute,
     decompose,
+    decompose_many,
     direct_effects,
 )
 from interp.edges import vias
@@ -48,12 +49,15 @@ def test_parallel_blocks_are_detected(arch_model):
 def test_decomposition_and_direct_effects_are_exact_at_every_stage(arch_model):
     _, model, tcs = arch_model
     pc = PromptCache(model, TOKENS, tcs)
+    assert float(pc.attn_bias.abs().max()) > 0.1  # bias terms are exercised
     scale = float(pc.resid.abs().max())
     g = torch.Generator().manual_seed(0)
     for stage in range(2 * model.cfg.n_layers + 1):
         w = torch.randn(D_MODEL, generator=g)
         value = float(pc.resid[stage, 7] @ w)
         assert decompose(pc, stage, 7, w).total() == pytest.approx(value, rel=1e-4, abs=1e-6 * scale)
+        light = decompose_many(pc, [stage], [7], w[None], heads=False)[0]  # the heads' terms as one sum
+        assert light.total() == pytest.approx(value, rel=1e-4, abs=1e-6 * scale)
         assert direct_effects(pc, stage, 7, w).total() == pytest.approx(value, rel=1e-4, abs=1e-6 * scale)
 
 
