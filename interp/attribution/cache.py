@@ -64,15 +64,12 @@ class PromptCache:
         self.x1 = stack([f"blocks.{m}.ln1.hook_normalized" for m in range(n)])  # [n, pos, d_model]
         self.pattern = stack([f"blocks.{m}.attn.hook_pattern" for m in range(n)])  # [n, n_heads, pos, pos]
         self.mlp_out = stack([f"blocks.{m}.hook_mlp_out" for m in range(n)])  # [n, pos, d_model]
-        # W_V per key/value head: query heads share them under grouped-query attention (SmolLM2: 3 for 9 heads)
-        self.W_V, self.W_O = (
-            model.W_V,
-            model.W_O,
-        )  # [n, n_kv_heads, d_model, d_head], [n, n_heads, d_head, d_model]
-        group = self.W_O.shape[1] // self.W_V.shape[1]
-        self.kv_head = (
-            torch.arange(self.n_heads, device=self.W_V.device) // group
-        )  # [n_heads] head -> its W_V
+        # W_V per key/value head: query heads share them under grouped-query attention (SmolLM2: 9 heads, 3 W_V)
+        self.W_V = model.W_V  # [n, n_kv_heads, d_model, d_head]
+        self.W_O = model.W_O  # [n, n_heads, d_head, d_model]
+        group = self.n_heads // self.W_V.shape[1]
+        # [n_heads] the W_V of each query head
+        self.kv_head = torch.arange(self.n_heads, device=self.W_V.device) // group
         # [n, pos, n_heads, d_head] each head's values x1 W_V, without the value bias (a bias node of its own)
         self.v = torch.einsum("msd,mkde->mske", self.x1, self.W_V)[:, :, self.kv_head]
         self.attn_bias = _attn_bias(model, self.W_O)  # [n, d_model]

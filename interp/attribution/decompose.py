@@ -123,10 +123,8 @@ def decompose_many(
         pattern = pc.pattern[:M, :, ts, :T].permute(2, 0, 1, 3)  # [N, M, H, T]: row t of each reader
         attn, heads_total = pattern * vals, [0.0] * n_readers
     else:  # the read value less the embedding, the MLPs and the attention biases
-        u, attn = (
-            W.new_zeros(n_readers, 0, pc.n_heads, pc.W_O.shape[2]),
-            W.new_zeros(n_readers, 0, pc.n_heads, T),
-        )
+        u = W.new_zeros(n_readers, 0, pc.n_heads, pc.W_O.shape[2])  # [N, 0, H, d_head]: no head term itemized
+        attn = W.new_zeros(n_readers, 0, pc.n_heads, T)  # [N, 0, H, T]
         read = dots(pc.resid[torch.tensor(stages, device=W.device), ts])
         heads_total = [
             read[n] - next(iter(leaves[n].values())) - mlp_total[n] - sum(bias[n][: n_attn[n]])
