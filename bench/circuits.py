@@ -37,7 +37,6 @@ from interp.attribution import (
     direct_effects,
 )
 from interp.edges import feature_edges
-from interp.faithfulness import SETTINGS
 from interp.transcoder import Transcoder, TranscoderConfig
 
 D_MODEL, N_HEADS, D_HEAD, N_LAYERS = 576, 9, 64, 12
@@ -212,14 +211,9 @@ def bench_graph() -> None:
 def report_faithfulness() -> None:
     """The stored graphs' real-model faithfulness (computed by `attribution_graphs`), against the goals."""
     try:
-        from storage import db
+        from storage import queries
 
-        rows = db.query(
-            """SELECT g.target, f.setting, f.n_nodes, f.pearson, f.spearman, f.sign_agreement
-               FROM graph_faithfulness f JOIN graphs g USING (graph_id)
-               ORDER BY g.target, list_position(?::VARCHAR[], f.setting), f.setting""",
-            [list(SETTINGS)],
-        )
+        rows = queries.faithfulness()
     except Exception as e:  # no atlas yet
         print(f"   faithfulness: skipped (no graphs in the atlas: run `make atlas`; {type(e).__name__})")
         return

@@ -281,8 +281,23 @@ def feature_labels(keys: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
 
 def graphs() -> pl.DataFrame:
     return db.query(
-        "SELECT graph_id, model, prompt, target, target_value, target_prob, replacement_score, completeness_score, error_share, "
-        "n_nodes, n_edges, created_at FROM graphs ORDER BY created_at"
+        "SELECT graph_id, model, prompt, target, target_value, target_prob, replacement_score, completeness_score, "
+        "error_share, n_nodes, n_edges, created_at FROM graphs ORDER BY created_at"
+    )
+
+
+def _in_ladder_order(column: str) -> str:
+    """ORDER BY terms that list faithfulness settings as interp.faithfulness.SETTINGS does (unknown ones last, by
+    name); binds one parameter: list(SETTINGS)."""
+    return f"list_position(?::VARCHAR[], {column}), {column}"
+
+
+def faithfulness() -> pl.DataFrame:
+    """Every stored graph's faithfulness per setting, by target and then in ladder order."""
+    return db.query(
+        "SELECT g.target, f.setting, f.n_nodes, f.pearson, f.spearman, f.sign_agreement "
+        f"FROM graph_faithfulness f JOIN graphs g USING (graph_id) ORDER BY g.target, {_in_ladder_order('f.setting')}",
+        [list(SETTINGS)],
     )
 
 
@@ -322,15 +337,15 @@ def graph(graph_id: str) -> dict[str, Any] | None:
         faithfulness = db.frame(
             con,
             "SELECT setting, n_nodes, pearson, spearman, sign_agreement FROM graph_faithfulness "
-            "WHERE graph_id = ? ORDER BY list_position(?::VARCHAR[], setting), setting",
+            f"WHERE graph_id = ? ORDER BY {_in_ladder_order('setting')}",
             [graph_id, list(SETTINGS)],
         )
         interventions = db.frame(
             con,
-            """
+            f"""
             SELECT i.node_id, n.label, i.setting, i.predicted, i.actual
             FROM graph_interventions i LEFT JOIN graph_nodes n ON n.graph_id = i.graph_id AND n.node_id = i.node_id
-            WHERE i.graph_id = ? ORDER BY list_position(?::VARCHAR[], i.setting), i.setting, abs(i.predicted) DESC""",
+            WHERE i.graph_id = ? ORDER BY {_in_ladder_order("i.setting")}, abs(i.predicted) DESC""",
             [graph_id, list(SETTINGS)],
         )
     return {

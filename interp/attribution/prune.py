@@ -62,9 +62,8 @@ def signed_influence(graph: AttributionGraph) -> None:
             graph.nodes[src].influence += w * mult[dst]
 
 
-Normalized = tuple[
-    dict, dict
-]  # (Â as {dst: {src: share}}, normalized influence per node): what _normalized returns
+# (Â as {dst: {src: share}}, normalized influence per node): what _normalized returns
+Normalized = tuple[dict, dict]
 
 
 def _normalized(graph: AttributionGraph, edges) -> Normalized:
