@@ -24,19 +24,9 @@ with much of each MLP's output.
 
 Algorithm:
   1. One clean forward pass caches the residual stream at every stage, norm scales, attention patterns and MLP
-     outputs; every transcoder encodes its layer's MLP input (z, ŷ, error).
-  2. The target is a reader: a feature pre-activation at (layer, position) or a logit (difference) at a position.
-  3. Greedy search for `n_steps` steps. Each frontier path ends at node a with multiplier μ_a (attribution to the
-     target per unit of a's value; μ_target = 1) and proposes every upstream feature, attention node, skip path
-     and embedding b with path attribution μ_a · w(b→a). The top `n_paths` proposals by |attribution| over the
-     whole frontier become the next frontier, with μ_b = μ_a · w(b→a) / z_b for features, μ_b = μ_a for
-     attention and skip nodes (embeddings end a path).
-  4. The graph holds every node on a kept path. Each feature, attention, skip and target node gets an edge from
-     every upstream graph node, from every error, bias and embedding leaf at its position, and one `pruned`
-     edge with the sum of the contributions left out, so its incoming weights sum to its value.
-  5. Influence (attribution flowing to the target): the target's is its value; every other node's is
-     Σ over its out-edges weight · μ_dst, computed in decreasing stage order. Then circuit-tracer's graph
-     scores and, with node/edge thresholds, its influence-based pruning (interp.attribution.prune).
+     outputs; every transcoder encodes its layer's MLP input (z, ŷ, error) (`cache`).
+  2. The greedy path search builds the graph from the target down (`search`: its docstring gives the steps).
+  3. Influence, circuit-tracer's graph scores and influence-based pruning (`prune`).
 
 A feature's direct edge into a node is its residual path at the node's position; its paths through heads run
 through attention nodes. `direct_effects` sums both for every upstream feature at every position in one backward
@@ -48,8 +38,7 @@ only, so there the whole MLP output is an error node.
 
 Modules, one concept each: `targets` (the target language), `cache` (the prompt cache), `decompose` (readers
 split along the stream, one or a batch at a time), `direct` (exact direct effects), `graph` (typed node ids, nodes,
-edges), `search` (the greedy path search, steps 2-4), `prune` (influence, graph scores, influence-based pruning,
-step 5).
+edges), `search` (the greedy path search, step 2), `prune` (influence, graph scores, influence-based pruning, step 3).
 """
 
 from interp.attribution.cache import PromptCache, context_length
