@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 DAGSTER := $(BIN)/dagster asset materialize -m assets.definitions
 
-.PHONY: install lock data atlas test test-fast lint app ui bench clean
+.PHONY: install lock data test-deps atlas test test-fast lint app ui bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,13 +49,34 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 atlas: data $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m assets.build
 
-test: install
+# What the interop tests (tests/app/test_circuit_tracer_viewer.py) run against, fetched here so that no test
+# reaches the network: circuit-tracer in a venv of its own (its declared dependencies pin transformers <= 4.57,
+# which clashes with ours; its graph models and server need only pydantic, so it goes in with --no-deps), and the
+# npm packages that stand in for the JavaScript its viewer page loads from CDNs.
+CT_VENV := .venv-ct
+CT_PINS := circuit-tracer==0.5.0 pydantic==2.14.4
+VIEWER_NPM := d3@7.9.2 d3-collection@1.0.7 d3-jetpack@2.1.0 dagre@0.8.5 pako@2.1.0
+CT_STAMP := $(CT_VENV)/.installed-$(subst $(eval) ,_,$(CT_PINS) $(VIEWER_NPM))
+$(CT_STAMP):
+	rm -rf $(CT_VENV) && $(PY) -m venv $(CT_VENV)
+	$(CT_VENV)/bin/pip install -q --disable-pip-version-check $(filter-out circuit-tracer%,$(CT_PINS))
+	$(CT_VENV)/bin/pip install -q --disable-pip-version-check --no-deps $(filter circuit-tracer%,$(CT_PINS))
+	mkdir -p $(CT_VENV)/npm && cd $(CT_VENV)/npm && npm pack --silent $(VIEWER_NPM) >/dev/null
+	cd $(CT_VENV)/npm && for p in $(VIEWER_NPM); do \
+	  mkdir -p $$p && tar xzf $${p/@/-}.tgz -C $$p && rm $${p/@/-}.tgz; done
+	touch $@
+
+test-deps: $(CT_STAMP)
+
+# The whole suite on a fresh clone: the venv, the corpora and converted model (`data`), and the interop deps.
+test: install data test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -m "not browser" tests
 	$(BIN)/python -m pytest -q -m browser tests
 
-test-fast: install
+# No real-model and no browser test, so no `make data` either.
+test-fast: install test-deps
 	$(BIN)/python -m pytest -q -m "not slow and not browser" tests
 
 lint: install
@@ -72,4 +93,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(ATLAS_HOME) $(DAGSTER_HOME)
+	rm -rf $(ATLAS_HOME) $(DAGSTER_HOME) $(CT_VENV)

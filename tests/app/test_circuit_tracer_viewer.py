@@ -1,9 +1,10 @@
 """Interop: a graph exported by storage.graph_export is a valid circuit-tracer graph, served by its own server and
 drawn by its own viewer.
 
-circuit-tracer (PyPI, pinned below) goes into its own virtual environment: its declared dependencies (torch,
-transformers <= 4.57.3, nnsight) are for computing graphs and clash with ours (transformers 5), and its viewer needs
-none of them, so it is installed with --no-deps next to pydantic (its graph models). The tests
+circuit-tracer runs from its own virtual environment, CT_VENV, which `make test-deps` builds (the Makefile pins
+the versions): its declared dependencies (torch, transformers <= 4.57.3, nnsight) are for computing graphs and
+clash with ours (transformers 5), and its viewer needs none of them, so it is installed with --no-deps next to
+pydantic (its graph models). No test here installs or downloads anything. The tests
   1. validate the exported JSON with circuit-tracer's own pydantic `frontend.graph_models.Model`;
   2. serve the exports folder with circuit-tracer's own `frontend.local_server.serve` and read the graph back
      through it (its index lists the graph);
@@ -12,10 +13,10 @@ none of them, so it is installed with --no-deps next to pydantic (its graph mode
      what the viewer parses (a logit label without its '(p=...)').
 
 The viewer page loads its libraries from transformer-circuits.pub and unpkg.com, which no project machine can reach.
-The browser serves those URLs from npm packages instead (VIEWER_LIBS): dagre 0.8.5 and pako 2.1.0 are the very
-files unpkg serves; d3.js is d3 7.9.2; jetpack_2024-07-20.js is a d3-jetpack build that is on no registry, so
-npm's d3-jetpack 2.1.0, the d3-collection its nestBy needs, and viewer_jetpack_adapter.js (the one method the
-viewer calls that 2.1.0 lacks) stand in for it. The page's live-reload client and .npy reader (graphs use neither)
+The browser serves those URLs from npm packages instead (VIEWER_LIBS, unpacked by `make test-deps`): dagre 0.8.5
+and pako 2.1.0 are the very files unpkg serves; d3.js is d3 7.9.2; jetpack_2024-07-20.js is a d3-jetpack build
+that is on no registry, so npm's d3-jetpack 2.1.0, the d3-collection its nestBy needs, and
+viewer_jetpack_adapter.js (the one method the viewer calls that 2.1.0 lacks) stand in for it. The page's live-reload client and .npy reader (graphs use neither)
 and its feature examples (fetched from Hugging Face) are refused.
 """
 
@@ -26,8 +27,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import tarfile
 import textwrap
 import time
 import urllib.request
@@ -42,18 +41,21 @@ from storage import circuits, graph_export
 from tests.app.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _require_chromium
 from tests.interp.test_edges import make_transcoders
 
-CIRCUIT_TRACER = "circuit-tracer==0.5.0"
+ROOT = Path(__file__).resolve().parents[2]
+# `make test-deps`: circuit-tracer and pydantic; the viewer's npm packages unpacked in npm/
+CT_VENV = ROOT / ".venv-ct"
+
+
+def _prepared(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make test-deps` (`make test` does).")
+    return path
 
 
 @pytest.fixture(scope="module")
-def ct_python(tmp_path_factory) -> str:
-    """Python of a fresh virtual environment holding circuit-tracer (no deps) and pydantic."""
-    venv = tmp_path_factory.mktemp("circuit_tracer_venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "pydantic>=2"], check=True)
-    subprocess.run([*pip, "--no-deps", CIRCUIT_TRACER], check=True)
-    return str(venv / "bin" / "python")
+def ct_python() -> str:
+    """Python of the virtual environment holding circuit-tracer (no deps) and pydantic."""
+    return str(_prepared(CT_VENV / "bin" / "python"))
 
 
 @pytest.fixture
@@ -155,24 +157,14 @@ REFUSED = {f"{CDN}/hotserver-client-ws.js", f"{CDN}/npy_v0.js"}
 
 
 @pytest.fixture(scope="module")
-def viewer_libs(tmp_path_factory) -> dict[str, str]:
-    """VIEWER_LIBS' sources, fetched from the npm registry with `npm pack`: URL -> JavaScript."""
-    if shutil.which("npm") is None:
-        pytest.fail("npm is missing: apt-get install -y npm (make data needs it too).")
-    folder = tmp_path_factory.mktemp("viewer_libs")
-    files = {f for parts in VIEWER_LIBS.values() for f in parts if isinstance(f, str)}
-    packages = sorted({f.split("/", 1)[0] for f in files})  # 'd3@7.9.2/dist/d3.js' -> 'd3@7.9.2'
-    subprocess.run(["npm", "pack", "--silent", "--pack-destination", str(folder), *packages], check=True)
-    for package in packages:
-        name, version = package.rsplit("@", 1)
-        with tarfile.open(folder / f"{name}-{version}.tgz") as tar:
-            tar.extractall(folder / package, filter="data")
+def viewer_libs() -> dict[str, str]:
+    """VIEWER_LIBS' sources, from the npm packages `make test-deps` unpacked: URL -> JavaScript."""
 
     def source(f: str | Path) -> str:
         if isinstance(f, Path):
             return f.read_text()
-        package, inside = f.split("/", 1)
-        return (folder / package / "package" / inside).read_text()
+        package, inside = f.split("/", 1)  # 'd3@7.9.2/dist/d3.js' -> 'd3@7.9.2', 'dist/d3.js'
+        return (_prepared(CT_VENV / "npm" / package) / "package" / inside).read_text()
 
     return {url: "\n;\n".join(map(source, parts)) for url, parts in VIEWER_LIBS.items()}
 
