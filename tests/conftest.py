@@ -136,3 +136,20 @@ def no_network(monkeypatch) -> list:
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
     return attempts
+
+
+@pytest.fixture(scope="session")
+def real_data() -> dict[str, str]:
+    """The model cache and corpora of the ATLAS_HOME this session started with (`make data` fills them; `make
+    test` runs it), read before any test points ATLAS_HOME at a private folder: {'models': ..., 'corpora': ...}.
+    Fails, naming the command, where the converted embedded model is missing."""
+    from interp.model import DEFAULT_MODEL
+    from storage import layout
+
+    dirs = {"models": layout.models_dir(), "corpora": layout.corpora_dir()}
+    for need in (os.path.join(dirs["models"], DEFAULT_MODEL, "config.json"), dirs["corpora"]):
+        if not os.path.exists(need):
+            pytest.fail(
+                f"{need} is missing: run `make data` (`make test` does) or point ATLAS_HOME at its output"
+            )
+    return dirs

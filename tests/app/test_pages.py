@@ -67,9 +67,9 @@ def test_every_page_stops_with_make_atlas_hint_without_database(atlas_home, page
 
 
 def test_pages_stop_with_a_hint_on_an_empty_database(atlas_home):
-    from storage import db
+    from storage.db import working_copy
 
-    with db.writer():  # migrated, nothing materialized yet
+    with working_copy.writer():  # migrated, nothing materialized yet
         pass
     for page in ("home", "card"):
         assert any("no transcoders yet" in i.value for i in run(page).info)
@@ -194,13 +194,13 @@ def test_feature_card_marks_the_context_start_and_flags_an_artifact(atlas_db):
 
 
 def test_feature_card_flags_a_transcoder_that_misses_a_goal(atlas_db):
-    from storage import db
+    from storage.db import working_copy
 
     tid = atlas_db["transcoders"][1]
     at = run("card", transcoder=tid, feature="1")
     before = [c for c in shown(at.caption) if "misses a quality goal" in c]
     assert len(before) == 1 and "CE recovered 0.80 < 0.90" in before[0] and "FVU" not in before[0]
-    with db.writer() as con:
+    with working_copy.writer() as con:
         con.execute("UPDATE transcoder_metrics SET fvu = 0.97 WHERE transcoder_id = ?", [tid])
     at = run("card", transcoder=tid, feature="1")
     flagged = [c for c in shown(at.caption) if "misses a quality goal" in c]
@@ -457,7 +457,7 @@ def test_streamlit_config_hides_error_details_and_usage_statistics():
 
 
 @pytest.mark.slow
-def test_live_page_runs_the_embedded_model_by_name(atlas_home, tmp_path):
+def test_live_page_runs_the_embedded_model_by_name(real_data, atlas_home, tmp_path):
     """The real SmolLM2 found by its name under $ATLAS_HOME/models (as `make atlas` leaves it), real hooks."""
     import torch
 
@@ -466,9 +466,7 @@ def test_live_page_runs_the_embedded_model_by_name(atlas_home, tmp_path):
     from storage import layout
     from tests.app import fixture_db
 
-    converted = Path(__file__).resolve().parents[2] / "data" / "models" / "smollm2-135m"
-    if not (converted / "config.json").exists():
-        pytest.skip("the embedded model is not converted yet (make data)")
+    converted = Path(real_data["models"]) / "smollm2-135m"
     Path(layout.models_dir()).mkdir(parents=True)
     (Path(layout.models_dir()) / "smollm2-135m").symlink_to(converted)
     ids = fixture_db.build(str(converted), d_model=576, model="smollm2-135m")

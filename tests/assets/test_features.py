@@ -13,9 +13,9 @@ import torch
 from assets.features import feature_tokens, features, features_have_examples, neuronpedia_export
 from interp.model import mlp_hooks
 from storage import corpus as corpus_store
-from storage import db
 from storage import features as feature_store
 from storage import transcoders as tc_store
+from storage.db import readers
 from tests.storage.test_features import D_SAE, N_CTX, build_atlas
 
 MINER = {"n_top": 6, "window": 8, "window_left": 5, "mining_contexts": N_CTX, "forward_batch": 5}
@@ -35,14 +35,14 @@ def _run(assets, key: str, config: dict | None = None) -> dg.ExecuteInProcessRes
 
 
 def _count(table: str, tid: str) -> int:
-    return db.query(f"SELECT count(*) AS n FROM {table} WHERE transcoder_id = ?", [tid])["n"][0]
+    return readers.query(f"SELECT count(*) AS n FROM {table} WHERE transcoder_id = ?", [tid])["n"][0]
 
 
 @pytest.mark.parametrize("config", [SMALL, SHARDS], ids=["stream", "shards"])
 def test_top_examples_equal_a_fresh_forward_pass(atlas, tiny_model, config):
     tid = atlas[1]
     _run([features], "1", config)
-    ex = db.query(
+    ex = readers.query(
         "SELECT feature, context_id, position, activation, window_start, token_acts FROM feature_examples "
         "WHERE transcoder_id = ? AND kind = 'top' AND rank = 0 ORDER BY feature",
         [tid],
@@ -61,7 +61,9 @@ def test_top_examples_equal_a_fresh_forward_pass(atlas, tiny_model, config):
         span = z[i, row["window_start"] : row["window_start"] + 8, row["feature"]]
         assert torch.tensor(row["token_acts"]) == pytest.approx(span, rel=1e-3, abs=1e-5)
         assert row["activation"] == pytest.approx(float(z[i, 1:, row["feature"]].max()), rel=1e-3)  # the max
-    labels = db.query("SELECT label FROM features WHERE transcoder_id = ? AND n_active > 0", [tid])["label"]
+    labels = readers.query("SELECT label FROM features WHERE transcoder_id = ? AND n_active > 0", [tid])[
+        "label"
+    ]
     assert labels.str.len_chars().min() > 0
     assert features_have_examples().passed
 
@@ -89,11 +91,11 @@ def test_feature_tokens_and_cross_layer_neighbors(atlas, tiny_model, tiny_model_
     build_atlas(tiny_model, tiny_model_dir, {0: True})  # a second gated layer to be neighbours with
     tid0 = tc_store.transcoder_id(tiny_model_dir, 0, "relu", D_SAE)
     _run([feature_tokens], "1", {"ops": {"feature_tokens": {"config": {"n_tokens": 5, "n_neighbors": 4}}}})
-    tok = db.query(
+    tok = readers.query(
         "SELECT kind, count(*) AS n FROM feature_tokens WHERE transcoder_id = ? GROUP BY kind", [tid1]
     )
     assert dict(tok.iter_rows()) == {"deembed": 5 * D_SAE, "logit_top": 5 * D_SAE, "logit_bottom": 5 * D_SAE}
-    nb = db.query("SELECT * FROM feature_neighbors WHERE transcoder_id = ?", [tid1])
+    nb = readers.query("SELECT * FROM feature_neighbors WHERE transcoder_id = ?", [tid1])
     assert nb.height == 4 * D_SAE and set(nb["nb_transcoder_id"]) <= {tid0, tid1}
     assert not nb.filter((nb["nb_transcoder_id"] == tid1) & (nb["nb_feature"] == nb["feature"])).height
     W = {t: tc_store.load_transcoder(t).W_dec for t in (tid0, tid1)}
@@ -107,7 +109,7 @@ def test_feature_tokens_and_cross_layer_neighbors(atlas, tiny_model, tiny_model_
     path = result.asset_materializations_for_node("neuronpedia_export")[0].metadata["L1_path"].value
     assert os.path.exists(os.path.join(path, "features", "batch-0.jsonl.gz"))
     W_U = tiny_model.W_U.detach()
-    top = db.query(
+    top = readers.query(
         "SELECT feature, token_id FROM feature_tokens WHERE transcoder_id = ? AND kind = 'logit_top' AND rank = 0",
         [tid1],
     )
@@ -116,13 +118,14 @@ def test_feature_tokens_and_cross_layer_neighbors(atlas, tiny_model, tiny_model_
 
 
 @pytest.mark.slow
-def test_real_model_top_examples_equal_a_fresh_forward_pass(atlas_home, monkeypatch):
+def test_real_model_top_examples_equal_a_fresh_forward_pass(real_data, atlas_home, monkeypatch):
     """SmolLM2 layer 2: every feature's stored top activation equals a fresh float32 forward pass (rel 1e-3)."""
     from interp.model import load_model
 
-    real_models = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "data", "models")
     os.makedirs(os.path.join(atlas_home, "models"))
-    os.symlink(os.path.join(real_models, "smollm2-135m"), os.path.join(atlas_home, "models", "smollm2-135m"))
+    os.symlink(
+        os.path.join(real_data["models"], "smollm2-135m"), os.path.join(atlas_home, "models", "smollm2-135m")
+    )
     monkeypatch.setenv("ATLAS_MODEL", "smollm2-135m")
     monkeypatch.setenv("ATLAS_DEVICE", "cpu")
     model = load_model("smollm2-135m", device="cpu", cache_dir=os.path.join(atlas_home, "models"))
@@ -138,7 +141,7 @@ def test_real_model_top_examples_equal_a_fresh_forward_pass(atlas_home, monkeypa
     vocab = [model.tokenizer.decode([i]) for i in range(model.cfg.d_vocab)]
     tid = build_atlas(model, "smollm2-135m", {2: True}, tokens=tokens, vocab=vocab, d_sae=256)[2]
     _run([features], "2", {"ops": {"features": {"config": {**MINER, "mining_contexts": 12}}}})
-    ex = db.query(
+    ex = readers.query(
         "SELECT feature, context_id, position, activation FROM feature_examples "
         "WHERE transcoder_id = ? AND kind = 'top' AND rank = 0 ORDER BY feature",
         [tid],

@@ -4,8 +4,6 @@ bad inputs on the real tokenizer and context length."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -16,15 +14,12 @@ from tests.interp.test_edges import make_transcoders
 
 pytestmark = pytest.mark.slow
 
-MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "data", "models")
 PROMPT, TARGET = "When Mary and John went to the store, John gave a drink to", 'logit:" Mary"-" John"'
 
 
 @pytest.fixture(scope="module")
-def real():
-    if not os.path.exists(os.path.join(MODELS, "smollm2-135m", "config.json")):
-        pytest.fail("the embedded model is not converted yet (make data)")
-    model = load_model("smollm2-135m", device="cpu", cache_dir=MODELS)
+def real(real_data):
+    model = load_model("smollm2-135m", device="cpu", cache_dir=real_data["models"])
     n = model.cfg.n_layers
     tcs = make_transcoders(list(range(n)), model.cfg.d_model, d_sae=256, seed=0)
     with torch.no_grad():

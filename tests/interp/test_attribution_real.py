@@ -38,8 +38,6 @@ from interp.transcoder import TranscoderConfig
 
 pytestmark = pytest.mark.slow
 
-MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "data", "models")
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "data", "corpora", "sotu", "*.txt")
 PROMPTS = [
     ("When Mary and John went to the store, John gave a drink to", 'logit:" Mary"-" John"'),
     ("In 1999, the company grew. In 2000, it grew again. In 200", 'logit:"1"-"0"'),
@@ -50,15 +48,11 @@ LOGIT_EDGES = 96
 
 
 @pytest.fixture(scope="module")
-def real():
-    if not os.path.exists(os.path.join(MODELS, "smollm2-135m", "config.json")):
-        pytest.skip("the embedded model is not converted yet (make data)")
-    model = load_model("smollm2-135m", device="cpu", cache_dir=MODELS)
+def real(real_data):
+    model = load_model("smollm2-135m", device="cpu", cache_dir=real_data["models"])
     tok = model.tokenizer
-    text = (
-        " ".join(open(f).read() for f in sorted(glob.glob(CORPUS))[:4])
-        or " ".join(p for p, _ in PROMPTS) * 200
-    )
+    corpus = sorted(glob.glob(os.path.join(real_data["corpora"], "sotu", "*.txt")))
+    text = " ".join(open(f).read() for f in corpus[:4])
     ids = tok(text, add_special_tokens=False)["input_ids"][: 48 * 63]
     ctx = torch.tensor(ids).reshape(-1, 63)
     ctx = torch.cat([torch.full((ctx.shape[0], 1), tok.bos_token_id), ctx], 1)  # [48, 64]

@@ -260,7 +260,7 @@ NEUTRAL_PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def real():
+def real(real_data):
     """SmolLM2 with quick TopK transcoders at two upper layers, trained on ~2k tokens of its own activations (their
     quality does not matter here: an edit acts on whatever transcoder is spliced in)."""
     import glob
@@ -270,13 +270,10 @@ def real():
     from interp.model import load_model
     from interp.train import TrainConfig, train
 
-    models = os.path.join(os.path.dirname(__file__), "..", "..", "data", "models")
-    if not os.path.exists(os.path.join(models, "smollm2-135m", "config.json")):
-        pytest.skip("the embedded model is not converted yet (make data)")
-    model = load_model("smollm2-135m", device="cpu", cache_dir=models)
+    model = load_model("smollm2-135m", device="cpu", cache_dir=real_data["models"])
     tok = model.tokenizer
-    corpus = os.path.join(os.path.dirname(__file__), "..", "..", "data", "corpora", "sotu", "*.txt")
-    text = " ".join(open(f).read() for f in sorted(glob.glob(corpus))[:3]) or " ".join(NEUTRAL_PROMPTS) * 300
+    corpus = os.path.join(real_data["corpora"], "sotu", "*.txt")
+    text = " ".join(open(f).read() for f in sorted(glob.glob(corpus))[:3])
     ids = tok(text, add_special_tokens=False)["input_ids"][: 32 * 63]
     ctx = torch.tensor(ids).reshape(-1, 63)
     ctx = torch.cat([torch.full((ctx.shape[0], 1), tok.bos_token_id), ctx], 1)  # [32, 64]
