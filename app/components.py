@@ -190,21 +190,21 @@ def _transcoders(path: str, version: tuple[float, ...]) -> pl.DataFrame:
 def db_version(path: str) -> str:
     """The snapshot readers see (storage.db publishes each committed write under a new name): a cache keyed on it
     refreshes when a write is published, not when the working copy changes."""
-    from storage import db
+    from storage.db import readers
 
-    return str(db.published_path(path))
+    return str(readers.published_path(path))
 
 
 def friendly_error(e: BaseException) -> str:
     """One escaped line for a user about a failed page (the traceback goes to the server log only)."""
-    from storage import db
+    from storage.db import errors
 
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     if isinstance(e, FileNotFoundError):
         return esc(first)
-    if isinstance(e, getattr(db, "DatabaseLockedError", ())):
+    if isinstance(e, getattr(errors, "DatabaseLockedError", ())):
         return "The atlas database is busy (a materialization holds it); reload the page in a moment."
-    if type(e).__module__ == db.__name__:  # storage.db's own errors name the problem and what to do
+    if type(e).__module__ == errors.__name__:  # storage.db's own errors name the problem and what to do
         return esc(first)
     if type(e).__module__.startswith(("duckdb", "_duckdb", "storage")):
         return (

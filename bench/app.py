@@ -17,7 +17,8 @@ import numpy as np
 import polars as pl
 
 from bench import scoped_env
-from storage import db, layout, queries
+from storage import layout, queries
+from storage.db import readers, row_writes
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app" / "pages" / "2_Feature_card.py")
 TARGET_S = 0.3  # issue 14: the card page renders in <= 0.3 s server side, warm (issue 6 asked <= 0.5 s)
@@ -152,7 +153,7 @@ def build_synthetic(n_features: int, n_transcoders: int = 4, seed: int = 0) -> l
                     {},
                 )
             )
-    db.write_many(tables)
+    row_writes.write_many(tables)
     return tids
 
 
@@ -194,14 +195,14 @@ def report(name: str, keys: list[tuple[str, int]]) -> None:
 
 
 def sample_keys(n: int, seed: int = 1) -> list[tuple[str, int]]:
-    rows = db.query(
+    rows = readers.query(
         f"SELECT transcoder_id, feature FROM features USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})"
     )
     return list(rows.iter_rows())
 
 
 def main() -> None:
-    if Path(layout.db_path()).exists() and db.query("SELECT count(*) AS n FROM features")["n"][0]:
+    if Path(layout.db_path()).exists() and readers.query("SELECT count(*) AS n FROM features")["n"][0]:
         report(f"default build ({layout.db_path()})", sample_keys(40))
     else:
         print(f"   default build: no features at {layout.db_path()} (run `make atlas`)")

@@ -101,9 +101,9 @@ def bench_mining() -> None:
 
 def _synthetic_db(path: str) -> int:
     """CARD_LAYERS transcoders x CARD_FEATURES features, CARD_EXAMPLES examples each, in feature order."""
-    from storage import db
+    from storage.db import working_copy
 
-    with db.writer(path) as con:
+    with working_copy.writer(path) as con:
         con.execute("SET preserve_insertion_order = true")
         n_ctx, vocab = 4096, 49152
         con.execute(f"INSERT INTO vocab SELECT 'm', i, 'tok' || i FROM range({vocab}) t(i)")
@@ -149,8 +149,8 @@ def _percentiles(ms: list[float]) -> str:
 
 
 def bench_cards() -> None:
-    from storage import db
     from storage import features as feature_store
+    from storage.db import readers
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "atlas.duckdb")
@@ -163,7 +163,7 @@ def bench_cards() -> None:
             for p in torch.randint(0, n_features, (CARD_QUERIES,), generator=g).tolist()
         ]
         open_ms, fresh_ms = [], []
-        with db.reader(path) as con:
+        with readers.reader(path) as con:
             feature_store.feature_card(*picks[0], con=con)  # warm-up (and the per-process vocabulary cache)
             for tid, f in picks:
                 t0 = time.perf_counter()

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from storage import artifacts, db, layout
+from storage import artifacts, layout
+from storage.db import readers, row_writes
 
 STORAGE_DTYPE = "float16"
 
@@ -137,20 +138,20 @@ def record_manifest(model: str, layer: int, split: str, shards: list[Shard], met
             "dtype": STORAGE_DTYPE,
         },
         schema_overrides={"n_tokens": pl.Int64, "layer": pl.Int32, "shard": pl.Int32},
-    ).with_columns(created_at=db.now())
-    db.write("activation_shards", rows, {"model": model, "layer": layer, "split": split})
+    ).with_columns(created_at=row_writes.now())
+    row_writes.write("activation_shards", rows, {"model": model, "layer": layer, "split": split})
     for folder in {s.path.rsplit("/", 1)[0] for s in shards}:
         artifacts.release(folder)  # its rows are committed: the manifest now keeps it
 
 
 def clear_manifest(model: str, layer: int, split: str) -> None:
     """Forget the shards of (model, layer, split) (their files are removed by the activations asset)."""
-    db.write("activation_shards", pl.DataFrame(), {"model": model, "layer": layer, "split": split})
+    row_writes.write("activation_shards", pl.DataFrame(), {"model": model, "layer": layer, "split": split})
 
 
 def shard_paths(model: str, layer: int, split: str) -> list[str]:
     """Manifest paths of the shards for (model, layer, split), in order; a clear error if none exist."""
-    frame = db.query(
+    frame = readers.query(
         "SELECT path FROM activation_shards WHERE model = ? AND layer = ? AND split = ? ORDER BY shard",
         [model, layer, split],
     )

@@ -21,8 +21,8 @@ from interp.attribution import AttributionGraph
 from interp.edges import TopEdges
 from interp.faithfulness import NodeIntervention, agreement
 from interp.transcoder import Transcoder
-from storage import db
 from storage import transcoders as tc_store
+from storage.db import readers, row_writes, working_copy
 
 SCORES = ("replacement_score", "completeness_score", "error_share")  # interp.attribution.prune
 # a graph's rows, children first
@@ -81,13 +81,13 @@ def write_feature_edges(model: str, frames: Iterable[pl.DataFrame], transcoder_i
     frames = list(frames)
     rows = pl.concat(frames) if frames else pl.DataFrame()
     ids = sorted(set(transcoder_ids))
-    with db.transaction() as con:
+    with working_copy.transaction() as con:
         con.execute(
             "DELETE FROM feature_edges WHERE dst_transcoder_id IN "
             "(SELECT transcoder_id FROM transcoders WHERE model = ?)",
             [model],
         )
-        n = db.replace_rows(con, "feature_edges", rows, {"dst_transcoder_id": ids})
+        n = row_writes.replace_rows(con, "feature_edges", rows, {"dst_transcoder_id": ids})
     return n
 
 
@@ -122,7 +122,7 @@ def graph_frames(
             "n_nodes": pl.Int32,
             "n_edges": pl.Int32,
         },
-    ).with_columns(created_at=db.now())
+    ).with_columns(created_at=row_writes.now())
     nodes = list(graph.nodes.values())
     node_rows = pl.DataFrame(
         {
@@ -188,14 +188,14 @@ def faithfulness_frames(
             for setting in settings
             for i in interventions
         ],
-        schema=db.polars_schema("graph_interventions"),
+        schema=row_writes.polars_schema("graph_interventions"),
     )
     summary = pl.DataFrame(
         [
             {"graph_id": gid, "setting": setting, **_renamed(agreement(interventions, setting))}
             for setting in settings
         ],
-        schema=db.polars_schema("graph_faithfulness"),
+        schema=row_writes.polars_schema("graph_faithfulness"),
     )
     return per_node, summary
 
@@ -217,7 +217,7 @@ def write_graph(
     meta, nodes, edges = graph_frames(gid, graph, model, prompt, target, transcoder_ids)
     per_node, summary = faithfulness_frames(gid, interventions)
     where = {"graph_id": gid}
-    db.write_many(
+    row_writes.write_many(
         [
             ("graphs", meta, where),
             ("graph_nodes", nodes, where),
@@ -233,7 +233,7 @@ def delete_graphs_except(model: str, keep: Iterable[str]) -> None:
     """Remove `model`'s graphs not in `keep` (prompts dropped from the config), with their nodes and edges."""
     keep = list(keep)
     stale = "SELECT graph_id FROM graphs WHERE model = ? AND graph_id NOT IN (SELECT unnest(?::VARCHAR[]))"
-    with db.transaction() as con:
+    with working_copy.transaction() as con:
         for table in GRAPH_TABLES:
             con.execute(f"DELETE FROM {table} WHERE graph_id IN ({stale})", [model, keep])
 
@@ -241,7 +241,7 @@ def delete_graphs_except(model: str, keep: Iterable[str]) -> None:
 def bookkeeping_residuals(model: str) -> pl.DataFrame:
     """Per non-leaf graph node: its value, the sum of its incoming edges, and the mismatch relative to the
     node's scale (max of |value| and the sum of |incoming|), worst first. Should be ~1e-6 (float32 rows)."""
-    return db.query(
+    return readers.query(
         """
         SELECT *, abs(incoming - activation) / greatest(abs(activation), magnitude, 1e-9) AS rel_error
         FROM (

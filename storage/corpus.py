@@ -7,14 +7,14 @@ import polars as pl
 import torch
 
 from interp.sampling import stratified_sample
-from storage import db
+from storage.db import readers, row_writes, working_copy
 
 
 def write_contexts(rows: pl.DataFrame) -> int:
     """Replace all contexts (they are a function of corpus + tokenizer, so the table is rebuilt whole)."""
-    with db.transaction() as con:
+    with working_copy.transaction() as con:
         con.execute("DELETE FROM contexts")
-        db.replace_rows(con, "contexts", rows, {})
+        row_writes.replace_rows(con, "contexts", rows, {})
     return rows.height
 
 
@@ -22,12 +22,14 @@ def write_vocab(model: str, token_strs: list[str]) -> int:
     rows = pl.DataFrame(
         {"model": model, "token_id": np.arange(len(token_strs), dtype=np.int32), "token_str": token_strs}
     )
-    return db.write("vocab", rows, {"model": model})
+    return row_writes.write("vocab", rows, {"model": model})
 
 
 def load_contexts(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens [n_ctx, ctx_len] int64, context_ids [n_ctx] int64): every context of a split, in context_id order."""
-    frame = db.query("SELECT context_id, tokens FROM contexts WHERE split = ? ORDER BY context_id", [split])
+    frame = readers.query(
+        "SELECT context_id, tokens FROM contexts WHERE split = ? ORDER BY context_id", [split]
+    )
     if frame.height == 0:
         raise LookupError(
             f"No {split!r} contexts in the atlas database; materialize the `contexts` asset first."
@@ -38,7 +40,7 @@ def load_contexts(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def context_length() -> int:
     """Tokens per context (BOS included)."""
-    frame = db.query("SELECT len(tokens) AS n FROM contexts LIMIT 1")
+    frame = readers.query("SELECT len(tokens) AS n FROM contexts LIMIT 1")
     if frame.height == 0:
         raise LookupError("No contexts in the atlas database; materialize the `contexts` asset first.")
     return int(frame["n"][0])
@@ -47,7 +49,7 @@ def context_length() -> int:
 def sample_context_ids(split: str, n: int, seed: int) -> list[int]:
     """A seeded sample of n context ids of a split, stratified by corpus in the proportions of the whole corpus
     (interp.sampling), in random order."""
-    frame = db.query(
+    frame = readers.query(
         "SELECT context_id, coalesce(corpus, '') AS corpus FROM contexts WHERE split = ? ORDER BY context_id",
         [split],
     )
@@ -60,7 +62,7 @@ def sample_context_ids(split: str, n: int, seed: int) -> list[int]:
             f"Asked for {n} {split!r} contexts but the split holds {frame.height}; lower the count, or give the "
             "corpus more text (or another eval_fraction) and re-materialize `contexts`."
         )
-    whole = db.query("SELECT coalesce(corpus, '') AS corpus, count(*) AS n FROM contexts GROUP BY 1")
+    whole = readers.query("SELECT coalesce(corpus, '') AS corpus, count(*) AS n FROM contexts GROUP BY 1")
     weights = dict(zip(whole["corpus"].to_list(), whole["n"].to_list()))  # the corpus' mix, not the split's
     picked = stratified_sample(frame["corpus"].to_list(), n, seed, weights)
     return frame["context_id"].to_numpy()[picked].tolist()
@@ -75,14 +77,16 @@ def sample_contexts(split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.
 def corpus_shares(split: str | None = None) -> dict[str, float]:
     """Each corpus' share of the contexts (of one split, or all)."""
     sql = "SELECT coalesce(corpus, '') AS corpus, count(*) AS n FROM contexts"
-    frame = db.query(sql + (" WHERE split = ?" if split else "") + " GROUP BY 1", [split] if split else None)
+    frame = readers.query(
+        sql + (" WHERE split = ?" if split else "") + " GROUP BY 1", [split] if split else None
+    )
     total = frame["n"].sum()
     return {c: n / total for c, n in frame.iter_rows()}
 
 
 def contexts_by_id(context_ids: list[int]) -> torch.Tensor:
     """Token rows [len(context_ids), ctx_len] for the given ids, in the given order."""
-    frame = db.query(
+    frame = readers.query(
         "SELECT context_id, tokens FROM contexts WHERE context_id IN (SELECT unnest(?))", [list(context_ids)]
     )
     by_id = dict(zip(frame["context_id"].to_list(), frame["tokens"].to_list()))
@@ -93,5 +97,5 @@ def contexts_by_id(context_ids: list[int]) -> torch.Tensor:
 
 
 def token_strings(model: str) -> list[str]:
-    frame = db.query("SELECT token_str FROM vocab WHERE model = ? ORDER BY token_id", [model])
+    frame = readers.query("SELECT token_str FROM vocab WHERE model = ? ORDER BY token_id", [model])
     return frame["token_str"].to_list()

@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from storage import db
+from storage.db import readers
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def defaults(name: str, path: str | None = None) -> dict[str, Any]:
     if not q.defaults_sql:
         return out
     try:
-        found = db.query(q.defaults_sql, path=path)
+        found = readers.query(q.defaults_sql, path=path)
     except (duckdb.CatalogException, duckdb.BinderException) as e:  # a table not materialized yet
         log.info("example %s keeps its fallback parameters: %s", name, e)
         return out
@@ -209,7 +209,7 @@ def run(name: str, path: str | None = None, **params: Any) -> pl.DataFrame:
     unknown = set(params) - set(q.params)
     if unknown:
         raise ValueError(f"Query {name!r} has parameters {sorted(q.params)}, not {sorted(unknown)}.")
-    return db.query(q.sql, {**defaults(name, path), **params}, path=path)
+    return readers.query(q.sql, {**defaults(name, path), **params}, path=path)
 
 
 def markdown() -> str:

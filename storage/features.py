@@ -20,7 +20,7 @@ import torch
 from interp.features import FeatureStats, display_histogram
 from interp.neighbors import Neighbors
 from interp.token_effects import TokenEffects
-from storage import db
+from storage.db import readers, row_writes
 
 MINED_TABLES = ("features", "feature_examples", "token_features")
 WEIGHT_TABLES = ("feature_tokens", "feature_neighbors")
@@ -117,7 +117,7 @@ def write_mined(
         "feature_examples": example_rows(transcoder_id, stats),
         "token_features": token_index_rows(transcoder_id, stats),
     }
-    db.write_many([(t, f, {"transcoder_id": transcoder_id}) for t, f in frames.items()])
+    row_writes.write_many([(t, f, {"transcoder_id": transcoder_id}) for t, f in frames.items()])
     return {t: f.height for t, f in frames.items()}
 
 
@@ -163,20 +163,20 @@ def write_weight_views(
         "feature_tokens": token_effect_rows(transcoder_id, effects),
         "feature_neighbors": neighbor_rows(transcoder_id, nb, bank_ids),
     }
-    db.write_many([(t, f, {"transcoder_id": transcoder_id}) for t, f in frames.items()])
+    row_writes.write_many([(t, f, {"transcoder_id": transcoder_id}) for t, f in frames.items()])
     return {t: f.height for t, f in frames.items()}
 
 
 def clear_layer(model: str, layer: int, tables: tuple[str, ...], keep: str | None = None) -> int:
     """Delete the rows of every transcoder of (model, layer) but `keep` from `tables` (the atlas serves one
     version per layer); returns the transcoders cleared."""
-    ids = db.query(
+    ids = readers.query(
         "SELECT transcoder_id FROM transcoders WHERE model = ? AND layer = ? AND transcoder_id IS DISTINCT FROM ?",
         [model, layer, keep],
     )
     ids = ids["transcoder_id"].to_list()
     if ids and tables:
-        db.write_many([(t, pl.DataFrame(), {"transcoder_id": ids}) for t in tables])
+        row_writes.write_many([(t, pl.DataFrame(), {"transcoder_id": ids}) for t in tables])
     return len(ids)
 
 
@@ -187,7 +187,7 @@ def coverage(transcoder_id: str, min_examples: int = 20) -> dict[str, int]:
     at least k top examples exist); short_top counts live features with fewer than k, no_band those without any
     band example.
     """
-    row = db.query(
+    row = readers.query(
         """
         WITH counts AS (
           SELECT feature, count(*) FILTER (WHERE kind = 'top') AS n_top, count(*) FILTER (WHERE kind <> 'top') AS n_band
@@ -262,7 +262,7 @@ def feature_card(transcoder_id: str, feature: int, con=None) -> dict | None:
     (transcoder_id, feature, layer, cosine, label). Pass an open read-only connection `con` to reuse it.
     """
     if con is None:
-        with db.reader() as own:
+        with readers.reader() as own:
             return feature_card(transcoder_id, feature, own)
     stats, examples, effects, neighbors = con.execute(
         _CARD_SQL, {"tid": transcoder_id, "feature": int(feature)}

@@ -24,35 +24,36 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 from interp.model import mlp_hooks
-from storage import db, layout
+from storage import layout
+from storage.db import readers
 
 
 def _read(transcoder_id: str) -> dict:
-    with db.reader() as con:
-        tc = db.frame(con, "SELECT * FROM transcoders WHERE transcoder_id = ?", [transcoder_id])
+    with readers.reader() as con:
+        tc = readers.frame(con, "SELECT * FROM transcoders WHERE transcoder_id = ?", [transcoder_id])
         if tc.height == 0:
             raise LookupError(f"No transcoder {transcoder_id!r}; materialize `transcoders` first.")
         tc = tc.row(0, named=True)
-        feats = db.frame(
+        feats = readers.frame(
             con, "SELECT * FROM features WHERE transcoder_id = ? ORDER BY feature", [transcoder_id]
         )
         if feats.height == 0:
             raise LookupError(
                 f"No features for {transcoder_id!r}; materialize `features` for layer {tc['layer']}."
             )
-        tokens = db.frame(
+        tokens = readers.frame(
             con,
             "SELECT feature, kind, rank, token_id, value FROM feature_tokens WHERE transcoder_id = ? "
             "AND kind IN ('logit_top', 'logit_bottom') ORDER BY feature, kind, rank",
             [transcoder_id],
         )
-        neighbors = db.frame(
+        neighbors = readers.frame(
             con,
             "SELECT feature, nb_feature, cosine FROM feature_neighbors WHERE transcoder_id = ? "
             "AND nb_transcoder_id = transcoder_id ORDER BY feature, rank",
             [transcoder_id],
         )
-        examples = db.frame(
+        examples = readers.frame(
             con,
             """SELECT e.feature, e.kind, e.rank, e.context_id, e.position, e.activation, e.window_start, e.token_acts,
                       c.tokens[e.window_start + 1 : e.window_start + len(e.token_acts)] AS token_ids
@@ -61,9 +62,11 @@ def _read(transcoder_id: str) -> dict:
             [transcoder_id],
         )
         vocab = dict(
-            db.frame(con, "SELECT token_id, token_str FROM vocab WHERE model = ?", [tc["model"]]).iter_rows()
+            readers.frame(
+                con, "SELECT token_id, token_str FROM vocab WHERE model = ?", [tc["model"]]
+            ).iter_rows()
         )
-        n_ctx = db.frame(con, "SELECT count(*) AS n FROM contexts WHERE split = 'eval'")["n"][0]
+        n_ctx = readers.frame(con, "SELECT count(*) AS n FROM contexts WHERE split = 'eval'")["n"][0]
     return {
         "tc": tc,
         "features": feats,

@@ -22,8 +22,9 @@ import polars as pl
 import pyarrow as pa
 
 from interp.faithfulness import SETTINGS
-from storage import db, features
+from storage import features
 from storage import transcoders as tc_store
+from storage.db import readers
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def table_counts() -> dict[str, int]:
     from storage.schema import TABLES
 
     sql = " UNION ALL ".join(f"SELECT '{t.name}' AS name, count(*) AS n FROM {t.name}" for t in TABLES)
-    return dict(db.query(sql).iter_rows())
+    return dict(readers.query(sql).iter_rows())
 
 
 # ---- overview ------------------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ def table_counts() -> dict[str, int]:
 def transcoders() -> pl.DataFrame:
     """The transcoder each layer serves (storage.transcoders: current versions) with its held-out metrics (NULL
     metrics until evaluated), by model and layer."""
-    return db.query(
+    return readers.query(
         f"""
         SELECT t.transcoder_id, t.model, t.layer, t.architecture, t.d_in, t.d_sae, t.train_tokens,
                m.n_eval_tokens, m.l0, m.fvu, m.fvu_typical, m.ce_clean, m.ce_spliced, m.ce_ablated,
@@ -72,7 +73,7 @@ def transcoders() -> pl.DataFrame:
 
 def lineage() -> list[dict[str, Any]]:
     """What produced each served transcoder: model, layer, weights path and its full training config/provenance."""
-    rows = db.query(
+    rows = readers.query(
         "SELECT transcoder_id, model, layer, weights_path, config FROM transcoders "
         f"WHERE transcoder_id IN ({tc_store.CURRENT_IDS_SQL}) ORDER BY model, layer"
     )
@@ -85,7 +86,7 @@ def lineage() -> list[dict[str, Any]]:
 
 def corpus_summary() -> pl.DataFrame:
     """Documents, contexts and tokens per split (what text the atlas was built from)."""
-    return db.query(
+    return readers.query(
         "SELECT split, count(DISTINCT source) AS documents, count(*) AS contexts, "
         "sum(len(tokens))::BIGINT AS tokens FROM contexts GROUP BY split ORDER BY split"
     )
@@ -93,7 +94,7 @@ def corpus_summary() -> pl.DataFrame:
 
 def activation_summary() -> pl.DataFrame:
     """Harvested activation shards per model, layer and split (hooks, tokens, storage dtype)."""
-    return db.query(
+    return readers.query(
         "SELECT model, layer, split, hook_in, hook_out, count(*) AS shards, sum(n_tokens)::BIGINT AS tokens, "
         "any_value(dtype) AS dtype, max(created_at) AS created_at "
         "FROM activation_shards GROUP BY model, layer, split, hook_in, hook_out ORDER BY model, layer, split"
@@ -101,14 +102,14 @@ def activation_summary() -> pl.DataFrame:
 
 
 def training_curves() -> pl.DataFrame:
-    return db.query(
+    return readers.query(
         "SELECT transcoder_id, step, tokens, loss, mse, sparsity_loss, l0, fvu, dead_frac, lr "
         "FROM training_curves ORDER BY transcoder_id, step"
     )
 
 
 def splice_metrics() -> pl.DataFrame:
-    return db.query(
+    return readers.query(
         "SELECT model, layers, n_eval_tokens, ce_clean, ce_spliced, ce_ablated, ce_recovered, kl "
         "FROM splice_metrics ORDER BY model, layers"
     )
@@ -202,11 +203,11 @@ def search_features(
         ORDER BY {order_by} DESC NULLS LAST, {"n_active DESC NULLS LAST," if order_by == "n_contexts" else ""}
                  layer, feature
         LIMIT ?"""
-    return db.query(sql, [*params, int(limit)])
+    return readers.query(sql, [*params, int(limit)])
 
 
 def layers() -> list[int]:
-    return db.query("SELECT DISTINCT layer FROM transcoders ORDER BY layer")["layer"].to_list()
+    return readers.query("SELECT DISTINCT layer FROM transcoders ORDER BY layer")["layer"].to_list()
 
 
 # ---- feature card --------------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def _linked_features(con, side: str, tid: str, feature: int, limit: int) -> list
     """Upstream (side='src') or downstream (side='dst') features joined to their layer and label."""
     other = "src" if side == "src" else "dst"
     this = "dst" if side == "src" else "src"
-    return db.frame(
+    return readers.frame(
         con,
         f"""
         SELECT e.{other}_transcoder_id AS transcoder_id, e.{other}_feature AS feature, t.layer, e.via, e.weight,
@@ -232,7 +233,7 @@ def _linked_features(con, side: str, tid: str, feature: int, limit: int) -> list
 
 def _card_flags(con, tid: str, feature: int) -> dict[str, Any]:
     """The feature's status (as in search_features) with n_top, bos_share and token_share."""
-    rows = db.frame(
+    rows = readers.frame(
         con,
         f"""WITH fl AS ({_flags_sql("e.transcoder_id = $tid AND e.feature = $feature")})
             SELECT {_STATUS_SQL} AS status, fl.n_top, fl.bos_share, fl.token_share
@@ -252,7 +253,7 @@ def feature_card(transcoder_id: str, feature: int, n_links: int = 12) -> dict[st
     top upstream features), each a list of {transcoder_id, feature, layer, via, weight, label}, strongest first.
     """
     with (
-        db.reader() as con,
+        readers.reader() as con,
         contextlib.closing(con.cursor()) as cur,
     ):  # its own cursor: it leaves a result open
         card = features.feature_card(transcoder_id, int(feature), cur)
@@ -267,7 +268,7 @@ def feature_labels(keys: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
     """Labels of (transcoder_id, feature) pairs (features without a row are left out)."""
     if not keys:
         return {}
-    rows = db.query(
+    rows = readers.query(
         "SELECT f.transcoder_id, f.feature, f.label FROM features f "
         "JOIN (SELECT unnest(?::VARCHAR[]) AS transcoder_id, unnest(?::INTEGER[]) AS feature) k "
         "USING (transcoder_id, feature)",
@@ -280,7 +281,7 @@ def feature_labels(keys: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
 
 
 def graphs() -> pl.DataFrame:
-    return db.query(
+    return readers.query(
         "SELECT graph_id, model, prompt, target, target_value, target_prob, replacement_score, completeness_score, "
         "error_share, n_nodes, n_edges, created_at FROM graphs ORDER BY created_at"
     )
@@ -294,7 +295,7 @@ def _in_ladder_order(column: str) -> str:
 
 def faithfulness() -> pl.DataFrame:
     """Every stored graph's faithfulness per setting, by target and then in ladder order."""
-    return db.query(
+    return readers.query(
         "SELECT g.target, f.setting, f.n_nodes, f.pearson, f.spearman, f.sign_agreement "
         f"FROM graph_faithfulness f JOIN graphs g USING (graph_id) ORDER BY g.target, {_in_ladder_order('f.setting')}",
         [list(SETTINGS)],
@@ -305,12 +306,12 @@ def graph(graph_id: str) -> dict[str, Any] | None:
     """One attribution graph: its row, nodes (with token strings of embed nodes and the `features` label of
     feature nodes), edges, the prompt's token strings by position, and its real-model faithfulness (summary per
     setting, and each intervened node's predicted and actual change); None if unknown."""
-    with db.reader() as con:
-        head = db.frame(con, "SELECT * FROM graphs WHERE graph_id = ?", [graph_id])
+    with readers.reader() as con:
+        head = readers.frame(con, "SELECT * FROM graphs WHERE graph_id = ?", [graph_id])
         if head.height == 0:
             return None
         row = head.row(0, named=True)
-        nodes = db.frame(
+        nodes = readers.frame(
             con,
             """
             SELECT n.node_id, n.kind, n.layer, n.position, n.feature, n.transcoder_id, n.activation, n.influence,
@@ -321,26 +322,26 @@ def graph(graph_id: str) -> dict[str, Any] | None:
             WHERE n.graph_id = ? ORDER BY n.layer NULLS FIRST, n.position, n.node_id""",
             [row["model"], graph_id],
         )
-        edges = db.frame(
+        edges = readers.frame(
             con,
             "SELECT src_node, dst_node, weight FROM graph_edges WHERE graph_id = ? ORDER BY abs(weight) DESC",
             [graph_id],
         )
         tokens = row.get("tokens") or []
         vocab = dict(
-            db.frame(
+            readers.frame(
                 con,
                 "SELECT token_id, token_str FROM vocab WHERE model = ? AND token_id IN (SELECT unnest(?::INTEGER[]))",
                 [row["model"], tokens],
             ).iter_rows()
         )
-        faithfulness = db.frame(
+        faithfulness = readers.frame(
             con,
             "SELECT setting, n_nodes, pearson, spearman, sign_agreement FROM graph_faithfulness "
             f"WHERE graph_id = ? ORDER BY {_in_ladder_order('setting')}",
             [graph_id, list(SETTINGS)],
         )
-        interventions = db.frame(
+        interventions = readers.frame(
             con,
             f"""
             SELECT i.node_id, n.label, i.setting, i.predicted, i.actual
@@ -496,8 +497,8 @@ def console_connection() -> Iterator[duckdb.DuckDBPyConnection]:
     """The SQL console's connection: storage.db's sandboxed reader (read_only, no file or network access), with
     CONSOLE_LIMITS given to the reader when it takes settings (then they are locked with the sandbox) and SET
     right after it opens otherwise; either way checked before any user SQL runs."""
-    takes_settings = "settings" in inspect.signature(db.reader).parameters
-    with db.reader(sandboxed=True, **({"settings": CONSOLE_LIMITS} if takes_settings else {})) as con:
+    takes_settings = "settings" in inspect.signature(readers.reader).parameters
+    with readers.reader(sandboxed=True, **({"settings": CONSOLE_LIMITS} if takes_settings else {})) as con:
         _apply_console_limits(con)
         yield con
 

@@ -25,7 +25,8 @@ from typing import Any
 import polars as pl
 
 from interp.transcoder import Transcoder
-from storage import artifacts, db, layout
+from storage import artifacts, layout
+from storage.db import crash_points, readers, row_writes
 
 METRIC_COLUMNS = (
     "n_eval_tokens",
@@ -83,7 +84,7 @@ def save_transcoder(
     path = artifacts.claim(layout.new_version(layout.transcoder_dir(transcoder_id)))
     try:
         _write_weights(tc, path)
-        db.crash_point("files_written")
+        crash_points.crash_point("files_written")
         _record(tc, transcoder_id, path, config, train_tokens, curve, metrics, make_current)
     finally:
         artifacts.release(path)  # if no row points to it (a failure), the next publish's sweep deletes it
@@ -125,7 +126,7 @@ def _record(
             "config": [json.dumps(config, default=str)],
         },
         schema_overrides={"train_tokens": pl.Int64, "layer": pl.Int32, "d_in": pl.Int32, "d_sae": pl.Int32},
-    ).with_columns(created_at=db.now())
+    ).with_columns(created_at=row_writes.now())
     unknown = set(metrics) - set(METRIC_COLUMNS) - {"thresholds"}
     if unknown:
         raise ValueError(f"Unknown metric(s) {sorted(unknown)}; transcoder_metrics has {METRIC_COLUMNS}.")
@@ -141,7 +142,7 @@ def _record(
             "goal_misses": pl.Utf8,
             **{k: pl.Float64 for k in METRIC_COLUMNS if k not in _NON_REAL},
         },
-    ).with_columns(created_at=db.now())
+    ).with_columns(created_at=row_writes.now())
     curve = curve.select([c for c in CURVE_COLUMNS if c in curve.columns]).with_columns(
         transcoder_id=pl.lit(transcoder_id)
     )
@@ -152,14 +153,14 @@ def _record(
     ]
     if make_current:
         writes.append(_current_write(cfg.model_name, cfg.layer, transcoder_id))
-    db.write_many(writes)
+    row_writes.write_many(writes)
 
 
 def _current_write(model: str, layer: int, transcoder_id: str) -> tuple[str, pl.DataFrame, dict]:
     frame = pl.DataFrame(
         {"model": [model], "layer": [layer], "transcoder_id": [transcoder_id]},
         schema_overrides={"layer": pl.Int32},
-    ).with_columns(chosen_at=db.now())
+    ).with_columns(chosen_at=row_writes.now())
     return "current_transcoders", frame, {"model": model, "layer": layer}
 
 
@@ -170,7 +171,7 @@ def set_current(model: str, layer: int, transcoder_id: str) -> None:
         raise ValueError(
             f"Transcoder {transcoder_id!r} imitates {row['model']} layer {row['layer']}, not {model} layer {layer}."
         )
-    db.write_many([_current_write(model, layer, transcoder_id)])
+    row_writes.write_many([_current_write(model, layer, transcoder_id)])
 
 
 # The version each (model, layer) serves: its `current_transcoders` row, else its newest transcoder.
@@ -188,7 +189,7 @@ def list_transcoders(model: str, versions: bool = False) -> pl.DataFrame:
     """The current transcoder of each layer of `model` with its metrics, one row per layer ordered by layer (a
     layer with no `current_transcoders` row serves its newest version). versions=True: every version, with an
     `is_current` column."""
-    return db.query(
+    return readers.query(
         f"""
         SELECT t.*, m.* EXCLUDE (transcoder_id, created_at),
                t.transcoder_id IN ({CURRENT_IDS_SQL}) AS is_current
@@ -202,7 +203,7 @@ def list_transcoders(model: str, versions: bool = False) -> pl.DataFrame:
 
 def transcoder_row(transcoder_id: str) -> dict[str, Any]:
     """The `transcoders` row of `transcoder_id` (config parsed); a clear error when it does not exist."""
-    frame = db.query("SELECT * FROM transcoders WHERE transcoder_id = ?", [transcoder_id])
+    frame = readers.query("SELECT * FROM transcoders WHERE transcoder_id = ?", [transcoder_id])
     if frame.height == 0:
         raise LookupError(
             f"No transcoder {transcoder_id!r}; materialize the `transcoders` asset for its layer."
@@ -224,7 +225,7 @@ def load_transcoder(transcoder_id: str, device: str = "cpu") -> Transcoder:
 
 def gate_status(transcoder_id: str) -> tuple[bool, str]:
     """(passed, reason) of the quality gate recorded when `transcoder_id` was evaluated."""
-    frame = db.query(
+    frame = readers.query(
         "SELECT gate_passed, gate_reason FROM transcoder_metrics WHERE transcoder_id = ?", [transcoder_id]
     )
     if frame.height == 0:
@@ -248,9 +249,9 @@ def write_splice_metrics(
             **{c: [metrics[c]] for c in cols},
         },
         schema_overrides={"n_eval_tokens": pl.Int64, **{c: pl.Float64 for c in cols}},
-    ).with_columns(created_at=db.now())
-    db.write("splice_metrics", row, {"model": model})
+    ).with_columns(created_at=row_writes.now())
+    row_writes.write("splice_metrics", row, {"model": model})
 
 
 def splice_metrics(model: str) -> pl.DataFrame:
-    return db.query("SELECT * FROM splice_metrics WHERE model = ? ORDER BY created_at DESC", [model])
+    return readers.query("SELECT * FROM splice_metrics WHERE model = ? ORDER BY created_at DESC", [model])

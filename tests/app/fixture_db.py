@@ -13,7 +13,8 @@ import polars as pl
 import torch
 
 from interp.transcoder import Transcoder, TranscoderConfig
-from storage import db, layout
+from storage import layout
+from storage.db import row_writes
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(1)>"
@@ -293,5 +294,5 @@ def build(model_dir: str, d_model: int = 32, model: str | None = None) -> dict:
             "actual": [-0.55, -0.9],
         },
     )
-    db.write_many(tables)
+    row_writes.write_many(tables)
     return {"model": model, "transcoders": tids, "graph": graph_id, "feature": HOSTILE_FEATURE}

@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from storage import db
+from storage.db import row_writes
 
 N_ROWS = 20_000
 
@@ -28,7 +28,7 @@ def writer_vocab() -> dg.MaterializeResult:
             "token_str": [f"t{i}" for i in range(N_ROWS)],
         }
     )
-    return dg.MaterializeResult(metadata={"rows": db.write("vocab", rows, {"model": "writer"})})
+    return dg.MaterializeResult(metadata={"rows": row_writes.write("vocab", rows, {"model": "writer"})})
 
 
 def main(stop: Path, count: Path, max_runs: int = 200) -> None:

@@ -94,12 +94,12 @@ def test_friendly_error_is_one_escaped_line_without_a_traceback():
 
 
 def test_friendly_error_passes_storage_db_messages_through():
-    from storage import db
+    from storage.db import errors
 
     class Fake(RuntimeError):
         pass
 
-    Fake.__module__ = db.__name__  # as storage.db's own error classes
+    Fake.__module__ = errors.__name__  # as storage.db's own error classes
     assert friendly_error(Fake("The atlas file is not a DuckDB database; rebuild it.")) == esc(
         "The atlas file is not a DuckDB database; rebuild it."
     )

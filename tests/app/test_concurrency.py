@@ -13,7 +13,8 @@ from pathlib import Path
 import duckdb
 from streamlit.testing.v1 import AppTest
 
-from storage import db, queries
+from storage import queries
+from storage.db import readers
 from tests.app.fixture_db import HOSTILE_FEATURE
 from tests.app.materialize_loop import N_ROWS
 from tests.app.test_pages import PAGES
@@ -32,7 +33,7 @@ def test_pages_load_without_failure_during_dagster_materializations(atlas_db, tm
             locked.append(str(e))
             raise
 
-    monkeypatch.setattr(db.duckdb, "connect", counting_connect)
+    monkeypatch.setattr(duckdb, "connect", counting_connect)
     stop, count = tmp_path / "stop", tmp_path / "count"
     env = os.environ | {"ATLAS_HOME": atlas_db["home"]}
     with open(tmp_path / "writer.log", "w") as log:
@@ -64,7 +65,7 @@ def test_pages_load_without_failure_during_dagster_materializations(atlas_db, tm
     assert failures == [], failures
     assert runs >= 3 and loads >= 10, (runs, loads)
     assert writer.returncode == 0, (tmp_path / "writer.log").read_text()[-3000:]
-    assert db.query("SELECT count(*) AS n FROM vocab WHERE model = 'writer'")["n"][0] == N_ROWS
+    assert readers.query("SELECT count(*) AS n FROM vocab WHERE model = 'writer'")["n"][0] == N_ROWS
     print(
         f"{loads} page loads, {runs} materializations, {len(locked)} connection attempts found the file locked"
     )

@@ -9,7 +9,8 @@ from assets import activations as act_assets
 from assets import corpus as corpus_assets
 from storage import activations as act_store
 from storage import corpus as corpus_store
-from storage import db
+from storage import layout
+from storage.db import readers
 
 SMALL = {"train_contexts": 6, "eval_contexts": 3, "batch_size": 4, "shard_tokens": 40}
 
@@ -46,9 +47,11 @@ def test_contexts_and_vocab_are_idempotent(tiny_atlas):
             run_config=dg.RunConfig(ops={"contexts": corpus_assets.CorpusConfig(ctx_len=16)}),
         )
         assert result.success
-    counts = db.query("SELECT count(*) n, count(DISTINCT context_id) d, min(len(tokens)) lo FROM contexts")
+    counts = readers.query(
+        "SELECT count(*) n, count(DISTINCT context_id) d, min(len(tokens)) lo FROM contexts"
+    )
     assert counts["n"][0] == counts["d"][0] > 50 and counts["lo"][0] == 16
-    assert set(db.query("SELECT DISTINCT split FROM contexts")["split"]) == {"train", "eval"}
+    assert set(readers.query("SELECT DISTINCT split FROM contexts")["split"]) == {"train", "eval"}
     vocab = corpus_store.token_strings(os.environ["ATLAS_MODEL"])
     assert vocab[3] == "a"  # the tiny tokenizer maps id 3 to the character "a"
 
@@ -62,7 +65,9 @@ def test_empty_corpus_fails_without_touching_the_database(tiny_atlas, tmp_path):
             [corpus_assets.contexts],
             run_config=dg.RunConfig(ops={"contexts": corpus_assets.CorpusConfig(sources=[str(blank)])}),
         )
-    assert not os.path.exists(db.layout.db_path()) or db.query("SELECT count(*) n FROM contexts")["n"][0] == 0
+    assert (
+        not os.path.exists(layout.db_path()) or readers.query("SELECT count(*) n FROM contexts")["n"][0] == 0
+    )
 
 
 def test_partition_range_harvests_all_layers_in_one_run_and_rerun_replaces(tiny_atlas):
@@ -70,7 +75,7 @@ def test_partition_range_harvests_all_layers_in_one_run_and_rerun_replaces(tiny_
     first = _materialize_all(tags=tags)
     assert first.success
     model = os.environ["ATLAS_MODEL"]
-    manifest = db.query(
+    manifest = readers.query(
         "SELECT layer, split, count(*) shards, sum(n_tokens) n FROM activation_shards GROUP BY ALL"
     )
     assert sorted(manifest["layer"].unique().to_list()) == [0, 1, 2]
@@ -81,7 +86,7 @@ def test_partition_range_harvests_all_layers_in_one_run_and_rerun_replaces(tiny_
     assert _materialize_all(partition_key="1").success
     new_paths = act_store.shard_paths(model, 1, "train")
     assert not old_paths & set(new_paths) and not any(os.path.exists(p) for p in old_paths)
-    again = db.query(
+    again = readers.query(
         "SELECT count(*) n, sum(n_tokens) t FROM activation_shards WHERE layer = 1 AND split = 'train'"
     )
     assert again["t"][0] == 6 * 15

@@ -13,8 +13,8 @@ from assets import activations as act_assets
 from assets import corpus as corpus_assets
 from assets import settings
 from assets import transcoders as tc_assets
-from storage import db
 from storage import transcoders as tc_store
+from storage.db import readers
 
 TRAIN = {
     "expansion_factor": 2,
@@ -57,7 +57,7 @@ def _train(partition: str | None = None, tags: dict | None = None, **overrides) 
 
 
 def _count(table: str, tid: str) -> int:
-    return db.query(f"SELECT count(*) AS n FROM {table} WHERE transcoder_id = ?", [tid])["n"][0]
+    return readers.query(f"SELECT count(*) AS n FROM {table} WHERE transcoder_id = ?", [tid])["n"][0]
 
 
 def test_one_run_trains_every_layer_and_versions_sit_side_by_side(corpus, tiny_model_dir):
@@ -122,7 +122,7 @@ def test_bad_input_fails_before_any_work(corpus, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(settings, "partition_layers", lambda context: [7])
     result = _train("0")
     assert not result.success and "out of range" in str(result.all_events)
-    assert db.query("SELECT count(*) AS n FROM transcoders")["n"][0] == 0
+    assert readers.query("SELECT count(*) AS n FROM transcoders")["n"][0] == 0
 
 
 def test_splice_metrics_splices_every_trained_layer(corpus, tiny_model_dir):
@@ -130,7 +130,7 @@ def test_splice_metrics_splices_every_trained_layer(corpus, tiny_model_dir):
     assert dg.materialize(
         [tc_assets.splice_metrics], run_config={"ops": {"splice_metrics": {"config": {"eval_contexts": 3}}}}
     ).success
-    rows = db.query("SELECT * FROM splice_metrics")
+    rows = readers.query("SELECT * FROM splice_metrics")
     assert rows.height == 1 and rows["layers"][0] == "0,1,2" and len(rows["transcoder_ids"][0]) == 3
     assert rows["n_eval_tokens"][0] == 3 * 15 and rows["kl"][0] > 0
     single = tc_store.list_transcoders(tiny_model_dir)

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from storage import circuits, db
+from storage import circuits
+from storage.db import publishing, readers
 
 N_FEATURES, N_VIA, K = 4608, 24, 32  # per transcoder: 4608 x 24 routes x top-32 = 3.54M rows; x 2 = 7.08M
 
@@ -50,7 +51,7 @@ def edge_frames(ids: list[str], seed: int) -> list[pl.DataFrame]:
 
 
 def main(model: str, stop: Path, busy: Path, n_writes: int) -> None:
-    ids = db.query("SELECT transcoder_id FROM transcoders WHERE model = ? ORDER BY layer", [model])
+    ids = readers.query("SELECT transcoder_id FROM transcoders WHERE model = ? ORDER BY layer", [model])
     ids = ids["transcoder_id"].to_list()
     base = edge_frames(ids, seed=0)  # built once: the harness should not compete with the pages it times
     for i in range(n_writes):
@@ -59,10 +60,10 @@ def main(model: str, stop: Path, busy: Path, n_writes: int) -> None:
         frames = [f.with_columns(weight=f["weight"] * (i + 1)) for f in base]  # new values, same keys
         busy.touch()
         t0 = time.perf_counter()
-        with db.deferred():  # publish timed on its own below; the same code a plain write runs
+        with publishing.deferred():  # publish timed on its own below; the same code a plain write runs
             n = circuits.write_feature_edges(model, frames, ids)
             t1 = time.perf_counter()
-        snap = db.published_path()
+        snap = readers.published_path()
         t2 = time.perf_counter()
         busy.unlink()
         print(

@@ -13,7 +13,8 @@ from interp.attribution import PASS_THROUGH_KINDS, LogitTarget, attribute
 from interp.edges import feature_edges
 from interp.faithfulness import NodeIntervention
 from interp.transcoder import Transcoder
-from storage import circuits, db, graph_export, queries
+from storage import circuits, graph_export, queries
+from storage.db import readers, row_writes
 from tests.interp.test_edges import make_transcoders
 
 TOKENS = torch.tensor([1, 20, 31, 15, 22, 9, 40, 41])
@@ -59,14 +60,14 @@ def test_graph_round_trip_and_idempotent_rewrite(atlas_home, graph):
     assert meta["tokens"] == TOKENS.tolist() and json.loads(meta["config"])["transcoder_ids"]["1"] == IDS[1]
     assert 0 < graph.target_prob < 1 and meta["target_prob"] == pytest.approx(graph.target_prob, rel=1e-6)
     assert nodes.height == len(graph.nodes) and edges.height == len(graph.edges)
-    assert db.query("SELECT count(*) AS n FROM graphs")["n"][0] == 1
+    assert readers.query("SELECT count(*) AS n FROM graphs")["n"][0] == 1
     feats = nodes.filter(nodes["kind"] == "feature")
     assert feats.height and all(t == IDS[layer] for t, layer in zip(feats["transcoder_id"], feats["layer"]))
     # bookkeeping survives storage: incoming weights of the target sum to the target value
     into_target = edges.filter(edges["dst_node"] == "target")["weight"].sum()
     assert into_target == pytest.approx(meta["target_value"], rel=1e-4)
     circuits.delete_graphs_except("tiny", [])
-    assert queries.graphs().height == 0 and db.query("SELECT count(*) n FROM graph_edges")["n"][0] == 0
+    assert queries.graphs().height == 0 and readers.query("SELECT count(*) n FROM graph_edges")["n"][0] == 0
 
 
 def test_graph_faithfulness_round_trips_with_the_declared_column_types(atlas_home, graph):
@@ -77,8 +78,8 @@ def test_graph_faithfulness_round_trips_with_the_declared_column_types(atlas_hom
         for i in range(4)
     ]
     gid = circuits.write_graph(graph, "tiny", "p", "logit:25-30@7", IDS, interventions=nodes)
-    stored = db.query("SELECT * FROM graph_interventions WHERE graph_id = ?", [gid])
-    assert stored.height == 8 and dict(stored.schema) == db.polars_schema("graph_interventions")
+    stored = readers.query("SELECT * FROM graph_interventions WHERE graph_id = ?", [gid])
+    assert stored.height == 8 and dict(stored.schema) == row_writes.polars_schema("graph_interventions")
     summary = queries.graph(gid)["faithfulness"]
     frozen = summary.filter(summary["setting"] == "attention_frozen").row(0, named=True)
     # predicted -0.5 i and actual -0.4 i: perfectly correlated, same signs where nonzero
@@ -133,8 +134,8 @@ def test_feature_edges_rows_and_replace(atlas_home):
     n = circuits.write_feature_edges("tiny", frames, ids.values())
     assert n == 10 * 3 * (1 + 2 * 2)  # resid + 2 heads in each of layers 1, 2
     assert circuits.write_feature_edges("tiny", frames, ids.values()) == n
-    assert db.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == n
-    up = db.query(
+    assert readers.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == n
+    up = readers.query(
         "SELECT * FROM feature_edges WHERE dst_transcoder_id = ? AND dst_feature = 4 AND via = 'resid' ORDER BY rank",
         ["tiny/L2/relu-10"],
     )
@@ -147,7 +148,7 @@ def test_feature_edges_rows_and_replace(atlas_home):
 def test_migration_3_adds_graph_scores_to_a_version_2_database():
     import duckdb
 
-    from storage.db import migrate
+    from storage.db.migrations import migrate
     from storage.schema import MIGRATIONS
 
     con = duckdb.connect()
@@ -172,7 +173,7 @@ def test_migration_3_adds_graph_scores_to_a_version_2_database():
 def test_migration_5_drops_the_feature_edges_index_and_keeps_its_rows():
     import duckdb
 
-    from storage.db import migrate
+    from storage.db.migrations import migrate
     from storage.schema import MIGRATIONS, TABLE_BY_NAME
 
     con = duckdb.connect()
@@ -209,7 +210,7 @@ def test_migration_5_drops_the_feature_edges_index_and_keeps_its_rows():
 def test_migration_6_adds_the_target_probability_and_keeps_old_graphs():
     import duckdb
 
-    from storage.db import migrate
+    from storage.db.migrations import migrate
     from storage.schema import MIGRATIONS
 
     con = duckdb.connect()

@@ -5,7 +5,7 @@ import pytest
 
 from interp.sampling import shares
 from storage import corpus as corpus_store
-from storage import db
+from storage.db import readers
 
 
 @pytest.fixture
@@ -49,6 +49,6 @@ def test_samples_follow_the_corpus_mix_in_either_split(contexts):
 
 
 def test_too_large_a_sample_is_a_clear_error(contexts):
-    n_eval = db.query("SELECT count(*) AS n FROM contexts WHERE split = 'eval'")["n"][0]
+    n_eval = readers.query("SELECT count(*) AS n FROM contexts WHERE split = 'eval'")["n"][0]
     with pytest.raises(ValueError, match=f"the split holds {n_eval}"):
         corpus_store.sample_contexts("eval", n_eval + 1, seed=0)

@@ -5,7 +5,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from storage import db, schema
+from storage import layout, schema
+from storage.db import errors, readers, row_writes, working_copy
 
 
 def _vocab(strings):
@@ -13,35 +14,35 @@ def _vocab(strings):
 
 
 def test_replace_is_idempotent_and_scoped(atlas_home):
-    db.write("vocab", _vocab(["a", "b"]), {"model": "m"})
-    db.write(
+    row_writes.write("vocab", _vocab(["a", "b"]), {"model": "m"})
+    row_writes.write(
         "vocab", pl.DataFrame({"model": "other", "token_id": [0], "token_str": ["z"]}), {"model": "other"}
     )
-    db.write("vocab", _vocab(["a", "c"]), {"model": "m"})
-    rows = db.query("SELECT model, token_id, token_str FROM vocab ORDER BY model, token_id")
+    row_writes.write("vocab", _vocab(["a", "c"]), {"model": "m"})
+    rows = readers.query("SELECT model, token_id, token_str FROM vocab ORDER BY model, token_id")
     assert rows.rows() == [("m", 0, "a"), ("m", 1, "c"), ("other", 0, "z")]
 
 
 def test_failed_write_leaves_previous_rows(atlas_home):
-    db.write("vocab", _vocab(["a", "b"]), {"model": "m"})
+    row_writes.write("vocab", _vocab(["a", "b"]), {"model": "m"})
     duplicate_keys = pl.DataFrame({"model": "m", "token_id": [0, 0], "token_str": ["x", "y"]})
     with pytest.raises(duckdb.ConstraintException):
-        db.write("vocab", duplicate_keys, {"model": "m"})
-    assert db.query("SELECT token_str FROM vocab ORDER BY token_id")["token_str"].to_list() == ["a", "b"]
+        row_writes.write("vocab", duplicate_keys, {"model": "m"})
+    assert readers.query("SELECT token_str FROM vocab ORDER BY token_id")["token_str"].to_list() == ["a", "b"]
 
 
 def test_unknown_column_names_the_table(atlas_home):
-    with pytest.raises(db.SchemaError, match=r"\['colour'\] are not in table vocab"):
-        db.write("vocab", _vocab(["a"]).with_columns(colour=pl.lit(1)), {"model": "m"})
+    with pytest.raises(errors.SchemaError, match=r"\['colour'\] are not in table vocab"):
+        row_writes.write("vocab", _vocab(["a"]).with_columns(colour=pl.lit(1)), {"model": "m"})
 
 
 def test_schema_version_recorded_and_newer_database_refused(atlas_home):
-    db.write("vocab", _vocab(["a"]), {"model": "m"})
-    assert db.query("SELECT max(version) v FROM schema_version")["v"][0] == schema.SCHEMA_VERSION
-    with db.writer() as con:
+    row_writes.write("vocab", _vocab(["a"]), {"model": "m"})
+    assert readers.query("SELECT max(version) v FROM schema_version")["v"][0] == schema.SCHEMA_VERSION
+    with working_copy.writer() as con:
         con.execute("INSERT INTO schema_version VALUES (?, now())", [schema.SCHEMA_VERSION + 1])
-    with pytest.raises(db.SchemaError, match="newer than this code"):
-        with db.writer():
+    with pytest.raises(errors.SchemaError, match="newer than this code"):
+        with working_copy.writer():
             pass
 
 
@@ -55,7 +56,7 @@ def test_every_table_and_column_is_documented():
 
 def test_reader_on_missing_database_says_what_to_do(atlas_home):
     with pytest.raises(FileNotFoundError, match="make atlas"):
-        db.query("SELECT 1")
+        readers.query("SELECT 1")
 
 
 HOLD_LOCK = """
@@ -68,51 +69,53 @@ con.close()
 
 
 def test_raw_lock_on_working_copy_blocks_writers_with_a_clear_error_but_not_readers(atlas_home, monkeypatch):
-    db.write("vocab", _vocab(["a"]), {"model": "m"})
+    row_writes.write("vocab", _vocab(["a"]), {"model": "m"})
     monkeypatch.setenv("ATLAS_DB_LOCK_TIMEOUT", "0.5")
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, db.layout.db_path()],
+        [sys.executable, "-c", HOLD_LOCK, layout.db_path()],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
-        assert db.query("SELECT count(*) n FROM vocab")["n"][0] == 1  # readers use the published snapshot
-        with pytest.raises(db.DatabaseLockedError, match="stayed locked by another process"):
-            db.write("vocab", _vocab(["a", "b"]), {"model": "m"})
+        assert (
+            readers.query("SELECT count(*) n FROM vocab")["n"][0] == 1
+        )  # readers use the published snapshot
+        with pytest.raises(errors.DatabaseLockedError, match="stayed locked by another process"):
+            row_writes.write("vocab", _vocab(["a", "b"]), {"model": "m"})
     finally:
         holder.communicate("release\n", timeout=60)
-    db.write("vocab", _vocab(["a", "b"]), {"model": "m"})  # usable again once released
-    assert db.query("SELECT count(*) n FROM vocab")["n"][0] == 2
+    row_writes.write("vocab", _vocab(["a", "b"]), {"model": "m"})  # usable again once released
+    assert readers.query("SELECT count(*) n FROM vocab")["n"][0] == 2
 
 
 HOLD_WRITER = """
 import sys
-from storage import db
-with db.writer() as con:
+from storage.db import working_copy
+with working_copy.writer() as con:
     print("ready", flush=True)
     sys.stdin.readline()
 """
 
 
 def test_second_writer_waits_then_names_the_holder(atlas_home, monkeypatch):
-    db.write("vocab", _vocab(["a"]), {"model": "m"})
+    row_writes.write("vocab", _vocab(["a"]), {"model": "m"})
     monkeypatch.setenv("ATLAS_DB_LOCK_TIMEOUT", "0.5")
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_WRITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(db.DatabaseLockedError, match=f"another writer \\(pid {holder.pid} since"):
-            db.write("vocab", _vocab(["x"]), {"model": "m"})
-        assert db.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["a"]
+        with pytest.raises(errors.DatabaseLockedError, match=f"another writer \\(pid {holder.pid} since"):
+            row_writes.write("vocab", _vocab(["x"]), {"model": "m"})
+        assert readers.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["a"]
     finally:
         holder.communicate("release\n", timeout=60)
-    assert isinstance(db.DatabaseLockedError("x"), db.AtlasDatabaseError)
+    assert isinstance(errors.DatabaseLockedError("x"), errors.AtlasDatabaseError)
 
 
 def test_sandboxed_reader_blocks_files(atlas_home):
-    db.write("vocab", _vocab(["a"]), {"model": "m"})
-    with db.reader(sandboxed=True) as con, pytest.raises(duckdb.PermissionException):
+    row_writes.write("vocab", _vocab(["a"]), {"model": "m"})
+    with readers.reader(sandboxed=True) as con, pytest.raises(duckdb.PermissionException):
         con.execute("SELECT * FROM read_csv('/etc/passwd')")

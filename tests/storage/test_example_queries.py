@@ -8,9 +8,9 @@ import pytest
 
 from assets.features import feature_tokens, features
 from storage import corpus as corpus_store
-from storage import db
 from storage import example_queries as eq
 from storage import features as feature_store
+from storage.db import readers, working_copy
 from tests.storage.test_features import N_CTX, build_atlas
 
 
@@ -28,11 +28,11 @@ def atlas(atlas_home, tiny_model, tiny_model_dir, monkeypatch):
 
 
 def test_every_example_query_runs_and_answers_its_question(atlas):
-    vocab = corpus_store.token_strings(db.query("SELECT model FROM transcoders LIMIT 1")["model"][0])
+    vocab = corpus_store.token_strings(readers.query("SELECT model FROM transcoders LIMIT 1")["model"][0])
     a = vocab.index("A")  # the token planted at position 5 of every context
 
     got = eq.run("features_by_density_and_token", layer=1, min_density=0.0, max_density=0.5, token="A")
-    ex = db.query(
+    ex = readers.query(
         "SELECT e.feature, e.window_start, len(e.token_acts) AS w, c.tokens, f.density FROM feature_examples e "
         "JOIN contexts c USING (context_id) JOIN features f USING (transcoder_id, feature) "
         "WHERE e.transcoder_id = ? AND e.kind = 'top'",
@@ -46,7 +46,7 @@ def test_every_example_query_runs_and_answers_its_question(atlas):
 
     fire = eq.run("features_firing_on_token", token="A", limit=5)
     assert fire.height == 5 and fire["mean_act"].is_sorted(descending=True)
-    index = db.query(
+    index = readers.query(
         "SELECT mean_act FROM token_features WHERE token_id = ? ORDER BY mean_act DESC LIMIT 5", [a]
     )
     assert fire["mean_act"].to_list() == index["mean_act"].to_list()
@@ -60,7 +60,7 @@ def test_every_example_query_runs_and_answers_its_question(atlas):
     twins = eq.run("cross_layer_twins", min_cosine=-1.0, limit=10)
     assert twins.height == 10 and (twins["layer"] != twins["nb_layer"]).all()
 
-    top = db.query(
+    top = readers.query(
         "SELECT feature FROM feature_examples WHERE transcoder_id = ? AND kind = 'top' AND rank = 0 LIMIT 1",
         [atlas[1]],
     )["feature"][0]
@@ -72,7 +72,7 @@ def test_every_example_query_runs_and_answers_its_question(atlas):
 def test_every_example_returns_rows_with_the_defaults_drawn_from_the_atlas(atlas):
     """The app opens each example with `defaults(name)`: on a built atlas every one must return rows (the old
     fixed defaults asked for layer 5, which this atlas, like the default one, lacks)."""
-    layers = set(db.query("SELECT layer FROM transcoders")["layer"])
+    layers = set(readers.query("SELECT layer FROM transcoders")["layer"])
     for q in eq.QUERIES:
         params = eq.defaults(q.name)
         assert set(params) == set(q.params) and all(
@@ -84,7 +84,7 @@ def test_every_example_returns_rows_with_the_defaults_drawn_from_the_atlas(atlas
         assert rows.height > 0, (q.name, params)
     # the token a default picks is the one most features fire on (the tiny tokenizer has no word tokens to prefer)
     token = eq.defaults("features_firing_on_token")["token"]
-    counts = db.query(
+    counts = readers.query(
         "SELECT v.token_str, count(*) AS n FROM token_features tf JOIN vocab v USING (token_id) "
         "GROUP BY ALL ORDER BY n DESC"
     )
@@ -92,7 +92,7 @@ def test_every_example_returns_rows_with_the_defaults_drawn_from_the_atlas(atlas
 
 
 def test_examples_keep_their_fallbacks_on_an_empty_atlas(atlas_home):
-    with db.writer():  # migrated, nothing materialized
+    with working_copy.writer():  # migrated, nothing materialized
         pass
     for q in eq.QUERIES:
         assert eq.defaults(q.name) == q.params
@@ -101,12 +101,12 @@ def test_examples_keep_their_fallbacks_on_an_empty_atlas(atlas_home):
 def test_feature_card_reads_everything_in_one_query(atlas):
     tid = atlas[1]
     f = int(
-        db.query("SELECT feature FROM features WHERE transcoder_id = ? ORDER BY n_active DESC", [tid])[
+        readers.query("SELECT feature FROM features WHERE transcoder_id = ? ORDER BY n_active DESC", [tid])[
             "feature"
         ][0]
     )
     card = feature_store.feature_card(tid, f)
-    row = db.query("SELECT * FROM features WHERE transcoder_id = ? AND feature = ?", [tid, f]).row(
+    row = readers.query("SELECT * FROM features WHERE transcoder_id = ? AND feature = ?", [tid, f]).row(
         0, named=True
     )
     assert card["stats"]["label"] == row["label"] and card["stats"]["layer"] == 1

@@ -16,9 +16,10 @@ from interp.model import mlp_hooks
 from interp.transcoder import Transcoder, TranscoderConfig
 from storage import activations as act_store
 from storage import corpus as corpus_store
-from storage import db, layout
 from storage import features as feature_store
+from storage import layout
 from storage import transcoders as tc_store
+from storage.db import readers
 from tests.conftest import TINY_CHARS
 
 N_CTX, CTX_LEN, D_SAE = 30, 16, 64
@@ -115,19 +116,25 @@ def test_write_mined_rows_replace_and_clear(atlas, tiny_model_dir):
     counts = feature_store.write_mined(tid, stats, labels)
     again = feature_store.write_mined(tid, stats, labels)  # idempotent: same rows, no duplicates
     assert counts == again
-    n = {t: db.query(f"SELECT count(*) AS n FROM {t} WHERE transcoder_id = ?", [tid])["n"][0] for t in counts}
+    n = {
+        t: readers.query(f"SELECT count(*) AS n FROM {t} WHERE transcoder_id = ?", [tid])["n"][0]
+        for t in counts
+    }
     assert n == counts and n["features"] == D_SAE
-    f = db.query("SELECT * FROM features WHERE transcoder_id = ? ORDER BY feature", [tid])
+    f = readers.query("SELECT * FROM features WHERE transcoder_id = ? ORDER BY feature", [tid])
     assert f["n_active"].to_list() == stats.n_active.tolist()
     assert f["density"].to_numpy() == pytest.approx((stats.n_active / stats.n_tokens).numpy(), rel=1e-6)
     live = f.filter(pl.col("n_active") > 0)
     assert (live["hist_counts"].list.sum() == live["n_active"]).all()  # histograms hold every active token
     assert all(e[0] <= q[0] and q[-1] <= e[-1] for e, q in zip(live["hist_edges"], live["quantiles"]))
-    ex = db.query(
+    ex = readers.query(
         "SELECT * FROM feature_examples WHERE transcoder_id = ? AND kind = 'top' AND rank = 0", [tid]
     )
     best = ex.sort("feature")
     assert best["activation"].to_numpy() == pytest.approx(stats.max_act[best["feature"].to_numpy()].numpy())
     assert all(len(a) == 8 for a in best["token_acts"])
     assert feature_store.clear_layer(tiny_model_dir, 1, feature_store.MINED_TABLES) == 1
-    assert db.query("SELECT count(*) AS n FROM feature_examples WHERE transcoder_id = ?", [tid])["n"][0] == 0
+    assert (
+        readers.query("SELECT count(*) AS n FROM feature_examples WHERE transcoder_id = ?", [tid])["n"][0]
+        == 0
+    )

@@ -13,9 +13,10 @@ import torch
 from interp.neighbors import decoder_neighbors
 from interp.token_effects import deembedding, logit_effects
 from storage import corpus as corpus_store
-from storage import db, neuronpedia
 from storage import features as feature_store
+from storage import neuronpedia
 from storage import transcoders as tc_store
+from storage.db import readers
 from tests.storage.test_features import D_SAE, build_atlas, mine_layer
 
 
@@ -54,13 +55,13 @@ def test_export_round_trips_features_and_examples(atlas_home, tiny_model, tiny_m
         assert sum(r["freq_hist_data_bar_heights"]) == int(stats.n_active[f])
         assert len(r["topkCosSimIndices"]) == 3 and f not in r["topkCosSimIndices"]
     acts = _records(os.path.join(path, "activations"))
-    rows = db.query("SELECT count(*) AS n FROM feature_examples WHERE transcoder_id = ?", [tid])["n"][0]
+    rows = readers.query("SELECT count(*) AS n FROM feature_examples WHERE transcoder_id = ?", [tid])["n"][0]
     assert len(acts) == rows and len({a["id"] for a in acts}) == rows
     for a in acts[:50]:
         assert len(a["tokens"]) == len(a["values"]) == 8
         assert a["values"][a["maxValueTokenIndex"]] == max(a["values"])
         q = a["qualifyingTokenIndex"]
-        ex = db.query(
+        ex = readers.query(
             "SELECT activation FROM feature_examples WHERE transcoder_id = ? AND feature = ? AND kind || ':' || rank = ?",
             [tid, int(a["index"]), a["id"].split(":", 2)[2]],
         )["activation"][0]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from storage import db, queries
+from storage import queries
+from storage.db import readers
 from tests.app.fixture_db import (
     D_SAE,
     DEAD_FEATURE,
@@ -34,9 +35,9 @@ def test_feature_card_examples_are_the_context_windows_with_their_activations(at
     top = card["examples"][0]
     assert (top["kind"], top["rank"], top["activation"]) == ("top", 0, 2.0)
     # independent: the window is contexts.tokens[1:9] decoded through vocab
-    ctx = db.query("SELECT tokens FROM contexts WHERE context_id = 0")["tokens"][0].to_list()
+    ctx = readers.query("SELECT tokens FROM contexts WHERE context_id = 0")["tokens"][0].to_list()
     vocab = dict(
-        db.query("SELECT token_id, token_str FROM vocab WHERE model = ?", [atlas["model"]]).iter_rows()
+        readers.query("SELECT token_id, token_str FROM vocab WHERE model = ?", [atlas["model"]]).iter_rows()
     )
     assert top["tokens"] == [vocab[i] for i in ctx[1:9]]
     assert top["tokens"][3:5] == [SCRIPT, IMG] and top["acts"][4] == 2.0 and top["highlight"] == 4
@@ -131,7 +132,7 @@ def test_feature_card_carries_the_feature_status(atlas):
 def test_console_rejects_anything_but_one_read(atlas, sql, message):
     with pytest.raises(queries.SqlRejected, match=message):
         queries.run_console(sql)
-    assert db.query("SELECT count(*) AS n FROM features")["n"][0] == 2 * D_SAE  # nothing changed
+    assert readers.query("SELECT count(*) AS n FROM features")["n"][0] == 2 * D_SAE  # nothing changed
 
 
 def test_explain_analyze_copy_into_the_temp_folder_writes_nothing(atlas):

@@ -13,7 +13,8 @@ from assets import circuits as circuit_assets
 from assets import corpus as corpus_assets
 from assets import features as feature_assets
 from assets import transcoders as tc_assets
-from storage import db, layout, schema
+from storage import layout, schema
+from storage.db import readers
 from tests.assets.test_transcoders import TRAIN
 from tests.storage import atlas_files
 
@@ -53,7 +54,7 @@ def _build() -> None:
 
 
 def _counts() -> dict[str, int]:
-    return {t.name: db.query(f"SELECT count(*) AS n FROM {t.name}")["n"][0] for t in schema.TABLES}
+    return {t.name: readers.query(f"SELECT count(*) AS n FROM {t.name}")["n"][0] for t in schema.TABLES}
 
 
 def _managed_files(home: str) -> list[str]:

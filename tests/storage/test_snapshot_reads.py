@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from storage import db
+from storage.db import readers
 from tests.app import fixture_db
 from tests.app.fixture_db import HOSTILE_FEATURE
 from tests.app.test_pages import PAGES
@@ -96,5 +96,5 @@ def test_pages_stay_fast_while_feature_edges_are_rewritten(atlas_db, tmp_path):
     assert during_write >= 5
     slowest = max((max(ts), page) for page, ts in times.items())
     assert slowest[0] < PAGE_LIMIT_S, f"{slowest[1]} took {slowest[0]:.2f} s"
-    assert db.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == 7_077_888
+    assert readers.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == 7_077_888
     shutil.rmtree(atlas_db["home"])  # about 3 GB: the working copy and two snapshots

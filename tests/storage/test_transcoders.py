@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from interp.transcoder import WEIGHTS_FILE, Transcoder, TranscoderConfig, TranscoderFileError
-from storage import db
 from storage import transcoders as tc_store
+from storage.db import readers
 
 METRICS = {"n_eval_tokens": 100, "l0": 3.0, "fvu": 0.1, "ce_clean": 3.0, "ce_spliced": 3.1, "ce_ablated": 4.0}
 
@@ -42,7 +42,7 @@ def test_save_load_list_and_replace(atlas_home):
     assert tc_store.gate_status(tid) == (True, "")
     _save(1, seed=5, passed=False, n_curve=2)  # same id again: replaced, not duplicated
     for table, n in (("transcoders", 1), ("transcoder_metrics", 1), ("training_curves", 2)):
-        assert db.query(f"SELECT count(*) n FROM {table} WHERE transcoder_id = ?", [tid])["n"][0] == n
+        assert readers.query(f"SELECT count(*) n FROM {table} WHERE transcoder_id = ?", [tid])["n"][0] == n
     torch.testing.assert_close(tc_store.load_transcoder(tid)(x), _tc(1, 5)(x))
     assert tc_store.gate_status(tid) == (False, "fvu 0.9 > 0.3")
     newer = _save(1, seed=1, arch_tag="topk")  # another transcoder for the same layer, saved later

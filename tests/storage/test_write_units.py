@@ -20,8 +20,9 @@ import torch
 
 from interp.transcoder import Transcoder, TranscoderConfig
 from storage import activations as act_store
-from storage import artifacts, db, layout, snapshots
+from storage import artifacts, layout, snapshots
 from storage import transcoders as tc_store
+from storage.db import crash_points, errors, migrations, publishing, readers, row_writes
 from tests.storage import atlas_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,8 +44,8 @@ def visible_version() -> int:
     """The version readers see, after checking that rows and weights agree (AssertionError if they do not)."""
     row = tc_store.transcoder_row(TID)
     seed = row["config"]["seed"]
-    l0 = db.query("SELECT l0 FROM transcoder_metrics WHERE transcoder_id = ?", [TID])["l0"][0]
-    n_curve = db.query("SELECT count(*) n FROM training_curves WHERE transcoder_id = ?", [TID])["n"][0]
+    l0 = readers.query("SELECT l0 FROM transcoder_metrics WHERE transcoder_id = ?", [TID])["l0"][0]
+    n_curve = readers.query("SELECT count(*) n FROM training_curves WHERE transcoder_id = ?", [TID])["n"][0]
     assert (l0, n_curve) == (seed, seed), f"rows of different saves: config {seed}, l0 {l0}, curve {n_curve}"
     x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
     loaded = tc_store.load_transcoder(TID)  # raises if the weights folder is missing or corrupt
@@ -72,7 +73,7 @@ EXPECTED = {
 
 
 def test_every_crash_point_is_exercised():
-    assert set(EXPECTED) == set(db.CRASH_POINTS)
+    assert set(EXPECTED) == set(crash_points.CRASH_POINTS)
 
 
 @pytest.mark.parametrize("point", list(EXPECTED))
@@ -86,11 +87,11 @@ def test_writer_killed_at_each_point_leaves_a_consistent_atlas(atlas_home, point
         assert atlas_files.dangling(d) == [], (
             d
         )  # no database, working copy included, points to a missing file
-    db.publish()  # what the next writer does first thing after its own commit
+    publishing.publish()  # what the next writer does first thing after its own commit
     assert visible_version() == after
     assert atlas_files.orphans(atlas_home) == []
     save_version(3)  # and the atlas keeps working
-    db.publish()
+    publishing.publish()
     assert visible_version() == 3
     assert atlas_files.orphans(atlas_home) == []
     folders = os.listdir(layout.transcoder_dir(TID))
@@ -127,11 +128,11 @@ def test_sweep_keeps_claimed_files_and_removes_a_dead_writers(atlas_home):
     _killed_save(2, "files_written")  # a save whose writer died
     leftover = {str(Path(p).parent) for p in atlas_files.orphans(atlas_home) if "claims" not in p}
     assert len(leftover) == 2 and live in leftover, leftover  # ours and the dead writer's weights
-    db.publish()
+    publishing.publish()
     left = [p for p in atlas_files.orphans(atlas_home) if "/claims/" not in p]
     assert left == [str(Path(live, "cfg.json"))]  # ours survives the sweep (its claim file too)
     artifacts.release(live)
-    db.publish()
+    publishing.publish()
     assert atlas_files.orphans(atlas_home) == []
 
 
@@ -140,7 +141,7 @@ def test_failed_save_leaves_previous_version_and_no_files(atlas_home):
     with pytest.raises(ValueError, match="Unknown metric"):
         tc_store.save_transcoder(_tc(2), TID, {"seed": 2}, 1, pl.DataFrame(), {"bogus": 1.0})
     assert visible_version() == 1
-    db.publish()
+    publishing.publish()
     assert atlas_files.orphans(atlas_home) == []
 
 
@@ -148,8 +149,8 @@ def test_readers_with_different_settings_share_no_instance(atlas_home):
     """Issue 14: the SQL console (sandboxed, limits) and a page (plain) connect at the same time in one process."""
     save_version(1)
     limits = {"memory_limit": "512MB", "threads": 1}
-    with db.reader(sandboxed=True, settings=limits) as console, db.reader() as page:
-        with db.reader(sandboxed=True) as console2:
+    with readers.reader(sandboxed=True, settings=limits) as console, readers.reader() as page:
+        with readers.reader(sandboxed=True) as console2:
             assert console2.execute("SELECT count(*) FROM transcoders").fetchone() == (1,)
         assert console.execute("SELECT current_setting('threads')").fetchone() == (1,)
         assert page.execute("SELECT count(*) FROM transcoders").fetchone() == (1,)
@@ -170,45 +171,52 @@ def test_readers_with_different_settings_share_no_instance(atlas_home):
     # ... and holds the working copy: a writer gets a clear storage.db error, not DuckDB's
     raw = duckdb.connect(layout.db_path(), read_only=True)
     try:
-        with pytest.raises(db.DatabaseConfigError, match="other settings"):
+        with pytest.raises(errors.DatabaseConfigError, match="other settings"):
             save_version(3)
     finally:
         raw.close()
 
 
 def test_connection_errors_are_storage_errors_that_say_what_to_do(atlas_home):
-    with pytest.raises(db.DatabaseMissingError, match="make atlas"):
-        db.query("SELECT 1")
+    with pytest.raises(errors.DatabaseMissingError, match="make atlas"):
+        readers.query("SELECT 1")
     Path(layout.db_path()).write_bytes(os.urandom(4096))
-    with pytest.raises(db.DatabaseCorruptError, match="make atlas"):
-        db.query("SELECT 1")
-    with pytest.raises(db.DatabaseCorruptError, match="not a DuckDB database"):
-        db.write("vocab", pl.DataFrame({"model": ["m"], "token_id": [0], "token_str": ["a"]}), {"model": "m"})
+    with pytest.raises(errors.DatabaseCorruptError, match="make atlas"):
+        readers.query("SELECT 1")
+    with pytest.raises(errors.DatabaseCorruptError, match="not a DuckDB database"):
+        row_writes.write(
+            "vocab", pl.DataFrame({"model": ["m"], "token_id": [0], "token_str": ["a"]}), {"model": "m"}
+        )
     Path(layout.db_path()).unlink()
     save_version(1)
-    with pytest.raises(db.DatabaseConfigError, match="memory_limt"):
-        with db.reader(sandboxed=True, settings={"memory_limt": "1GB"}):
+    with pytest.raises(errors.DatabaseConfigError, match="memory_limt"):
+        with readers.reader(sandboxed=True, settings={"memory_limt": "1GB"}):
             pass
-    with pytest.raises(db.DatabaseConfigError, match="Memory must have a number"):
-        with db.reader(sandboxed=True, settings={"memory_limit": "lots"}):
+    with pytest.raises(errors.DatabaseConfigError, match="Memory must have a number"):
+        with readers.reader(sandboxed=True, settings={"memory_limit": "lots"}):
             pass
     not_a_folder = Path(atlas_home) / "file"
     not_a_folder.write_text("")
-    with pytest.raises(db.DatabaseAccessError, match="writer lock"):
-        db.write(
+    with pytest.raises(errors.DatabaseAccessError, match="writer lock"):
+        row_writes.write(
             "vocab", pl.DataFrame({"model": ["m"]}), {"model": "m"}, path=str(not_a_folder / "atlas.duckdb")
         )
-    for cls in (db.DatabaseMissingError, db.DatabaseCorruptError, db.DatabaseLockedError, db.SchemaError):
-        assert issubclass(cls, db.AtlasDatabaseError)
+    for cls in (
+        errors.DatabaseMissingError,
+        errors.DatabaseCorruptError,
+        errors.DatabaseLockedError,
+        errors.SchemaError,
+    ):
+        assert issubclass(cls, errors.AtlasDatabaseError)
 
 
 def test_database_from_before_snapshots_is_published_on_first_read(atlas_home):
     con = duckdb.connect(layout.db_path())  # an atlas written by the old code: no snapshots folder
-    db.migrate(con)
+    migrations.migrate(con)
     con.execute("INSERT INTO vocab VALUES ('m', 0, 'a')")
     con.close()
     assert snapshots.current(layout.db_path()) is None
-    assert db.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["a"]
+    assert readers.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["a"]
     assert snapshots.current(layout.db_path()) is not None
 
 
@@ -222,7 +230,7 @@ def save_shards(version: int) -> None:
         x = torch.full((4, 8), float(version))
         writer.add(0, torch.arange(start, start + 4), torch.zeros(4, dtype=torch.int16), x, x)
     shards = writer.finish()[0]
-    db.crash_point("files_written")
+    crash_points.crash_point("files_written")
     act_store.record_manifest("toy", 0, "train", shards, {"hook_in": "a", "hook_out": "b", "d_model": 8})
 
 
@@ -249,7 +257,7 @@ def test_harvest_killed_at_each_point_leaves_consistent_activations(atlas_home, 
     _killed_shards(2, point)
     before, after = EXPECTED[point]
     assert visible_shards_version() == before
-    db.publish()
+    publishing.publish()
     assert visible_shards_version() == after
     assert atlas_files.orphans(atlas_home) == []
     save_shards(3)
@@ -260,14 +268,16 @@ def test_harvest_killed_at_each_point_leaves_consistent_activations(atlas_home, 
 
 
 def test_deferred_publishes_once_at_the_end(atlas_home):
-    db.write("vocab", pl.DataFrame({"model": ["m"], "token_id": [0], "token_str": ["a"]}), {"model": "m"})
-    first = db.published_path()
-    with db.deferred():
+    row_writes.write(
+        "vocab", pl.DataFrame({"model": ["m"], "token_id": [0], "token_str": ["a"]}), {"model": "m"}
+    )
+    first = readers.published_path()
+    with publishing.deferred():
         for i in range(3):
             rows = pl.DataFrame({"model": ["m"], "token_id": [0], "token_str": [f"b{i}"]})
-            db.write("vocab", rows, {"model": "m"})
-        assert db.published_path() == first  # readers still see the last published state
-        assert db.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["a"]
-    assert db.published_path() != first
-    assert db.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["b2"]
+            row_writes.write("vocab", rows, {"model": "m"})
+        assert readers.published_path() == first  # readers still see the last published state
+        assert readers.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["a"]
+    assert readers.published_path() != first
+    assert readers.query("SELECT token_str FROM vocab")["token_str"].to_list() == ["b2"]
     assert len(snapshots.numbered(layout.db_path())) == 2  # one publish for the block, the previous one kept
