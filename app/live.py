@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.model import load_model, mlp_hooks, resolve_device
+from interp.model import mlp_hooks
 from interp.transcoder import Transcoder
-from storage import layout
-from storage.transcoders import load_transcoder
 
 MAX_TOKENS = 256  # longer text is cut (the page says so)
 
@@ -42,16 +40,6 @@ class LiveText:
     acts: dict[str, torch.Tensor]  # transcoder_id -> z [pos, d_sae]
     layers: dict[str, int]  # transcoder_id -> layer
     start: int  # first position to show: 1 when position 0 is BOS, else 0
-
-
-def load(model_name: str, transcoders: list[tuple[str, int]], device: str | None = None):
-    """The model (cache dir: $ATLAS_HOME/models) and its transcoders, given as (transcoder_id, layer) pairs."""
-    device = resolve_device(device)
-    model = load_model(model_name, device=device, cache_dir=layout.models_dir())
-    loaded = [
-        LiveTranscoder(tid, layer, load_transcoder(tid, device=device).eval()) for tid, layer in transcoders
-    ]
-    return model, loaded
 
 
 @torch.no_grad()

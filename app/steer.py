@@ -1,10 +1,10 @@
-"""The model side of the Steer page and of the card's "try this feature": load the model and transcoders once per
-server, run edits (interp.interventions), and render the results as escaped HTML.
+"""The model side of the Steer page and of the card's "try this feature": run edits (interp.interventions) on the
+shared model (app.loaded), and render the results as escaped HTML.
 
-    prompt -> tokens (BOS first, at most MAX_PROMPT_TOKENS)
-           -> greedy generation without and with the edits            # two continuations, side by side
-           -> next-token distributions at the prompt's last position  # the tokens whose probability moved most
-           -> for one target token: predicted (direct effects) vs actual change of its logit, per edit
+prompt -> tokens (BOS first, at most MAX_PROMPT_TOKENS)
+       -> greedy generation without and with the edits            # two continuations, side by side
+       -> next-token distributions at the prompt's last position  # the tokens whose probability moved most
+       -> for one target token: predicted (direct effects) vs actual change of its logit, per edit
 """
 
 from __future__ import annotations
@@ -15,26 +15,14 @@ from types import SimpleNamespace
 import streamlit as st
 import torch
 
-from app import components
+from app import components, loaded
 from app.components import esc, show_token
 from interp import interventions as iv
-from interp.model import load_model, n_layers, resolve_device
+from interp.model import n_layers
 from storage import layout
-from storage.transcoders import load_transcoder
 
 MAX_PROMPT_TOKENS = 128
 EACH_EDIT_MAX = 8  # with more edits, predicted vs actual is shown for all of them together only
-
-
-@st.cache_resource(show_spinner="Loading the model (once)...")
-def model(model_name: str):
-    return load_model(model_name, device=resolve_device(), cache_dir=layout.models_dir())
-
-
-@st.cache_resource(show_spinner=False)
-def transcoder(transcoder_id: str, created_at: str):
-    """Cached per id and training time (a retrained transcoder reloads)."""
-    return load_transcoder(transcoder_id, device=resolve_device()).eval().requires_grad_(False)
 
 
 @st.cache_data(show_spinner=False)
@@ -51,7 +39,7 @@ def check(model_name: str, layers: dict[int, dict], edits: list[iv.Edit]) -> Non
 def transcoders_for(layers: dict[int, dict], edits: list[iv.Edit]) -> dict[int, torch.nn.Module]:
     wanted = sorted({e.layer for e in edits})
     return {
-        layer: transcoder(layers[layer]["transcoder_id"], str(layers[layer]["created_at"]))
+        layer: loaded.transcoder(layers[layer]["transcoder_id"], str(layers[layer]["created_at"]))
         for layer in wanted
     }
 
@@ -139,8 +127,8 @@ def try_feature(model_name: str, tid: str, layer: int, feature: int, created_at:
     text = st.text_input("Type text to see where this feature fires", key="card_try_text")
     if not text.strip():
         return
-    m = model(model_name)
-    live = encode_text(m, [LiveTranscoder(tid, layer, transcoder(tid, created_at))], text)
+    m = loaded.model(model_name)
+    live = encode_text(m, [LiveTranscoder(tid, layer, loaded.transcoder(tid, created_at))], text)
     acts = live.acts[tid][live.start :, feature].tolist()
     if not acts:
         st.info("The text has no tokens after BOS.")

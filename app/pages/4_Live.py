@@ -4,19 +4,13 @@ features that fire most on it, each chosen feature links to its card."""
 import polars as pl
 import streamlit as st
 
-from app import components, live
+from app import components, live, loaded
 from app.components import esc
 from storage import queries
 
 st.set_page_config(page_title="Live · Transcoder Atlas", layout="wide")
 st.title("Live text")
 N_CANDIDATES = 30  # features offered in the picker: the strongest on the text
-
-
-@st.cache_resource(show_spinner="Loading the model and transcoders (once)...")
-def load(model_name: str, transcoders: tuple[tuple[str, int], ...], trained_at: tuple[str, ...]):
-    """Cached per model, transcoder set and training time (a retrained transcoder reloads)."""
-    return live.load(model_name, list(transcoders))
 
 
 def name(key: tuple[str, int, int], labels: dict) -> str:
@@ -34,12 +28,15 @@ def main() -> None:
     )
     k = st.slider("Features per token on hover (per layer)", 1, 10, 3, key="live_k")
     text = st.text_area("Text", "The President said that", key="live_text")
-    chosen = [(t, layer) for t, layer in mine.select("transcoder_id", "layer").iter_rows() if layer in layers]
-    if not chosen or not text.strip():
+    chosen = mine.filter(pl.col("layer").is_in(layers))
+    if chosen.height == 0 or not text.strip():
         st.info("Pick at least one layer and type some text.")
         st.stop()
-    trained_at = tuple(str(t) for t in mine.filter(pl.col("layer").is_in(layers))["created_at"])
-    model, transcoders = load(model_name, tuple(chosen), trained_at)
+    model = loaded.model(model_name)
+    transcoders = [
+        live.LiveTranscoder(tid, layer, loaded.transcoder(tid, str(created)))
+        for tid, layer, created in chosen.select("transcoder_id", "layer", "created_at").iter_rows()
+    ]
     run = live.encode_text(model, transcoders, text)
     per_token = live.top_per_token(run, k)[run.start :]
     candidates = live.strongest(run, N_CANDIDATES)

@@ -10,7 +10,7 @@ naming the problem instead of a traceback.
 import polars as pl
 import streamlit as st
 
-from app import components, steer
+from app import components, loaded, steer
 from app.components import esc
 from interp import interventions as iv
 from storage import queries
@@ -210,7 +210,7 @@ def main() -> None:
         st.error(esc(e))
         st.stop()
 
-    m = steer.model(model_name)
+    m = loaded.model(model_name)
     tcs_loaded = steer.transcoders_for(layers, edits)
     freeze = attention == "frozen"
     try:
