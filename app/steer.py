@@ -1,10 +1,10 @@
 """The model side of the Steer page and of the card's "try this feature": run edits (interp.interventions) on the
 shared model (app.loaded), and render the results as escaped HTML.
 
-prompt -> tokens (BOS first, at most MAX_PROMPT_TOKENS)
-       -> greedy generation without and with the edits            # two continuations, side by side
-       -> next-token distributions at the prompt's last position  # the tokens whose probability moved most
-       -> for one target token: predicted (direct effects) vs actual change of its logit, per edit
+    prompt -> tokens (BOS first, at most MAX_PROMPT_TOKENS)
+           -> greedy generation without and with the edits            # two continuations, side by side
+           -> next-token distributions at the prompt's last position  # the tokens whose probability moved most
+           -> for one target token: predicted (direct effects) vs actual change of its logit, per edit
 """
 
 from __future__ import annotations
