@@ -5,7 +5,7 @@ import streamlit as st
 
 from app import components
 from app.components import esc
-from storage import example_queries, layout, queries
+from storage import example_queries, layout, sql_console
 
 st.set_page_config(page_title="SQL · Transcoder Atlas", layout="wide")
 st.title("SQL console")
@@ -20,8 +20,8 @@ def main() -> None:
     components.transcoders_or_stop()
     st.caption(
         "Read-only DuckDB over the atlas (tables: `python -m storage.schema`). One SELECT / WITH / FROM / SHOW / "
-        f"DESCRIBE / SUMMARIZE statement, or EXPLAIN [ANALYZE] of one, at a time; at most {queries.MAX_SQL_ROWS:,} "
-        f"rows come back; {queries.CONSOLE_LIMITS['memory_limit']} of memory; files and network are off."
+        f"DESCRIBE / SUMMARIZE statement, or EXPLAIN [ANALYZE] of one, at a time; at most {sql_console.MAX_SQL_ROWS:,} "
+        f"rows come back; {sql_console.CONSOLE_LIMITS['memory_limit']} of memory; files and network are off."
     )
     examples = example_queries.BY_NAME
     name = st.selectbox(
@@ -49,11 +49,11 @@ def main() -> None:
 
     if sql.strip():
         try:
-            rows, cut = queries.run_console(sql, params)
-        except queries.SqlError as e:
+            rows, cut = sql_console.run_console(sql, params)
+        except sql_console.SqlError as e:
             st.error(esc(str(e)))
             st.stop()
-        st.caption(f"{rows.height} rows" + (f" (cut at {queries.MAX_SQL_ROWS:,})" if cut else ""))
+        st.caption(f"{rows.height} rows" + (f" (cut at {sql_console.MAX_SQL_ROWS:,})" if cut else ""))
         st.dataframe(rows, key="sql_result", hide_index=True, width="stretch")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 from streamlit.testing.v1 import AppTest
 
-from storage import queries
+from storage import sql_console
 from storage.db import readers
 from tests.app.fixture_db import HOSTILE_FEATURE
 from tests.app.materialize_loop import N_ROWS
@@ -83,18 +83,18 @@ def test_every_page_loads_while_a_long_console_query_runs(atlas_db, monkeypatch)
     runs until the console's own timeout stops it; each other page loads (twice) meanwhile, through the public
     storage API, and the console query itself must end in its timeout, not a connection error."""
     opened, outcome = threading.Event(), {}
-    real_limits = queries._apply_console_limits
+    real_limits = sql_console._check_console_limits
 
     def limits_then_signal(con):
         real_limits(con)
         opened.set()  # the console's connection is open and about to run the query
 
-    monkeypatch.setattr(queries, "_apply_console_limits", limits_then_signal)
+    monkeypatch.setattr(sql_console, "_check_console_limits", limits_then_signal)
 
     def console() -> None:
         try:
             # 60 s: twelve page loads take ~15 s on an idle 2-core machine and over 25 s while a build runs
-            outcome["rows"] = queries.run_console(LONG_QUERY, timeout_s=CONSOLE_TIMEOUT_S)
+            outcome["rows"] = sql_console.run_console(LONG_QUERY, timeout_s=CONSOLE_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - recorded and asserted below
             outcome["error"] = e
 
@@ -128,7 +128,7 @@ def test_every_page_loads_while_a_long_console_query_runs(atlas_db, monkeypatch)
     assert still_running, "the console query ended before the pages loaded; make LONG_QUERY longer"
     # the query ends in its timeout (or, on a fast machine, its result), never in a connection error
     if "error" in outcome:
-        assert isinstance(outcome["error"], queries.SqlRejected), outcome
+        assert isinstance(outcome["error"], sql_console.SqlRejected), outcome
         assert f"longer than {CONSOLE_TIMEOUT_S} s" in str(outcome["error"]), outcome
     else:
         assert outcome["rows"][0]["n"][0] > 0

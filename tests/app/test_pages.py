@@ -431,13 +431,14 @@ def test_sql_examples_open_with_parameters_drawn_from_the_atlas(atlas_db):
 def test_a_failing_storage_call_shows_one_clear_line_and_logs_the_traceback(
     atlas_db, page, monkeypatch, caplog
 ):
-    from storage import queries
+    from storage import queries, sql_console
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom at /srv/secret/path.py line 1\nTraceback (most recent call last)")
 
-    for name in ("table_counts", "search_features", "feature_card", "graphs", "run_console"):
+    for name in ("table_counts", "search_features", "feature_card", "graphs"):
         monkeypatch.setattr(queries, name, broken)
+    monkeypatch.setattr(sql_console, "run_console", broken)
     at = run(page)
     # one line, no message (it may name server paths), no traceback
     assert [e.value for e in at.error] == [
