@@ -1,10 +1,12 @@
-"""The largest write of the default build, for the concurrent-read test: `feature_edges` with 7.08M rows.
+"""A long write for the concurrent-read test: 1.77M `feature_edges` rows, enough for page loads to run inside it.
 
     python -m tests.storage.edges_writer MODEL STOP_FILE BUSY_FILE N_WRITES
 
 Writes the rows through storage.circuits.write_feature_edges (the asset's own call) into the fixture atlas's two
-transcoders N_WRITES times (the second replaces the first, as a re-materialization does) or until STOP_FILE
-exists; BUSY_FILE exists while a write unit holds the writer lock.
+transcoders N_WRITES times (each replaces the last, as a re-materialization does) or until STOP_FILE
+exists; BUSY_FILE exists while a write unit holds the writer lock. Readers read a published snapshot, so the size
+only has to make each write outlast several page loads; it is not the default build's largest write, which is
+larger and makes the writer slower, not the readers.
 Prints one line per write: rows, seconds in the transaction, seconds to publish, snapshot size.
 """
 
@@ -20,7 +22,7 @@ import polars as pl
 from storage import circuits
 from storage.db import publishing, readers
 
-N_FEATURES, N_VIA, K = 4608, 24, 32  # per transcoder: 4608 x 24 routes x top-32 = 3.54M rows; x 2 = 7.08M
+N_FEATURES, N_VIA, K = 1152, 24, 32  # per transcoder: 1152 x 24 routes x top-32 = 884,736 rows; x 2 = 1.77M
 
 
 def edge_frames(ids: list[str], seed: int) -> list[pl.DataFrame]:

@@ -1,6 +1,7 @@
-"""Readers never wait for a writer (issue 10 item 4): app pages load in a loop while another process writes the
-largest table of the default build (`feature_edges`, 7.08M rows) again and again. Zero failures, every page
-under 2 s, and loads really overlap the writes (they happen while the writer holds the lock)."""
+"""Readers never wait for a writer (docs/storage.md, "Snapshots"): app pages load in a loop while another process
+writes 1.77M `feature_edges` rows N_WRITES times (tests/storage/edges_writer.py), each write replacing the last as
+a re-materialization does. Zero failures, no page stalled behind the writer, and loads really overlap the writes
+(they happen while the writer holds the lock)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from tests.app.fixture_db import HOSTILE_FEATURE
 from tests.app.test_pages import PAGES
 
 ROOT = Path(__file__).resolve().parents[2]
-# Readers that waited for the writer would stall for the whole transaction (45-190 s here) or the old 120 s lock
-# timeout. The 2 s page goal is a speed figure: printed above and measured by `make bench`, not asserted here, where
-# the machine's load decides it (pages took up to 3.9 s while two other jobs shared the 2 cores). This bound fails
-# any stall behind the writer and no healthy load.
+# A reader that waited for each write would finish no load inside one (`during_write`); one that waited for the
+# old 120 s lock timeout fails this bound. The 2 s page goal is a speed figure: printed above and measured by
+# `make bench`, not asserted here, where the machine's load decides it (pages took up to 3.9 s while two other jobs
+# shared the 2 cores).
 PAGE_LIMIT_S = 10.0
+# back-to-back writes of about 2 s each here, so that loads land inside them whatever the machine's speed
+N_WRITES = 8
 
 
 @pytest.fixture
@@ -46,7 +49,7 @@ def _load(page: str, params: dict[str, str]) -> tuple[float, list]:
     return seconds, bad
 
 
-@pytest.mark.slow  # about 4 minutes of two busy cores: two 7M-row writes
+@pytest.mark.slow  # about 30 s: the fixture atlas, then pages loading while 8 writes run
 def test_pages_stay_fast_while_feature_edges_are_rewritten(atlas_db, tmp_path):
     model, tid = atlas_db["model"], atlas_db["transcoders"][1]
     pages = {
@@ -59,7 +62,7 @@ def test_pages_stay_fast_while_feature_edges_are_rewritten(atlas_db, tmp_path):
     for page, params in pages.items():  # imports and Streamlit's first-run costs, before any timing
         assert _load(page, params)[1] == [], page
     stop, busy, out = tmp_path / "stop", tmp_path / "busy", tmp_path / "writer.log"
-    cmd = [sys.executable, "-m", "tests.storage.edges_writer", model, str(stop), str(busy), "2"]
+    cmd = [sys.executable, "-m", "tests.storage.edges_writer", model, str(stop), str(busy), str(N_WRITES)]
     env = os.environ | {"ATLAS_HOME": atlas_db["home"]}
     with open(out, "w") as log:
         writer = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -92,9 +95,9 @@ def test_pages_stay_fast_while_feature_edges_are_rewritten(atlas_db, tmp_path):
         "slowest:", ", ".join(f"{p} {t:.2f} s{' (writing)' if w else ''}" for t, p, w in sorted(loads)[-5:])
     )
     assert failures == [], failures
-    assert log_text.count("write ") >= 2, log_text[-3000:]
+    assert log_text.count("write ") == N_WRITES, log_text[-3000:]
     assert during_write >= 5
     slowest = max((max(ts), page) for page, ts in times.items())
     assert slowest[0] < PAGE_LIMIT_S, f"{slowest[1]} took {slowest[0]:.2f} s"
-    assert readers.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == 7_077_888
-    shutil.rmtree(atlas_db["home"])  # about 3 GB: the working copy and two snapshots
+    assert readers.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == 1_769_472
+    shutil.rmtree(atlas_db["home"])  # the working copy and its snapshots, not kept with pytest's tmp dirs
