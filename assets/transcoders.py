@@ -22,94 +22,89 @@ import time
 
 import dagster as dg
 import polars as pl
+import pydantic
 import torch
 
 from assets import resources, settings
+from assets.config import fields_of
 from assets.metadata import md_table
 from interp.activations import harvest
 from interp.evals import evaluate, evaluate_each
 from interp.model import autocast, check_layers, mlp_hooks
 from interp.quality import Thresholds, gate, goal_misses
-from interp.train import TrainConfig, TrainResult, train, train_layers
-from interp.transcoder import TranscoderConfig
+from interp.train import TrainConfig, TrainResult, recipe, train, train_layers
+from interp.transcoder import EXPANSION_FACTOR, TranscoderConfig
 from storage import activations as act_store
 from storage import corpus as corpus_store
 from storage import layout
 from storage import transcoders as tc_store
 
-_TRAIN = TrainConfig()  # one source of truth for training defaults, with their reasons (interp/train.py)
-_GATE = Thresholds()  # the same for the gate and the quality goals (interp/quality.py)
 
+class EvalConfig(dg.Config):
+    """Held-out evaluation: loss metrics on `eval_contexts` contexts (a seeded sample stratified by source),
+    1 + 2 x layers forward passes per batch; reconstruction metrics (l0, fvu, dead) on the same tokens."""
 
-class TranscoderTrainConfig(dg.Config):
-    """Training, evaluation and gate settings."""
-
-    source: str = "stream"  # 'stream': train from forward passes; 'shards': from the `activations` shards
-    architecture: str = _TRAIN.architecture  # 'topk' (sparse, fast on CPU) or 'relu' (ReLU + L1, the paper)
-    expansion_factor: int = 8  # d_sae = expansion_factor x d_model
-    k: int = _TRAIN.k  # topk: active features per token (at most)
-    skip: bool = _TRAIN.skip  # also learn a linear skip connection x @ W_skip.T
-    l1_coefficient: float = _TRAIN.l1_coefficient  # relu only
-    l1_warmup_steps: int = _TRAIN.l1_warmup_steps
-    lr: float = _TRAIN.lr
-    lr_warmup_steps: int = _TRAIN.lr_warmup_steps
-    batch_size: int = _TRAIN.batch_size  # tokens per step
-    train_tokens: int = _TRAIN.train_tokens  # token budget per layer (stream: fresh contexts, one epoch)
-    buffer_tokens: int = 32_768  # shuffle buffer per layer (float16: 75 MB per SmolLM2 layer)
-    seed: int = _TRAIN.seed  # weights init and shuffling; also seeds the training-context sample
-    forward_batch: int = 16  # stream: contexts per forward pass
-    # forward passes (training stream, evaluation) and training steps under bfloat16 autocast where the device runs
-    # it natively (interp.model.bf16_fast): 2x faster passes on an AVX512-BF16 CPU; float32 elsewhere
-    bf16: bool = _TRAIN.autocast_bf16
-    checkpoint_every: int = (
-        _TRAIN.checkpoint_every
-    )  # stream items (forward passes or shards) between checkpoints
-    # loss metrics on this many held-out contexts (a seeded sample stratified by source), 1 + 2 x layers forward
-    # passes per batch; reconstruction metrics (l0, fvu, dead) on the same tokens
     eval_contexts: int = 256
     eval_seed: int = 1
     eval_batch_size: int = 8
-    # blocking gate (a broken transcoder) and quality goals (warnings); see interp/quality.py
-    max_fvu_typical: float = _GATE.max_fvu_typical
-    min_ce_recovered_blocking: float = _GATE.min_ce_recovered_blocking
-    matters_delta_ce: float = _GATE.matters_delta_ce
-    goal_ce_recovered: float = _GATE.goal_ce_recovered
-    goal_l0: float = _GATE.goal_l0
-    goal_dead_frac: float = _GATE.goal_dead_frac
-
-    def train_config(self, d_model: int, device: str) -> TrainConfig:
-        return TrainConfig(
-            architecture=self.architecture,
-            d_sae=self.expansion_factor * d_model,
-            k=self.k,
-            skip=self.skip,
-            l1_coefficient=self.l1_coefficient,
-            l1_warmup_steps=self.l1_warmup_steps,
-            lr=self.lr,
-            lr_warmup_steps=self.lr_warmup_steps,
-            batch_size=self.batch_size,
-            train_tokens=self.train_tokens,
-            buffer_tokens=self.buffer_tokens,
-            seed=self.seed,
-            checkpoint_every=self.checkpoint_every,
-            device=device,
-            autocast_bf16=self.bf16,
-        )
-
-    def thresholds(self) -> Thresholds:
-        return Thresholds(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Thresholds)})
 
     def validate(self) -> None:
-        """Clear errors before any work starts."""
-        if self.source not in ("stream", "shards"):
-            raise ValueError(f"source must be 'stream' or 'shards', got {self.source!r}.")
-        if self.train_tokens < self.batch_size:
-            raise ValueError(
-                f"train_tokens={self.train_tokens} is less than one batch ({self.batch_size} tokens); "
-                "give a token budget of at least one batch."
-            )
         if self.eval_contexts < 1:
             raise ValueError(f"eval_contexts must be at least 1, got {self.eval_contexts}.")
+
+
+class _TranscodersAssetConfig(EvalConfig):
+    """The `transcoders` asset's own settings; TranscoderTrainConfig adds interp's."""
+
+    source: str = "stream"  # 'stream': train from forward passes; 'shards': from the `activations` shards
+    expansion_factor: int = EXPANSION_FACTOR  # the width: d_sae = expansion_factor x d_model
+    forward_batch: int = 16  # stream: contexts per forward pass
+
+    def _values(self, cls: type) -> dict:
+        """This config's values of the fields of interp dataclass `cls` that it has."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(cls)
+            if f.name in type(self).model_fields
+        }
+
+    def transcoder_config(self, model_name: str, layer: int, d_model: int) -> TranscoderConfig:
+        hook_in, hook_out = mlp_hooks(layer)
+        return TranscoderConfig.expanded(
+            d_model,
+            d_model,
+            self.expansion_factor,
+            hook_name=hook_in,
+            hook_name_out=hook_out,
+            model_name=model_name,
+            layer=layer,
+            **self._values(TranscoderConfig),
+        )
+
+    def train_config(self, device: str) -> TrainConfig:
+        return TrainConfig(device=device, **self._values(TrainConfig))
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(**self._values(Thresholds))
+
+    def validate(self) -> None:
+        """Clear errors before any work starts (the interp configs check their fields when built)."""
+        super().validate()
+        if self.source not in ("stream", "shards"):
+            raise ValueError(f"source must be 'stream' or 'shards', got {self.source!r}.")
+        self.train_config("cpu")
+
+
+TranscoderTrainConfig = pydantic.create_model(
+    "TranscoderTrainConfig",
+    __base__=_TranscodersAssetConfig,
+    __module__=__name__,
+    __doc__="Training, evaluation and gate settings: the asset's own, then the fields of interp's TranscoderConfig "
+    "(the shape a user picks), TrainConfig (all but the device) and Thresholds, with their defaults and docs.",
+    **fields_of(TranscoderConfig, only=("architecture", "k", "skip")),
+    **fields_of(TrainConfig, exclude=("device",)),
+    **fields_of(Thresholds),
+)
 
 
 def _curve_plot(curve: pl.DataFrame) -> dg.MetadataValue:
@@ -134,10 +129,9 @@ def _curve_plot(curve: pl.DataFrame) -> dg.MetadataValue:
     )
 
 
-def _recipe(cfg: TrainConfig, layer: int, data: dict) -> dict:
-    """Everything that determines a transcoder's weights: hashed into its version id."""
-    train_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "checkpoint_every")}
-    return {"train": train_cfg, "layer": layer, "data": data}
+def _recipe(cfg: TrainConfig, tc_cfg: TranscoderConfig, data: dict) -> dict:
+    """Everything that determines a transcoder's weights (configs and data): hashed into its version id."""
+    return {**recipe(cfg, tc_cfg), "data": data}
 
 
 def _stream_data(config: TranscoderTrainConfig, layers: list[int]):
@@ -173,24 +167,13 @@ def _shard_data(layer: int):
     return chunks, {"split": "train", "shards": paths}
 
 
-def _tc_config(layer: int, d_model: int) -> TranscoderConfig:
-    hook_in, hook_out = mlp_hooks(layer)
-    return TranscoderConfig(
-        d_in=d_model,
-        d_sae=0,  # set from the TrainConfig by the trainer
-        d_out=d_model,
-        hook_name=hook_in,
-        hook_name_out=hook_out,
-        model_name=settings.model_name(),
-        layer=layer,
-    )
-
-
 def _train(context, config: TranscoderTrainConfig, layers: list[int]) -> tuple[dict[int, TrainResult], dict]:
     """Train every layer of the run; returns results and each layer's recipe."""
     model = resources.model()
-    cfg = config.train_config(model.cfg.d_model, settings.device())
-    tc_cfgs = {layer: _tc_config(layer, model.cfg.d_model) for layer in layers}
+    cfg = config.train_config(settings.device())
+    tc_cfgs = {
+        layer: config.transcoder_config(settings.model_name(), layer, model.cfg.d_model) for layer in layers
+    }
 
     def log_row(layer: int, r: dict) -> None:
         context.log.info(
@@ -201,7 +184,7 @@ def _train(context, config: TranscoderTrainConfig, layers: list[int]) -> tuple[d
         results, recipes = {}, {}
         for layer in layers:
             chunks, data = _shard_data(layer)
-            recipes[layer] = _recipe(cfg, layer, data)
+            recipes[layer] = _recipe(cfg, tc_cfgs[layer], data)
             ckpt = _checkpoint([layer], recipes)
             results[layer] = train(
                 chunks, cfg, tc_cfgs[layer], ckpt, on_log=lambda r, la=layer: log_row(la, r)
@@ -209,7 +192,7 @@ def _train(context, config: TranscoderTrainConfig, layers: list[int]) -> tuple[d
             _drop_checkpoint(ckpt)
         return results, recipes
     stream, data = _stream_data(config, layers)
-    recipes = {layer: _recipe(cfg, layer, data) for layer in layers}
+    recipes = {layer: _recipe(cfg, tc_cfgs[layer], data) for layer in layers}
     ckpt = _checkpoint(layers, recipes)
     results = train_layers(
         stream,
@@ -257,7 +240,7 @@ def transcoders(context: dg.AssetExecutionContext, config: TranscoderTrainConfig
     tcs = {layer: r.transcoder.to(device) for layer, r in results.items()}
     tokens, _ = corpus_store.sample_contexts("eval", config.eval_contexts, config.eval_seed)
     massive = {
-        layer: (r.y_mean, _TRAIN.outlier_norm * r.scale) for layer, r in results.items()
+        layer: (r.y_mean, config.outlier_norm * r.scale) for layer, r in results.items()
     }  # the trainer's threshold for massive activations
     t1 = time.perf_counter()
     with autocast(device, config.bf16):
@@ -336,19 +319,20 @@ def transcoders(context: dg.AssetExecutionContext, config: TranscoderTrainConfig
     )
 
 
-class SpliceConfig(dg.Config):
-    eval_contexts: int = 256  # a seeded sample of held-out contexts stratified by source
-    eval_seed: int = 1
-    eval_batch_size: int = 8
-    bf16: bool = (
-        _TRAIN.autocast_bf16
-    )  # forward passes under bfloat16 autocast where native (as `transcoders`)
+SpliceConfig = pydantic.create_model(
+    "SpliceConfig",
+    __base__=EvalConfig,
+    __module__=__name__,
+    __doc__="Evaluation settings, and bf16 as in `transcoders`.",
+    **fields_of(TrainConfig, only=("bf16",)),
+)
 
 
 @dg.asset(deps=["transcoders"], group_name="transcoders", kinds={"pytorch", "duckdb"})
 def splice_metrics(context: dg.AssetExecutionContext, config: SpliceConfig) -> dg.MaterializeResult:
     """Next-token loss with every layer's current transcoder spliced in at once, against mean-ablating every one
     of those MLPs (rows in `splice_metrics`)."""
+    config.validate()
     model_name = settings.model_name()
     listed = tc_store.list_transcoders(model_name).filter(pl.col("layer").is_in(settings.layers()))
     if listed.height == 0:

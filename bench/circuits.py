@@ -50,7 +50,9 @@ def _transcoders(layers: list[int], d_sae: int, d_model: int = D_MODEL, threshol
     out = {}
     for layer in layers:
         tc = Transcoder(
-            TranscoderConfig(d_in=d_model, d_sae=d_sae, d_out=d_model, layer=layer)
+            TranscoderConfig(
+                d_in=d_model, d_sae=d_sae, d_out=d_model, architecture="relu", skip=False, layer=layer
+            )
         ).requires_grad_(False)
         tc.W_enc.normal_(generator=g).div_(tc.W_enc.norm(dim=0, keepdim=True))
         tc.W_dec.normal_(generator=g).div_(d_model**0.5)

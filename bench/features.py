@@ -50,7 +50,12 @@ def _transcoder(architecture: str) -> Transcoder:
     d_sae = EXPANSION * D_MODEL
     topk = architecture == "topk"
     cfg = TranscoderConfig(
-        d_in=D_MODEL, d_sae=d_sae, d_out=D_MODEL, architecture=architecture, k=32 if topk else None
+        d_in=D_MODEL,
+        d_sae=d_sae,
+        d_out=D_MODEL,
+        architecture=architecture,
+        k=32 if topk else None,
+        skip=False,
     )
     tc = Transcoder(cfg)
     tc.reset_parameters(torch.Generator().manual_seed(0))

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from interp.activations import harvest
 from interp.train import ShuffleBuffer, TrainConfig, train_layers
-from interp.transcoder import TranscoderConfig
+from interp.transcoder import EXPANSION_FACTOR, TranscoderConfig
 
 LAYER = int(os.environ.get("ATLAS_BENCH_LAYER", "8"))
 TOKENS = int(os.environ.get("ATLAS_BENCH_TOKENS", str(TrainConfig.train_tokens)))
@@ -69,10 +69,8 @@ def effective_l0(tc, x: Tensor) -> float:
 
 
 def _ours(batches, d: int, lr: float = TrainConfig.lr) -> tuple[Callable[[Tensor], Tensor], float]:
-    cfg = TrainConfig(
-        k=K, d_sae=8 * d, lr=lr, batch_size=BATCH, train_tokens=len(batches) * BATCH, checkpoint_every=0
-    )
-    tc_cfg = TranscoderConfig(d_in=d, d_sae=8 * d, d_out=d, architecture="topk", k=K)
+    cfg = TrainConfig(lr=lr, batch_size=BATCH, train_tokens=len(batches) * BATCH, checkpoint_every=0)
+    tc_cfg = TranscoderConfig.expanded(d, d, architecture="topk", k=K)  # with the skip connection
     t0 = time.perf_counter()
     res = train_layers(
         lambda start: ({0: b} for b in batches[start:]), {0: cfg}, {0: tc_cfg}, progress=False
@@ -86,7 +84,9 @@ def _sparsify(batches, d: int) -> tuple[Callable[[Tensor], Tensor], float]:
     from sparsify.sign_sgd import SignSGD
 
     torch.manual_seed(0)
-    coder = SparseCoder(d, SparseCoderConfig(k=K, num_latents=8 * d, transcode=True), "cpu", torch.float32)
+    coder = SparseCoder(
+        d, SparseCoderConfig(k=K, num_latents=EXPANSION_FACTOR * d, transcode=True), "cpu", torch.float32
+    )
     lr = 5e-3 / math.sqrt(coder.num_latents / 2**14)  # sparsify's default rule for its default optimizer
     opt = ScheduleFreeWrapper(SignSGD([{"params": coder.parameters(), "lr": lr}]), momentum=0.95)
     opt.train()
@@ -126,7 +126,7 @@ def main() -> None:
     theirs, theirs_s = _sparsify(batches, d)
     n = len(batches) * BATCH
     print(
-        f"   layer {LAYER}, TopK k={K}, d_sae={8 * d}, {n:,} training tokens, {x_eval.shape[0]:,} held-out tokens"
+        f"   layer {LAYER}, TopK k={K}, d_sae={EXPANSION_FACTOR * d}, {n:,} training tokens, {x_eval.shape[0]:,} held-out tokens"
     )
     print(
         f"   held-out FVU: ours {fvu(ours, x_eval, y_eval):.3f} (L0 {effective_l0(ours, x_eval):.1f}, {ours_s:.0f} s), "

@@ -36,8 +36,9 @@ def _transcoder(model) -> tuple[Transcoder, str]:
         return load_transcoder(row["transcoder_id"]).eval().requires_grad_(False), row["transcoder_id"]
     except Exception:  # no atlas built: a fresh transcoder of the default shape runs the same arithmetic
         d = model.cfg.d_model
-        cfg = TranscoderConfig(d, 8 * d, d, architecture="topk", k=32, skip=True, layer=LAYER)
-        return Transcoder(cfg).eval().requires_grad_(False), f"untrained L{LAYER} topk-{8 * d}"
+        cfg = TranscoderConfig.expanded(d, d, layer=LAYER)
+        name = f"untrained L{LAYER} {cfg.architecture}-{cfg.d_sae}"
+        return Transcoder(cfg).eval().requires_grad_(False), name
 
 
 def _tokens_per_s(model, prompts, tcs, edits, freeze=False) -> float:

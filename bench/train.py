@@ -24,7 +24,7 @@ import time
 import torch
 
 from interp.train import ShuffleBuffer, TrainConfig, Trainer
-from interp.transcoder import TranscoderConfig
+from interp.transcoder import EXPANSION_FACTOR, TranscoderConfig
 
 D = int(os.environ.get("ATLAS_BENCH_D", "576"))
 STEPS = int(os.environ.get("ATLAS_BENCH_STEPS", "4"))
@@ -61,13 +61,10 @@ def _encoder_bound(n: int, d: int, d_sae: int) -> float:
     return STEPS * n / (time.perf_counter() - t0)
 
 
-def _trainer(architecture: str, d_sae: int, bf16: bool = TrainConfig.autocast_bf16) -> Trainer:
-    cfg = TrainConfig(
-        architecture=architecture, d_sae=d_sae, k=32, batch_size=BATCH, train_tokens=10**9, autocast_bf16=bf16
-    )
-    tc_cfg = TranscoderConfig(
-        d_in=D, d_sae=d_sae, d_out=D, architecture=architecture, k=32 if architecture == "topk" else None
-    )
+def _trainer(architecture: str, d_sae: int, bf16: bool = TrainConfig.bf16) -> Trainer:
+    """A trainer of the default k, without the skip connection (as the step rates in the docs were measured)."""
+    cfg = TrainConfig(batch_size=BATCH, train_tokens=10**9, bf16=bf16)
+    tc_cfg = TranscoderConfig(d_in=D, d_sae=d_sae, d_out=D, architecture=architecture, skip=False)
     return Trainer(cfg, tc_cfg, torch.zeros(D), torch.zeros(D), 1.0, torch.randn(256, D))
 
 
@@ -103,10 +100,10 @@ def _from_shards() -> float | None:
 
     first = act_store.read_shard(paths[0])
     d = first["x"].shape[1]
-    cfg = TrainConfig(architecture="topk", d_sae=8 * d, k=32, batch_size=BATCH, train_tokens=10**9)
+    cfg = TrainConfig(batch_size=BATCH, train_tokens=10**9)
     trainer = Trainer(
         cfg,
-        TranscoderConfig(d, 8 * d, d, "topk", 32),
+        TranscoderConfig.expanded(d, d, architecture="topk", skip=False),
         first["x"].mean(0),
         first["y"].mean(0),
         1.0,
@@ -138,17 +135,17 @@ def main() -> None:
     print(f"   dense ReLU+L1 d_sae={d_sae}: {dense:,.0f} tokens/s, MFU {mfu:.2f}")
     sparse = _tokens_per_s(_trainer("topk", d_sae, bf16=False), _synthetic())
     print(f"   TopK k=32 sparse d_sae={d_sae}: {sparse:,.0f} tokens/s = {sparse / dense:.2f}x dense")
-    bound = _encoder_bound(BATCH, D, 8 * D)
-    topk8 = _tokens_per_s(_trainer("topk", 8 * D, bf16=False), _synthetic())
+    bound = _encoder_bound(BATCH, D, EXPANSION_FACTOR * D)
+    topk8 = _tokens_per_s(_trainer("topk", EXPANSION_FACTOR * D, bf16=False), _synthetic())
     print(
-        f"   TopK k=32 d_sae={8 * D} (the default): {topk8:,.0f} tokens/s = {topk8 / bound:.2f} of the encoder-matmul "
+        f"   TopK k=32 d_sae={EXPANSION_FACTOR * D} (the default): {topk8:,.0f} tokens/s = {topk8 / bound:.2f} of the encoder-matmul "
         f"bound ({bound:,.0f} tokens/s for x @ W_enc alone)"
     )
-    bf16 = _trainer("topk", 8 * D, bf16=True)
+    bf16 = _trainer("topk", EXPANSION_FACTOR * D, bf16=True)
     if bf16.use_bf16:
         rate = _tokens_per_s(bf16, _synthetic())
         print(
-            f"   TopK d_sae={8 * D} under bf16 autocast (the default here): {rate:,.0f} tokens/s = {rate / topk8:.2f}x float32"
+            f"   TopK d_sae={EXPANSION_FACTOR * D} under bf16 autocast (the default here): {rate:,.0f} tokens/s = {rate / topk8:.2f}x float32"
         )
     else:
         print("   TopK under bf16 autocast: skipped (no native bf16 matmuls here; training runs float32)")

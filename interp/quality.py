@@ -21,15 +21,19 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Thresholds:
-    # blocking: a trained SmolLM2 transcoder explains most typical-token variance; a random, 10-step or
-    # wrong-layer one explains almost none (FVU near or above 1)
     max_fvu_typical: float = 0.8
+    """Blocking: the most typical-token FVU a transcoder may have. A trained SmolLM2 transcoder explains most
+    typical-token variance; a random, 10-step or wrong-layer one explains almost none (FVU near or above 1)."""
     min_ce_recovered_blocking: float = 0.5
-    matters_delta_ce: float = 0.1  # nats of mean-ablation loss that make a layer's MLP matter (DESIGN §3)
-    # goals (warnings)
+    """Blocking: the least CE recovered on a layer whose MLP matters."""
+    matters_delta_ce: float = 0.1
+    """Nats of mean-ablation loss that make a layer's MLP matter (DESIGN §3)."""
     goal_ce_recovered: float = 0.90
+    """Goal (a warning): CE recovered where the MLP matters."""
     goal_l0: float = 32.0
+    """Goal (a warning): active features per token, at most."""
     goal_dead_frac: float = 0.05
+    """Goal (a warning): fraction of features that never fire on the held-out tokens, at most."""
 
     def asdict(self) -> dict[str, float]:
         return asdict(self)

@@ -52,37 +52,58 @@ Chunks = Callable[
 
 @dataclass
 class TrainConfig:
-    architecture: str = "topk"  # 'topk' (fast on CPU, no L1 tuning) or 'relu' (ReLU + L1, the paper)
-    d_sae: int = 4608  # features; 8 x d_model for SmolLM2
-    k: int = 32  # active features per token (topk)
-    skip: bool = (
-        True  # learn a linear skip connection W_skip too (SmolLM2 L0 FVU 0.21 -> 0.10, L8 0.50 -> 0.43)
-    )
-    l1_coefficient: float = 3e-3  # relu: weight of sum_i z_i ||W_dec[i]|| against the FVU-scaled MSE
-    l1_warmup_steps: int = 50  # relu: lambda ramps from 0 over these steps (~1/8 of the default run)
-    # Adam. 4e-3 collapsed the effective L0 (SmolLM2 L8: 3 of k=32 positive on held-out tokens, FVU 0.47; L20: 1.8,
-    # 0.35): steps that large push most pre-activations below zero. 1e-3 keeps L0 25-27 with FVU 0.35 / 0.25;
-    # 2e-3 and 5e-4 were worse (400k tokens, batch 1024; README "Training").
+    """How to train a transcoder; its shape is its TranscoderConfig. The defaults are the atlas's build."""
+
     lr: float = 1e-3
+    """Adam step size. 4e-3 collapsed the effective L0 (SmolLM2 L8: 3 of k=32 positive on held-out tokens, FVU
+    0.47; L20: 1.8, 0.35): steps that large push most pre-activations below zero. 1e-3 keeps L0 25-27 with FVU
+    0.35 / 0.25; 2e-3 and 5e-4 were worse (400k tokens, batch 1024; `python -m bench sample_efficiency`)."""
     lr_warmup_steps: int = 20
-    outlier_norm: float = 4.0  # targets beyond this many median norms are fit by relative error (see step 1)
-    lr_decay_frac: float = 0.2  # linear decay to 0 over this last fraction of the steps
-    batch_size: int = 1024  # tokens per step (1024 beat 4096 and 512 at the 400k-token budget)
-    train_tokens: int = 400_000  # token budget (steps = train_tokens // batch_size)
-    buffer_tokens: int = 65_536  # shuffle buffer
+    """lr ramps up linearly from 0 over these steps."""
+    lr_decay_frac: float = 0.2
+    """lr decays linearly to 0 over this last fraction of the steps."""
+    batch_size: int = 1024
+    """Tokens per step (1024 beat 4096 and 512 at the 400k-token budget)."""
+    train_tokens: int = 400_000
+    """Token budget per layer (steps = train_tokens // batch_size)."""
+    buffer_tokens: int = 32_768
+    """Shuffle buffer per layer, in tokens; the first buffer_tokens also give the initial statistics (step 1).
+    In float16, 75 MB per SmolLM2 layer (2.3 GB for a 30-layer streaming run); it mixes about 16 forward passes
+    of 16 contexts."""
     seed: int = 0
-    checkpoint_every: int = (
-        25  # stream items (chunks, or forward batches when streaming) between checkpoints; 0 = never
-    )
-    log_every: int = 10  # steps between curve rows
-    dead_window_tokens: int = 200_000  # a feature silent this long is dead
-    aux_k: int = 256  # topk: dead features used by AuxK
+    """Weights init and shuffling (the asset also seeds its training-context sample with it)."""
+    outlier_norm: float = 4.0
+    """Targets beyond this many median norms are fit by relative error (step 1)."""
+    l1_coefficient: float = 3e-3
+    """relu: weight of sum_i z_i ||W_dec[i]|| against the FVU-scaled MSE."""
+    l1_warmup_steps: int = 50
+    """relu: the L1 weight ramps up from 0 over these steps (about 1/8 of the default run)."""
+    dead_window_tokens: int = 200_000
+    """A feature silent for this many tokens is dead."""
+    aux_k: int = 256
+    """topk: dead features used by AuxK."""
     aux_coefficient: float = 1 / 32
-    resample_every: int = 50  # relu: steps between dead-feature resampling (0 = never)
+    """topk: weight of the AuxK loss."""
+    resample_every: int = 50
+    """relu: steps between dead-feature resampling (0 = never)."""
+    checkpoint_every: int = 25
+    """Stream items (chunks, or forward batches when streaming) between checkpoints (0 = never)."""
+    log_every: int = 10
+    """Steps between training-curve rows."""
     device: str = "cpu"
-    # bfloat16 matmuls where the device runs them natively (CUDA; CPUs with AVX512-BF16 or AMX): 1.25x faster
-    # steps on this project's CPU machine, held-out FVU within 0.002 of float32 (SmolLM2 L8 and L20)
-    autocast_bf16: bool = True
+    bf16: bool = True
+    """bfloat16 autocast where the device runs it natively (CUDA; CPUs with AVX512-BF16 or AMX): training steps
+    1.25x faster on this project's CPU machine with held-out FVU within 0.002 of float32 (SmolLM2 L8 and L20);
+    the `transcoders` asset's forward passes 2x faster."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
+        if self.train_tokens < self.batch_size:
+            raise ValueError(
+                f"train_tokens={self.train_tokens} is less than one batch ({self.batch_size} tokens); "
+                "give a token budget of at least one batch."
+            )
 
     @property
     def steps(self) -> int:
@@ -186,7 +207,8 @@ def _init_stats(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float, Tensor]:
 
 
 class Trainer:
-    """State of one training run (model, optimizer, counters); `step` consumes one batch."""
+    """State of one training run (model, optimizer, counters); `step` consumes one batch. The transcoder's shape
+    is `tc_cfg`, exactly as given; `cfg` says how to train it."""
 
     def __init__(
         self,
@@ -199,13 +221,13 @@ class Trainer:
     ):
         self.cfg = cfg
         self.device = torch.device(cfg.device)
-        self.use_bf16 = cfg.autocast_bf16 and bf16_fast(self.device)
+        self.use_bf16 = cfg.bf16 and bf16_fast(self.device)
         self.tc = Transcoder(tc_cfg)
         self.tc.reset_parameters(torch.Generator().manual_seed(cfg.seed))
         with torch.no_grad():
             self.tc.b_pre.copy_(x_mean)
             self.tc.b_dec.copy_(y_mean / scale)
-            if cfg.architecture == "topk":
+            if tc_cfg.architecture == "topk":
                 self.tc.W_dec.div_(self.tc.W_dec.norm(dim=-1, keepdim=True))
             # scale the encoder so the initial output has the target's (unit) spread: both activations are
             # positively homogeneous, so this keeps which features fire
@@ -240,10 +262,10 @@ class Trainer:
     def _forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict, Tensor]:
         """Loss, logged scalars and the fired-feature mask [d_sae] of one batch (y already divided by s)."""
         tc, c = self.tc, self.cfg
-        if c.architecture == "topk":
+        if tc.cfg.architecture == "topk":
             vals, idx, pre = tc.encode_topk_sparse(x)  # [n, k], [n, k], [n, d_sae]
             y_hat = tc.decode_sparse(vals, idx, x)  # [n, d_out]
-            fired = torch.zeros(c.d_sae, dtype=torch.bool, device=x.device)
+            fired = torch.zeros(tc.d_sae, dtype=torch.bool, device=x.device)
             fired[idx[vals > 0]] = True
             err = (y - y_hat).pow(2).sum(-1)  # [n]
             aux = self._auxk(x, y - y_hat.detach(), pre)
@@ -291,17 +313,18 @@ class Trainer:
             loss, stats, fired = self._forward(x, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if c.architecture == "topk":
+        topk = self.tc.cfg.architecture == "topk"
+        if topk:
             self._project_decoder_grad()
         self.opt.step()
-        if c.architecture == "topk":
+        if topk:
             with torch.no_grad():
                 self.tc.W_dec.div_(self.tc.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
         self.since_fired += x.shape[0]
         self.since_fired[fired] = 0
         self.step_no += 1
         self.tokens += x.shape[0]
-        if c.architecture == "relu" and c.resample_every and self.step_no % c.resample_every == 0:
+        if not topk and c.resample_every and self.step_no % c.resample_every == 0:
             self._resample(x, y)
         if self.step_no % c.log_every and self.step_no != c.steps:
             return None
@@ -371,7 +394,6 @@ class Trainer:
             "curve": self.curve,
             "scale": self.scale,
             "y_mean": self.y_mean,
-            "train_config": dataclasses.asdict(self.cfg),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -395,13 +417,17 @@ class Trainer:
         return out.cpu().eval()
 
 
-def _comparable(cfg: TrainConfig) -> dict:
-    """Config fields that must match for a checkpoint to be resumed (device and logging may change)."""
-    return {
+def recipe(cfg: TrainConfig, tc_cfg: TranscoderConfig) -> dict:
+    """What determines the trained weights besides the data: the transcoder's config (less its provenance) and the
+    training config (less device, checkpointing and logging). A checkpoint resumes only with an equal recipe; the
+    `transcoders` asset hashes it, with the data, into the version id."""
+    shape = {k: v for k, v in dataclasses.asdict(tc_cfg).items() if k != "provenance"}
+    train = {
         k: v
         for k, v in dataclasses.asdict(cfg).items()
         if k not in ("device", "checkpoint_every", "log_every")
     }
+    return {"transcoder": shape, "train": train}
 
 
 class LayerRun:
@@ -409,11 +435,7 @@ class LayerRun:
     first fills (the first `buffer_tokens` rows give the initial statistics, step 1 of the module docstring)."""
 
     def __init__(self, cfg: TrainConfig, tc_cfg: TranscoderConfig):
-        k = cfg.k if cfg.architecture == "topk" else None
-        self.cfg = cfg
-        self.tc_cfg = dataclasses.replace(
-            tc_cfg, d_sae=cfg.d_sae, architecture=cfg.architecture, skip=cfg.skip, k=k
-        )
+        self.cfg, self.tc_cfg = cfg, tc_cfg
         self.buffer = ShuffleBuffer(cfg.batch_size, cfg.buffer_tokens, cfg.seed)
         self.trainer: Trainer | None = None
         self.stats: tuple[Tensor, Tensor, float, Tensor] | None = None
@@ -475,7 +497,7 @@ class LayerRun:
 
     def state_dict(self) -> dict:
         return {
-            "config": _comparable(self.cfg),
+            "config": recipe(self.cfg, self.tc_cfg),
             "buffer": self.buffer.state_dict(),
             "stats": self.stats,
             "trainer": None if self.trainer is None else self.trainer.state_dict(),
@@ -506,7 +528,7 @@ def _resume(path: str | None, runs: Mapping[int, LayerRun]) -> int:
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
     saved = state["layers"]
-    if set(saved) != set(runs) or any(saved[k]["config"] != _comparable(r.cfg) for k, r in runs.items()):
+    if set(saved) != set(runs) or any(saved[k]["config"] != recipe(r.cfg, r.tc_cfg) for k, r in runs.items()):
         log.warning("checkpoint %s was made with other layers or configs; starting over", path)
         return 0
     for k, run in runs.items():
@@ -524,15 +546,19 @@ def train_layers(
     on_log: Callable[[int, dict], None] | None = None,
     progress: bool = True,
 ) -> dict[int, TrainResult]:
-    """Train one transcoder per key of `cfgs` from ONE stream of {layer: (x, y)} items (one forward pass of the
-    model per item feeds every layer); each layer steps on its own data exactly as `train` would on that layer's
-    chunks alone.
+    """Train one transcoder per layer from ONE stream of {layer: (x, y)} items (one forward pass of the model per
+    item feeds every layer); each layer steps on its own data exactly as `train` would on that layer's chunks
+    alone. Layer k's transcoder has the shape `tc_cfgs[k]` and trains as `cfgs[k]` says.
 
     Every `checkpoint_every` items (0 = never) the whole state — each layer's weights, optimizer, counters and
     shuffle buffer, and the number of items consumed — is saved atomically to `checkpoint_path`; a killed run
     resumes from it with `stream(consumed)`, so it skips the forward passes already done and ends with the same
     weights as an uninterrupted run.
     """
+    if set(cfgs) != set(tc_cfgs):
+        raise ValueError(
+            f"Training configs for layers {sorted(cfgs)}, transcoder configs for {sorted(tc_cfgs)}."
+        )
     runs = {k: LayerRun(cfgs[k], tc_cfgs[k]) for k in sorted(cfgs)}
     consumed = _resume(checkpoint_path, runs)
     total_steps = sum(c.steps for c in cfgs.values())

@@ -65,7 +65,15 @@ def build(model_dir: str, d_model: int = 32, model: str | None = None) -> dict:
     )
     for layer, tid in enumerate(tids):
         torch.manual_seed(layer)
-        cfg = TranscoderConfig(d_in=d_model, d_sae=D_SAE, d_out=d_model, model_name=model, layer=layer)
+        cfg = TranscoderConfig(
+            d_in=d_model,
+            d_sae=D_SAE,
+            d_out=d_model,
+            architecture="relu",
+            skip=False,
+            model_name=model,
+            layer=layer,
+        )
         path = layout.transcoder_dir(tid)
         Transcoder(cfg).save(path)
         config = {

@@ -4,6 +4,8 @@ and enforced by a blocking check, goals as warnings, bad input refused before an
 
 from __future__ import annotations
 
+import dataclasses
+
 import dagster as dg
 import polars as pl
 import pytest
@@ -13,6 +15,9 @@ from assets import activations as act_assets
 from assets import corpus as corpus_assets
 from assets import settings
 from assets import transcoders as tc_assets
+from interp.quality import Thresholds
+from interp.train import TrainConfig
+from interp.transcoder import EXPANSION_FACTOR, TranscoderConfig
 from storage import transcoders as tc_store
 from storage.db import readers
 
@@ -135,3 +140,36 @@ def test_splice_metrics_splices_every_trained_layer(corpus, tiny_model_dir):
     assert rows["n_eval_tokens"][0] == 3 * 15 and rows["kl"][0] > 0
     single = tc_store.list_transcoders(tiny_model_dir)
     assert rows["ce_clean"][0] == pytest.approx(single["ce_clean"][0], rel=1e-5)  # same held-out tokens
+
+
+def test_run_config_fields_are_interps_config_fields_with_their_defaults():
+    fields = tc_assets.TranscoderTrainConfig.model_fields
+    interp = [f for f in dataclasses.fields(TranscoderConfig) if f.name in ("architecture", "k", "skip")]
+    interp += [f for f in dataclasses.fields(TrainConfig) if f.name != "device"]
+    interp += dataclasses.fields(Thresholds)
+    for f in interp:
+        assert fields[f.name].default == f.default and fields[f.name].description, f.name
+    assert fields["expansion_factor"].default == EXPANSION_FACTOR
+    own = {"source", "expansion_factor", "forward_batch", "eval_contexts", "eval_seed", "eval_batch_size"}
+    assert set(fields) == own | {f.name for f in interp}
+    assert tc_assets.SpliceConfig.model_fields["bf16"].default == TrainConfig.bf16
+
+    # what a run config sets is what the interp configs get
+    config = tc_assets.TranscoderTrainConfig(
+        expansion_factor=3, architecture="relu", k=None, skip=False, lr=5e-4, buffer_tokens=512, goal_l0=9.0
+    )
+    assert config.train_config("cpu") == TrainConfig(lr=5e-4, buffer_tokens=512)
+    assert config.thresholds() == Thresholds(goal_l0=9.0)
+    tc_cfg = config.transcoder_config("m", 2, d_model=10)
+    assert (tc_cfg.d_in, tc_cfg.d_sae, tc_cfg.architecture, tc_cfg.k, tc_cfg.skip) == (
+        10,
+        30,
+        "relu",
+        None,
+        False,
+    )
+    assert (tc_cfg.hook_name, tc_cfg.hook_name_out, tc_cfg.layer) == (
+        "blocks.2.ln2.hook_normalized",
+        "blocks.2.hook_mlp_out",
+        2,
+    )

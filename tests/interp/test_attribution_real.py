@@ -64,10 +64,8 @@ def real(real_data):
     tcs = {}
     for layer in LAYERS:
         x, y = torch.cat(acts[layer][0]), torch.cat(acts[layer][1])
-        cfg = TrainConfig(
-            d_sae=1152, k=16, batch_size=512, train_tokens=15_000, buffer_tokens=4096, checkpoint_every=0
-        )
-        tc_cfg = TranscoderConfig(d_in=576, d_sae=1152, d_out=576, layer=layer)
+        cfg = TrainConfig(batch_size=512, train_tokens=15_000, buffer_tokens=4096, checkpoint_every=0)
+        tc_cfg = TranscoderConfig(d_in=576, d_sae=1152, d_out=576, k=16, layer=layer)
         tcs[layer] = train(lambda x=x, y=y: [{"x": x, "y": y}], cfg, tc_cfg, progress=False).transcoder
     return model, tcs
 

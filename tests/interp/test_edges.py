@@ -15,7 +15,11 @@ def make_transcoders(layers: list[int], d_model: int, d_sae: int, seed: int = 0)
     g = torch.Generator().manual_seed(seed)
     out = {}
     for layer in layers:
-        tc = Transcoder(TranscoderConfig(d_in=d_model, d_sae=d_sae, d_out=d_model, layer=layer))
+        tc = Transcoder(
+            TranscoderConfig(
+                d_in=d_model, d_sae=d_sae, d_out=d_model, architecture="relu", skip=False, layer=layer
+            )
+        )
         with torch.no_grad():
             tc.W_enc.copy_(torch.randn(d_model, d_sae, generator=g) / d_model**0.5)
             tc.W_dec.copy_(torch.randn(d_sae, d_model, generator=g) / d_model**0.5)

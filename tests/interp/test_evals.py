@@ -46,7 +46,13 @@ def relu_mlp_model(tmp_path_factory):
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
     model = load_model(out, device="cpu")
     tc = Transcoder(
-        TranscoderConfig(d_in=cfg.hidden_size, d_sae=cfg.intermediate_size, d_out=cfg.hidden_size)
+        TranscoderConfig(
+            d_in=cfg.hidden_size,
+            d_sae=cfg.intermediate_size,
+            d_out=cfg.hidden_size,
+            architecture="relu",
+            skip=False,
+        )
     )
     with torch.no_grad():
         tc.W_enc.copy_(mlp.gate_proj.weight.T)
@@ -81,7 +87,7 @@ def test_transcoder_equal_to_mlp_recovers_everything(relu_mlp_model):
 
 def test_all_zero_transcoder_equals_zero_ablation(tiny_model):
     d = tiny_model.cfg.d_model
-    tc = Transcoder(TranscoderConfig(d_in=d, d_sae=4 * d, d_out=d))
+    tc = Transcoder(TranscoderConfig(d_in=d, d_sae=4 * d, d_out=d, architecture="relu", skip=False))
     with torch.no_grad():
         tc.W_dec.zero_()
     tokens = _tokens()
@@ -101,7 +107,7 @@ def test_splicing_several_layers_matches_manual_hooks(tiny_model):
     position 0, BOS, keeps the real MLP output)."""
     d = tiny_model.cfg.d_model
     torch.manual_seed(0)
-    tcs = {0: Transcoder(TranscoderConfig(d, 64, d)), 2: Transcoder(TranscoderConfig(d, 64, d))}
+    tcs = {layer: Transcoder(TranscoderConfig(d, 64, d, architecture="relu", skip=False)) for layer in (0, 2)}
     tokens = _tokens(n_ctx=2)
     with spliced(tiny_model, tcs):
         got = tiny_model(tokens)
@@ -125,7 +131,7 @@ def test_splicing_several_layers_matches_manual_hooks(tiny_model):
 
 def test_reconstruction_stats_match_direct_computation():
     torch.manual_seed(0)
-    tc = Transcoder(TranscoderConfig(d_in=8, d_sae=32, d_out=6, architecture="topk", k=3))
+    tc = Transcoder(TranscoderConfig(d_in=8, d_sae=32, d_out=6, architecture="topk", k=3, skip=False))
     with torch.no_grad():
         tc.b_enc.normal_()
         tc.b_enc[:5] = -100.0  # features 0..4 never fire
@@ -149,7 +155,7 @@ def test_reconstruction_stats_match_direct_computation():
 
 def test_typical_fvu_leaves_out_the_massive_tokens():
     torch.manual_seed(0)
-    tc = Transcoder(TranscoderConfig(d_in=8, d_sae=32, d_out=6, architecture="topk", k=3))
+    tc = Transcoder(TranscoderConfig(d_in=8, d_sae=32, d_out=6, architecture="topk", k=3, skip=False))
     x, y = torch.randn(60, 8), torch.randn(60, 6)
     y[:3] *= 100.0  # three massive tokens
     center = torch.zeros(6)
@@ -175,7 +181,9 @@ def test_each_layer_alone_equals_evaluating_it_alone(tiny_model):
     tcs, means = {}, {}
     for layer in (0, 2):
         torch.manual_seed(layer)
-        tcs[layer] = Transcoder(TranscoderConfig(d_in=d, d_sae=64, d_out=d, architecture="topk", k=4))
+        tcs[layer] = Transcoder(
+            TranscoderConfig(d_in=d, d_sae=64, d_out=d, architecture="topk", k=4, skip=False)
+        )
         means[layer] = _mean_y(tiny_model, tokens, layer)
     each = evaluate_each(tiny_model, tcs, tokens, means, batch_size=2)
     for layer, tc in tcs.items():
@@ -194,7 +202,7 @@ def test_a_pass_started_at_a_block_equals_the_whole_pass(tmp_path, arch):
     tokens = _tokens(n_ctx=2, ctx_len=12)
     d = model.cfg.d_model
     torch.manual_seed(0)
-    tc = Transcoder(TranscoderConfig(d_in=d, d_sae=32, d_out=d, architecture="topk", k=4))
+    tc = Transcoder(TranscoderConfig(d_in=d, d_sae=32, d_out=d, architecture="topk", k=4, skip=False))
     with torch.no_grad():
         clean, cache = model.run_with_cache(tokens)
         for layer in range(3):

@@ -31,6 +31,7 @@ def _tc(layer: int, d_model: int = 32, arch: str = "relu") -> Transcoder:
         layer=layer,
         architecture=arch,
         k=6 if arch == "topk" else None,
+        skip=False,
     )
     tc = Transcoder(cfg)
     tc.reset_parameters(torch.Generator().manual_seed(layer))
@@ -285,16 +286,8 @@ def real(real_data):
     tcs, fired = {}, {}
     for layer in REAL_LAYERS:
         x, y = torch.cat(acts[layer][0]), torch.cat(acts[layer][1])
-        cfg = TrainConfig(
-            d_sae=1152,
-            k=16,
-            batch_size=512,
-            train_tokens=15_000,
-            buffer_tokens=4096,
-            checkpoint_every=0,
-            skip=False,
-        )
-        tc_cfg = TranscoderConfig(d_in=576, d_sae=1152, d_out=576, layer=layer)
+        cfg = TrainConfig(batch_size=512, train_tokens=15_000, buffer_tokens=4096, checkpoint_every=0)
+        tc_cfg = TranscoderConfig(d_in=576, d_sae=1152, d_out=576, k=16, skip=False, layer=layer)
         tc = train(lambda x=x, y=y: [{"x": x, "y": y}], cfg, tc_cfg, progress=False).transcoder
         tcs[layer] = tc.eval().requires_grad_(False)
         with torch.no_grad():

@@ -30,9 +30,9 @@ def trained(tiny_model):
     out = {}
     for layer in (1, 2):
         chunks = [{"x": b.acts[layer][0], "y": b.acts[layer][1]} for b in acts]
-        tc_cfg = TranscoderConfig(d_in=d, d_sae=8 * d, d_out=d, hook_name=mlp_hooks(layer)[0], layer=layer)
+        tc_cfg = TranscoderConfig.expanded(d, d, k=8, hook_name=mlp_hooks(layer)[0], layer=layer)
         for steps in (600, 10):
-            cfg = TrainConfig(d_sae=8 * d, k=8, batch_size=128, buffer_tokens=1024, train_tokens=128 * steps)
+            cfg = TrainConfig(batch_size=128, buffer_tokens=1024, train_tokens=128 * steps)
             out[layer, steps] = train(lambda chunks=chunks: iter(chunks), cfg, tc_cfg, progress=False)
     return out
 

@@ -1,6 +1,10 @@
-"""Training: learns a known sparse map, resumes after a kill to the same weights, rejects bad activations."""
+"""Training: learns a known sparse map in the shape the caller asked for, resumes after a kill to the same weights
+(and only with the same configs), rejects bad activations."""
 
 from __future__ import annotations
+
+import dataclasses
+import shutil
 
 import pytest
 import torch
@@ -14,7 +18,7 @@ D, D_SAE = 16, 128  # the teacher has 64 features
 def _teacher() -> Transcoder:
     """A known TopK(4) transcoder generating y from x: the target a student should recover."""
     torch.manual_seed(123)
-    t = Transcoder(TranscoderConfig(d_in=D, d_sae=64, d_out=D, architecture="topk", k=4))
+    t = Transcoder(TranscoderConfig(d_in=D, d_sae=64, d_out=D, architecture="topk", k=4, skip=False))
     with torch.no_grad():
         t.W_dec.mul_(30.0)
         t.b_dec.normal_()
@@ -39,8 +43,6 @@ def _data(n_chunks=6, rows=1000, nan_at=None):
 
 def _cfg(**kw) -> TrainConfig:
     base = dict(
-        d_sae=D_SAE,
-        k=4,
         batch_size=250,
         buffer_tokens=2000,
         train_tokens=60_000,
@@ -55,6 +57,10 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+def _tc_cfg(**kw) -> TranscoderConfig:
+    return TranscoderConfig(**{"d_in": D, "d_sae": D_SAE, "d_out": D, "k": 4, **kw})
+
+
 def _fvu(tc: Transcoder, data) -> float:
     chunk = next(iter(data()))
     with torch.no_grad():
@@ -65,8 +71,8 @@ def _fvu(tc: Transcoder, data) -> float:
 @pytest.mark.parametrize("architecture", ["topk", "relu"])
 def test_training_learns_a_sparse_map(architecture):
     data = _data()
-    tc_cfg = TranscoderConfig(d_in=D, d_sae=D_SAE, d_out=D, hook_name="h_in", layer=0)
-    res = train(data, _cfg(architecture=architecture), tc_cfg, progress=False)
+    tc_cfg = _tc_cfg(architecture=architecture, hook_name="h_in", layer=0)
+    res = train(data, _cfg(), tc_cfg, progress=False)
     untrained = Transcoder(tc_cfg)
     assert _fvu(res.transcoder, data) < 0.25 < _fvu(untrained, data)
     assert res.train_tokens == 60_000 and res.curve[-1]["step"] == 240
@@ -76,22 +82,28 @@ def test_training_learns_a_sparse_map(architecture):
         assert res.curve[-1]["l0"] <= 4
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"architecture": "topk", "d_sae": 96, "k": 3, "skip": False},
+        {"architecture": "relu", "d_sae": 48, "k": None, "skip": True},
+    ],
+)
+def test_the_trained_transcoder_has_the_shape_the_caller_gave(shape):
+    tc_cfg = TranscoderConfig(d_in=D, d_out=D, hook_name="h_in", layer=3, **shape)
+    res = train(_data(n_chunks=2), _cfg(train_tokens=5000), tc_cfg, progress=False)
+    tc = res.transcoder
+    assert dataclasses.asdict(tc.cfg) == dataclasses.asdict(tc_cfg)
+    assert tc.W_enc.shape == (D, shape["d_sae"]) and (tc.W_skip is not None) == shape["skip"]
+    if shape["architecture"] == "topk":
+        assert max(r["l0"] for r in res.curve) <= 3
+
+
 def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     data = _data()
-    tc_cfg = TranscoderConfig(d_in=D, d_sae=D_SAE, d_out=D)
-    cfg = _cfg(train_tokens=20_000, checkpoint_every=10)
+    cfg, tc_cfg = _cfg(train_tokens=20_000, checkpoint_every=10), _tc_cfg()
     full = train(data, cfg, tc_cfg, progress=False)
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_step_45(row):
-        if row["step"] == 45:
-            raise Killed
-
-    ckpt = str(tmp_path / "ckpt.pt")
-    with pytest.raises(Killed):
-        train(data, cfg, tc_cfg, checkpoint_path=ckpt, on_log=kill_at_step_45, progress=False)
+    ckpt = _killed_run(data, cfg, tc_cfg, tmp_path)
     saved = torch.load(ckpt, weights_only=False)  # the last checkpoint before the kill: 10 chunks in
     assert saved["consumed"] == 10 and 0 < saved["layers"][0]["trainer"]["step"] < 45
     resumed = train(data, cfg, tc_cfg, checkpoint_path=ckpt, progress=False)
@@ -103,16 +115,56 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert resumed.curve[-1]["loss"] == pytest.approx(full.curve[-1]["loss"], rel=1e-4)
 
 
+class Killed(Exception):
+    pass
+
+
+def _killed_run(data, cfg: TrainConfig, tc_cfg: TranscoderConfig, tmp_path) -> str:
+    """The checkpoint of a run killed at step 45 (its last save: 10 chunks in)."""
+
+    def kill_at_step_45(row):
+        if row["step"] == 45:
+            raise Killed
+
+    ckpt = str(tmp_path / "ckpt.pt")
+    with pytest.raises(Killed):
+        train(data, cfg, tc_cfg, checkpoint_path=ckpt, on_log=kill_at_step_45, progress=False)
+    return ckpt
+
+
+def test_a_checkpoint_resumes_only_with_the_configs_it_was_made_with(tmp_path):
+    data, cfg, tc_cfg = _data(), _cfg(train_tokens=20_000, checkpoint_every=10), _tc_cfg()
+    ckpt = _killed_run(data, cfg, tc_cfg, tmp_path)
+
+    def first_logged_step(cfg: TrainConfig, tc_cfg: TranscoderConfig) -> int:
+        copy = str(tmp_path / "copy.pt")
+        shutil.copy(ckpt, copy)
+        steps = []
+        train(
+            data, cfg, tc_cfg, checkpoint_path=copy, on_log=lambda r: steps.append(r["step"]), progress=False
+        )
+        return steps[0]
+
+    assert first_logged_step(cfg, tc_cfg) > 5  # resumed
+    for other_cfg, other_tc_cfg in [
+        (cfg, _tc_cfg(k=3)),
+        (cfg, _tc_cfg(skip=False)),
+        (cfg, _tc_cfg(layer=1)),
+        (dataclasses.replace(cfg, lr=2e-2), tc_cfg),
+    ]:
+        assert first_logged_step(other_cfg, other_tc_cfg) == 5  # started over: log_every 5
+
+
 def test_nan_activations_raise_a_clear_error():
     with pytest.raises(NonFiniteActivationsError, match="NaN"):
-        train(_data(nan_at=2), _cfg(), TranscoderConfig(d_in=D, d_sae=D_SAE, d_out=D), progress=False)
+        train(_data(nan_at=2), _cfg(), _tc_cfg(), progress=False)
 
 
 def test_empty_stream_and_wrong_width_raise():
     with pytest.raises(ValueError, match="empty"):
-        train(lambda: iter(()), _cfg(), TranscoderConfig(d_in=D, d_sae=D_SAE, d_out=D), progress=False)
+        train(lambda: iter(()), _cfg(), _tc_cfg(), progress=False)
     with pytest.raises(ValueError, match="wide"):
-        train(_data(), _cfg(), TranscoderConfig(d_in=D + 1, d_sae=D_SAE, d_out=D), progress=False)
+        train(_data(), _cfg(), _tc_cfg(d_in=D + 1), progress=False)
 
 
 def test_shuffle_buffer_yields_every_row_once_and_drains_at_the_end():
@@ -142,9 +194,9 @@ def _stream_setup(tiny_model):
             yield b.acts
 
     d = tiny_model.cfg.d_model
-    cfg = _cfg(d_sae=64, batch_size=32, buffer_tokens=128, train_tokens=20 * 32, log_every=5)
+    cfg = _cfg(batch_size=32, buffer_tokens=128, train_tokens=20 * 32, log_every=5)
     tc_cfgs = {
-        layer: TranscoderConfig(d_in=d, d_sae=64, d_out=d, hook_name=mlp_hooks(layer)[0], layer=layer)
+        layer: TranscoderConfig(d_in=d, d_sae=64, d_out=d, k=4, hook_name=mlp_hooks(layer)[0], layer=layer)
         for layer in layers
     }
     return stream, {layer: cfg for layer in layers}, tc_cfgs

@@ -76,7 +76,10 @@ def build_atlas(
             },
         )
         d = model.cfg.d_model
-        tc = Transcoder(TranscoderConfig(d_in=d, d_sae=d_sae, d_out=d, layer=layer, model_name=model_name))
+        cfg = TranscoderConfig(
+            d_in=d, d_sae=d_sae, d_out=d, architecture="relu", skip=False, layer=layer, model_name=model_name
+        )
+        tc = Transcoder(cfg)
         tc.reset_parameters(torch.Generator().manual_seed(seed + layer))
         with torch.no_grad():
             tc.W_enc.mul_(0.5)

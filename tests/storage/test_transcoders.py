@@ -18,7 +18,10 @@ METRICS = {"n_eval_tokens": 100, "l0": 3.0, "fvu": 0.1, "ce_clean": 3.0, "ce_spl
 
 def _tc(layer: int, seed: int) -> Transcoder:
     torch.manual_seed(seed)
-    return Transcoder(TranscoderConfig(d_in=8, d_sae=16, d_out=8, model_name="toy", layer=layer))
+    cfg = TranscoderConfig(
+        d_in=8, d_sae=16, d_out=8, architecture="relu", skip=False, model_name="toy", layer=layer
+    )
+    return Transcoder(cfg)
 
 
 def _curve(n: int) -> pl.DataFrame:

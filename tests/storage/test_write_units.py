@@ -31,7 +31,10 @@ TID = "toy/L1/relu-16"
 
 def _tc(version: int) -> Transcoder:
     torch.manual_seed(version)
-    return Transcoder(TranscoderConfig(d_in=8, d_sae=16, d_out=8, model_name="toy", layer=1))
+    cfg = TranscoderConfig(
+        d_in=8, d_sae=16, d_out=8, architecture="relu", skip=False, model_name="toy", layer=1
+    )
+    return Transcoder(cfg)
 
 
 def save_version(version: int) -> str:
