@@ -5,7 +5,8 @@ The figure puts token positions left to right and layers bottom to top (embeddin
 top); nodes of one (layer, position) cell sit side by side. One trace per node kind gives the legend; error nodes
 are grey crosses, visibly unlike features. Marker size is |influence|; hover shows the label, value, influence and
 cumulative influence. Edges are blue (positive) or red (negative), in three widths by |weight|. `prune_rows` is the
-pruning slider's filter: nodes holding the top τ of the normalized influence (circuit-tracer's node threshold).
+pruning slider's filter: interp.attribution.prune's node rule (circuit-tracer's node threshold) on the stored
+cumulative influences.
 Every string that reaches the figure is HTML-escaped (Plotly renders a subset of HTML in text and hover).
 """
 
@@ -19,7 +20,7 @@ import polars as pl
 
 from app.components import show_token
 from interp.attribution import AttributionGraph, GraphNode
-from interp.attribution.prune import OUTSIDE
+from interp.attribution.prune import ALWAYS_KEPT, OUTSIDE, kept_nodes_from_cumulative
 
 WIDTH, ROW_H, MIN_H = 1400, 46, 420  # figure size: readable at 1,400 px
 STYLE = {  # kind -> (legend name, colour, marker symbol)
@@ -31,7 +32,6 @@ STYLE = {  # kind -> (legend name, colour, marker symbol)
     "error": ("error (not explained)", "#7f7f7f", "x"),
     "other": ("bias / pruned remainder", "#c7c7c7", "triangle-up"),
 }
-ALWAYS = ("target", "embed")  # kept at every pruning threshold, as circuit-tracer keeps tokens and logits
 
 
 def plot_text(text: object) -> str:
@@ -55,13 +55,27 @@ def node_text(n: dict) -> str:
     return {"error": "err"}.get(n["kind"], n["kind"])  # error, bias, pruned: the hover has the details
 
 
-def prune_rows(nodes: pl.DataFrame, edges: pl.DataFrame, threshold: float, leaves: bool = False):
-    """(nodes, edges) kept at node threshold `threshold`: the target, the embeddings and every node whose
-    cumulative influence is ≤ threshold; bias/pruned leaves only if `leaves`; edges between kept nodes."""
+def prune_rows(
+    nodes: pl.DataFrame, edges: pl.DataFrame, threshold: float, leaves: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(nodes, edges) kept at node threshold `threshold`: the target, the embeddings, the smallest set of the most
+    influential nodes that holds `threshold` of the normalized influence (interp.attribution.prune's rule on the
+    stored cumulative influences); bias/pruned leaves only if `leaves`; edges between kept nodes."""
     other = pl.col("kind").is_in(OUTSIDE)  # the leaves circuit-tracer's graphs have no counterpart of
+    # every node of Â is ranked (embeddings too: their share counts); the target's stored 0.0 is no share
+    ranked = nodes.filter(~other & (pl.col("kind") != "target"))
+    cumulative = dict(
+        ranked.drop_nulls("cumulative_influence").select("node_id", "cumulative_influence").iter_rows()
+    )
+    kept_ranked = kept_nodes_from_cumulative(cumulative, threshold)
     # graphs stored before cumulative influence existed (NULL) keep every node
-    ranked = ~other & (pl.col("cumulative_influence").fill_null(0.0) <= threshold)
-    keep = pl.col("kind").is_in(ALWAYS) | ranked | (other & leaves)
+    unranked = pl.col("cumulative_influence").is_null() & ~other
+    keep = (
+        pl.col("kind").is_in(ALWAYS_KEPT)
+        | pl.col("node_id").is_in(list(kept_ranked))
+        | unranked
+        | (other & leaves)
+    )
     kept = nodes.filter(keep)
     ids = kept["node_id"]
     return kept, edges.filter(pl.col("src_node").is_in(ids) & pl.col("dst_node").is_in(ids))

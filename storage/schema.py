@@ -353,8 +353,9 @@ TABLES: tuple[Table, ...] = (
         (
             "cumulative_influence",
             "REAL",
-            "Share of the graph's normalized influence held by nodes at least as influential as this one "
-            "(circuit-tracer's cumulative score; a node threshold τ keeps nodes ≤ τ; NULL for bias/skip/pruned).",
+            "Share of the graph's normalized influence held by the nodes ranked before this one and itself "
+            "(circuit-tracer's cumulative score; a node threshold τ keeps the nodes below τ and the first that "
+            "reaches it, interp.attribution.prune.kept_nodes; 0 for the target, NULL for bias/pruned).",
         ),
         ("feeds", "VARCHAR", "Attention and pruned-remainder nodes: the node whose value they are part of."),
     ),

@@ -19,27 +19,35 @@ Scores (circuit-tracer's `compute_graph_scores`, on the graph before pruning):
     attribution, in absolute terms, the graph leaves unexplained in transcoder errors and MLPs without a transcoder.
 
 Pruning (circuit-tracer's `prune_graph`, defaults NODE_THRESHOLD and EDGE_THRESHOLD):
-  1. Rank the nodes of Â by normalized influence; keep the most influential that together hold `node_threshold`
-     of the total (ties kept). The target and the embeddings are always kept.
+  1. Rank the nodes of Â by normalized influence; keep the smallest set of the most influential that together
+     hold `node_threshold` of the total (`kept_nodes`: the node whose share crosses the threshold is kept, and
+     ties with it). The target and the embeddings (ALWAYS_KEPT) are always kept.
   2. On the graph of kept nodes, score each edge by Â[dst, src] · (influence_dst + e_dst) and keep the best edges
      that together hold `edge_threshold` of the total edge score.
   3. Repeatedly drop feature, attention, skip and error nodes left without a kept out-edge, and feature,
      attention and skip nodes left without a kept incoming edge from Â.
   4. Every dropped edge into a kept node is added to that node's `pruned` remainder, so each node's incoming
      weights still sum to its value; influences are recomputed on the pruned graph.
-`cumulative_influence` of a node: the share of the total normalized influence held by nodes at least as
-influential as it (circuit-tracer's cumulative score); pruning at node threshold τ keeps about the nodes ≤ τ.
+`cumulative_influence` of a node: the share of the total normalized influence held by the nodes ranked before
+it and itself (circuit-tracer's cumulative score). Step 1 at node threshold τ keeps every node whose cumulative
+influence is below τ and the first that reaches it; `kept_nodes_from_cumulative` applies that rule to stored
+cumulative influences (the app's pruning slider).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 
 from interp.attribution.graph import LEAF_KINDS, PASS_THROUGH_KINDS, AttributionGraph, GraphNode, NodeKey
 
 NODE_THRESHOLD = 0.8  # circuit-tracer's default: keep the nodes holding 80% of the influence
 EDGE_THRESHOLD = 0.98  # circuit-tracer's default: keep the edges holding 98% of the edge influence
 OUTSIDE = ("bias", "pruned")  # leaves with no circuit-tracer counterpart: not in Â
+ALWAYS_KEPT = (
+    "target",
+    "embed",
+)  # kinds kept at every node threshold, as circuit-tracer keeps tokens and logits
 
 
 def signed_influence(graph: AttributionGraph) -> None:
@@ -107,7 +115,8 @@ def graph_scores(graph: AttributionGraph, normalized: Normalized | None = None) 
 
 
 def cumulative_shares(scores: dict[str, float]) -> dict[str, float]:
-    """Share of the total held by the entries at least as large as each one (circuit-tracer's cumulative score)."""
+    """Share of the total held by the entries ranked before each one (by decreasing score) and itself
+    (circuit-tracer's cumulative score)."""
     total = sum(scores.values()) or 1.0
     out, running = {}, 0.0
     for key, v in sorted(scores.items(), key=lambda kv: -kv[1]):
@@ -127,6 +136,24 @@ def _threshold(scores: list[float], share: float) -> float:
     return ordered[-1] if ordered else 0.0
 
 
+def kept_nodes(scores: Mapping[str, float], threshold: float) -> set[str]:
+    """The smallest set of the highest-scoring nodes that together hold `threshold` of the total score (the node
+    that crosses it included, ties with it kept, zero scores never): pruning's step 1 (see top)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"node threshold must be between 0 and 1, not {threshold}.")
+    cut = _threshold(list(scores.values()), threshold)
+    return {n for n, v in scores.items() if v >= cut and v > 0}
+
+
+def kept_nodes_from_cumulative(cumulative: Mapping[str, float], threshold: float) -> set[str]:
+    """`kept_nodes` for nodes known by their cumulative influence only (cumulative_shares, e.g. read back from a
+    stored graph): each node's share is its cumulative influence minus that of the node ranked before it."""
+    shares, before = {}, 0.0
+    for n, c in sorted(cumulative.items(), key=lambda kv: kv[1]):
+        shares[n], before = c - before, c
+    return kept_nodes(shares, threshold)
+
+
 def prune(
     graph: AttributionGraph,
     node_threshold: float = NODE_THRESHOLD,
@@ -139,11 +166,10 @@ def prune(
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1, not {v}.")
     nodes, kind = graph.nodes, {n: node.kind for n, node in graph.nodes.items()}
-    always = {n for n, k in kind.items() if k in ("target", "embed")}
+    always = {n for n, k in kind.items() if k in ALWAYS_KEPT}
     # 1. nodes
     _, influence = normalized or _normalized(graph, graph.edges)
-    cut = _threshold(list(influence.values()), node_threshold)
-    keep = {n for n, v in influence.items() if v >= cut and v > 0} | always
+    keep = kept_nodes(influence, node_threshold) | always
     # 2. edges among kept nodes
     inner = {e: w for e, w in graph.edges.items() if e[0] in keep and e[1] in keep}
     rows, infl = _normalized(graph, inner)
