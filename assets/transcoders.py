@@ -41,12 +41,18 @@ from storage import transcoders as tc_store
 
 
 class EvalConfig(dg.Config):
-    """Held-out evaluation: loss metrics on `eval_contexts` contexts (a seeded sample stratified by source),
-    1 + 2 x layers forward passes per batch; reconstruction metrics (l0, fvu, dead) on the same tokens."""
+    """Held-out evaluation settings. Each field's description (the Dagster UI shows it) is its docstring, as in
+    the interp dataclasses the other fields come from."""
+
+    model_config = pydantic.ConfigDict(use_attribute_docstrings=True)
 
     eval_contexts: int = 256
+    """Held-out contexts (a seeded sample stratified by source) for the loss metrics, 1 + 2 x layers forward passes
+    per batch; the reconstruction metrics (l0, fvu, dead) are on the same tokens."""
     eval_seed: int = 1
+    """Seed of the held-out sample."""
     eval_batch_size: int = 8
+    """Contexts per evaluation forward pass."""
 
     def validate(self) -> None:
         if self.eval_contexts < 1:
@@ -56,9 +62,12 @@ class EvalConfig(dg.Config):
 class _TranscodersAssetConfig(EvalConfig):
     """The `transcoders` asset's own settings; TranscoderTrainConfig adds interp's."""
 
-    source: str = "stream"  # 'stream': train from forward passes; 'shards': from the `activations` shards
-    expansion_factor: int = EXPANSION_FACTOR  # the width: d_sae = expansion_factor x d_model
-    forward_batch: int = 16  # stream: contexts per forward pass
+    source: str = "stream"
+    """'stream': train from forward passes of the model; 'shards': from the `activations` asset's shards."""
+    expansion_factor: int = EXPANSION_FACTOR
+    """The width: d_sae = expansion_factor x d_model."""
+    forward_batch: int = 16
+    """stream: contexts per forward pass."""
 
     def _values(self, cls: type) -> dict:
         """This config's values of the fields of interp dataclass `cls` that it has."""
