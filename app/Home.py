@@ -5,15 +5,8 @@ import polars as pl
 import streamlit as st
 
 from app import components
-from app.overview import (
-    MATTERS_NATS,
-    MAX_DEAD_FRAC,
-    MAX_FVU,
-    MAX_L0,
-    MIN_CE_RECOVERED,
-    goal_misses,
-    mlp_matters,
-)
+from interp.quality import DEFAULTS as GOALS
+from interp.quality import goal_misses, mlp_matters
 from storage import queries
 
 st.set_page_config(page_title="Transcoder Atlas", layout="wide")
@@ -66,9 +59,9 @@ def main() -> None:
     missed = [(r["layer"], goal_misses(r)) for r in rows]
     missed = [(layer, m) for layer, m in missed if m]
     st.caption(
-        f"Goals on layers whose MLP matters (ΔCE mean-ablated ≥ {MATTERS_NATS:g} nats): CE recovered ≥ "
-        f"{MIN_CE_RECOVERED:.2f}, L0 ≤ {MAX_L0:g}, dead ≤ {MAX_DEAD_FRAC:.0%}. FVU above {MAX_FVU:g} is flagged on "
-        "every layer."
+        f"Goals on layers whose MLP matters (ΔCE mean-ablated ≥ {GOALS.matters_delta_ce:g} nats): CE recovered ≥ "
+        f"{GOALS.goal_ce_recovered:.2f}, L0 ≤ {GOALS.goal_l0:g}, dead ≤ {GOALS.goal_dead_frac:.0%}. FVU above "
+        f"{GOALS.goal_max_fvu:g} is flagged on every layer (interp/quality.py)."
     )
     for layer, m in missed:
         st.warning(f"Layer {layer}: " + "; ".join(components.esc(x) for x in m), icon="⚠️")

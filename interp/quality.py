@@ -7,8 +7,10 @@
    `matters_delta_ce` nats), when it recovers less than `min_ce_recovered_blocking` of the loss. A layer whose MLP
    does not matter has a CE recovered that is a ratio of two tiny numbers: noise, never a verdict.
 2. The quality goals are warnings (non-blocking) on layers whose MLP matters: CE recovered >= `goal_ce_recovered`,
-   L0 <= `goal_l0` and dead fraction <= `goal_dead_frac`. A transcoder can pass the gate and miss a goal. The app's
-   overview (app/overview.py) flags the same goals with these same thresholds.
+   L0 <= `goal_l0` and dead fraction <= `goal_dead_frac`; and, on every layer, FVU <= `goal_max_fvu`. A
+   transcoder can pass the gate and miss a goal. The build stores `goal_misses`; the app (Home, feature cards)
+   calls `goal_misses` and `mlp_matters` on the stored metrics, where a metric can be missing (not evaluated):
+   a missing metric misses no goal.
 
 NaN metrics fail whatever they are compared with.
 """
@@ -34,12 +36,23 @@ class Thresholds:
     """Goal (a warning): active features per token, at most."""
     goal_dead_frac: float = 0.05
     """Goal (a warning): fraction of features that never fire on the held-out tokens, at most."""
+    goal_max_fvu: float = 0.9
+    """Goal (a warning) on every layer: the most FVU; above it the transcoder explains almost none of its MLP's
+    output variance."""
 
     def asdict(self) -> dict[str, float]:
         return asdict(self)
 
 
-def mlp_matters(m: Mapping[str, float], t: Thresholds) -> bool:
+DEFAULTS = Thresholds()
+# A metric within EPS of its goal meets it: stored metrics are float32, and 0.05 reads back as 0.0500000007.
+EPS = 1e-6
+
+
+def mlp_matters(m: Mapping[str, float | None], t: Thresholds = DEFAULTS) -> bool | None:
+    """Whether mean-ablating the layer's MLP costs at least `matters_delta_ce` nats (None: not evaluated)."""
+    if m.get("ce_ablated") is None or m.get("ce_clean") is None:
+        return None
     return m["ce_ablated"] - m["ce_clean"] >= t.matters_delta_ce
 
 
@@ -55,16 +68,18 @@ def gate(m: Mapping[str, float], t: Thresholds) -> tuple[bool, str]:
     return not fails, "; ".join(fails)
 
 
-def goal_misses(m: Mapping[str, float], t: Thresholds) -> list[str]:
-    """The quality goals missed on a layer whose MLP matters, each with its value and goal ([] when all are met or
-    the MLP does not matter)."""
-    if not mlp_matters(m, t):
-        return []
+def goal_misses(m: Mapping[str, float | None], t: Thresholds = DEFAULTS) -> list[str]:
+    """The quality goals the metrics miss, each a short phrase with its value and goal ('CE recovered 0.82 <
+    0.90'): FVU on every layer, the others on a layer whose MLP matters; a missing (None) metric misses none."""
     out = []
-    if not m["ce_recovered"] >= t.goal_ce_recovered:
-        out.append(f"ce_recovered {m['ce_recovered']:.3f} < {t.goal_ce_recovered}")
-    if not m["l0"] <= t.goal_l0:
-        out.append(f"l0 {m['l0']:.1f} > {t.goal_l0:g}")
-    if not m["dead_frac"] <= t.goal_dead_frac:
-        out.append(f"dead_frac {m['dead_frac']:.3f} > {t.goal_dead_frac}")
+    if m.get("fvu") is not None and not m["fvu"] <= t.goal_max_fvu + EPS:
+        out.append(f"FVU {m['fvu']:.2f} > {t.goal_max_fvu:g}")
+    if not mlp_matters(m, t):
+        return out
+    if m.get("ce_recovered") is not None and not m["ce_recovered"] >= t.goal_ce_recovered - EPS:
+        out.append(f"CE recovered {m['ce_recovered']:.2f} < {t.goal_ce_recovered:.2f}")
+    if m.get("l0") is not None and not m["l0"] <= t.goal_l0 + EPS:
+        out.append(f"L0 {m['l0']:.1f} > {t.goal_l0:g}")
+    if m.get("dead_frac") is not None and not m["dead_frac"] <= t.goal_dead_frac + EPS:
+        out.append(f"dead {m['dead_frac']:.1%} > {t.goal_dead_frac:.0%}")
     return out

@@ -12,7 +12,8 @@ import streamlit as st
 
 from app import components, steer
 from app.components import esc
-from app.overview import goal_misses
+from interp.quality import DEFAULTS as GOALS
+from interp.quality import goal_misses
 from storage import queries
 
 t_page = time.perf_counter()
@@ -188,7 +189,8 @@ def main() -> None:
         st.caption(
             f"⚠️ This feature's transcoder misses a quality goal ({esc('; '.join(misses))}): read its features with "
             "that in mind (see Home).",
-            help="An FVU above 0.9 means the transcoder explains under 10% of its MLP's output variance.",
+            help=f"An FVU above {GOALS.goal_max_fvu:g} means the transcoder explains under "
+            f"{1 - GOALS.goal_max_fvu:.0%} of its MLP's output variance.",
         )
     stats_block(s, card["flags"])
     if s.get("n_active"):

@@ -9,7 +9,7 @@ import torch
 from interp.activations import harvest
 from interp.evals import evaluate_each
 from interp.model import mlp_hooks
-from interp.quality import Thresholds, gate, goal_misses
+from interp.quality import Thresholds, gate, goal_misses, mlp_matters
 from interp.train import TrainConfig, train
 from interp.transcoder import Transcoder, TranscoderConfig
 
@@ -82,7 +82,29 @@ def test_goals_are_warnings_listed_with_their_values():
         "dead_frac": 0.1,
     }
     assert gate(m, t)[0]
-    assert goal_misses(m, t) == ["ce_recovered 0.850 < 0.9", "l0 40.0 > 32", "dead_frac 0.100 > 0.05"]
+    assert goal_misses(m, t) == ["CE recovered 0.85 < 0.90", "L0 40.0 > 32", "dead 10.0% > 5%"]
     assert goal_misses({**m, "ce_recovered": 0.95, "l0": 32.0, "dead_frac": 0.05}, t) == []
-    # a layer whose MLP does not matter (mean ablation costs 0.05 nats < 0.1) carries no goal
+    # a layer whose MLP does not matter (mean ablation costs 0.05 nats < 0.1) carries no goal but the FVU one
     assert goal_misses({**m, "ce_ablated": 3.05}, t) == []
+    assert goal_misses({**m, "ce_ablated": 3.05, "fvu": 0.97}, t) == ["FVU 0.97 > 0.9"]
+    assert goal_misses({**m, "fvu": 0.97}, t)[0] == "FVU 0.97 > 0.9"
+
+
+def test_goals_on_stored_metrics_skip_missing_ones_and_float32_rounding():
+    """The app reads metrics back from float32 columns, some not evaluated (None): a missing metric misses no goal
+    and an MLP not yet ablated is neither mattering nor not; a goal met exactly still reads as met."""
+    t = Thresholds()
+    assert mlp_matters({"ce_clean": 3.0, "ce_ablated": None}, t) is None
+    assert goal_misses({"fvu": None, "ce_clean": 3.0, "ce_ablated": None, "l0": 99.0}, t) == []
+    stored = {
+        "ce_clean": 3.0,
+        "ce_ablated": 4.0,
+        "fvu": 0.9,
+        "ce_recovered": 0.9,
+        "l0": 32.0,
+        "dead_frac": 0.05,
+    }
+    as_float32 = {k: float(torch.tensor(v, dtype=torch.float32)) for k, v in stored.items()}
+    assert as_float32["dead_frac"] > 0.05 and as_float32["ce_recovered"] < 0.9  # what the database hands back
+    assert goal_misses(as_float32, t) == []
+    assert goal_misses({**as_float32, "ce_recovered": None, "dead_frac": 0.06}, t) == ["dead 6.0% > 5%"]
