@@ -31,7 +31,7 @@ run whole forward passes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -152,17 +152,6 @@ class ReconstructionStats:
             "dead_frac": (self.fired == 0).double().mean().item(),
             "dense_frac": (density > DENSE_THRESHOLD).double().mean().item(),
         }
-
-
-@torch.no_grad()
-def reconstruction_metrics(tc: Transcoder, chunks: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
-    """l0, fvu, mse, dead_frac, dense_frac over held-out activation chunks {'x': [n, d_in], 'y': [n, d_out]}."""
-    stats = ReconstructionStats(tc.d_sae)
-    for chunk in chunks:
-        x, y = chunk["x"], chunk["y"]
-        for i in range(0, x.shape[0], 8192):
-            stats.update(tc, x[i : i + 8192], y[i : i + 8192])
-    return stats.result()
 
 
 # Hugging Face model types whose forward runs embed -> decoder layers -> final norm -> lm_head and does nothing to
