@@ -8,7 +8,6 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
-DAGSTER := $(BIN)/dagster asset materialize -m assets.definitions
 
 .PHONY: install lock data test-deps atlas test test-fast lint app ui bench clean
 
@@ -46,8 +45,10 @@ data: install
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $@
 
+# The `atlas` Dagster job over every layer (ATLAS_LAYERS), one step at a time; flags in assets/build.py, e.g.
+# `make atlas BUILD_ARGS="--layers 0,8 --from features"`.
 atlas: data $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m assets.build
+	$(BIN)/python -m assets.build $(BUILD_ARGS)
 
 # What the interop tests (tests/app/test_circuit_tracer_viewer.py) run against, fetched here so that no test
 # reaches the network: circuit-tracer in a venv of its own (its declared dependencies pin transformers <= 4.57,
@@ -86,6 +87,8 @@ lint: install
 app: install
 	$(BIN)/streamlit run app/Home.py --server.address 127.0.0.1 --server.headless true
 
+# The Dagster UI on the same instance: the build's runs, lineage and metadata (layer partitions appear once a
+# build has registered them).
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -m assets.definitions -h 127.0.0.1
 

@@ -16,8 +16,9 @@ import dagster as dg
 import polars as pl
 from tqdm import tqdm
 
-from assets import resources, settings
+from assets import settings
 from assets.metadata import md_table
+from assets.resources import AtlasModel
 from interp.activations import harvest
 from interp.model import mlp_hooks
 from storage import activations as act_store
@@ -36,12 +37,18 @@ class ActivationsConfig(dg.Config):
 
 
 def _harvest_split(
-    model, layers: list[int], split: str, n_contexts: int, config: ActivationsConfig, run: str
+    atlas_model: AtlasModel,
+    layers: list[int],
+    split: str,
+    n_contexts: int,
+    config: ActivationsConfig,
+    run: str,
 ):
     tokens, context_ids = corpus_store.sample_contexts(split, n_contexts, config.seed)
     order = context_ids.argsort()  # shards hold contiguous context-id ranges
     tokens, context_ids = tokens[order], context_ids[order]
-    writer = act_store.ShardWriter(settings.model_name(), layers, split, run, config.shard_tokens)
+    model, model_name = atlas_model.load(), atlas_model.model_name
+    writer = act_store.ShardWriter(model_name, layers, split, run, config.shard_tokens)
     bar = tqdm(total=tokens.shape[0], desc=f"harvest {split} L{layers}", unit="ctx")
     t0 = time.perf_counter()
     try:
@@ -57,7 +64,7 @@ def _harvest_split(
     for layer, layer_shards in shards.items():
         hook_in, hook_out = mlp_hooks(layer)
         act_store.record_manifest(
-            settings.model_name(),
+            model_name,
             layer,
             split,
             layer_shards,
@@ -78,18 +85,19 @@ def _harvest_split(
     group_name="activations",
     kinds={"parquet", "duckdb"},
 )
-def activations(context: dg.AssetExecutionContext, config: ActivationsConfig) -> dg.MaterializeResult:
+def activations(
+    context: dg.AssetExecutionContext, config: ActivationsConfig, atlas_model: AtlasModel
+) -> dg.MaterializeResult:
     """x = blocks.L.ln2.hook_normalized and y = blocks.L.hook_mlp_out (fp16 Parquet shards + manifest rows)."""
     layers = settings.partition_layers(context)
-    model = resources.model()
     run = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     stats = {}
     for split, n in (("train", config.train_contexts), ("eval", config.eval_contexts)):
         if n == 0:  # not harvested: the old shards of this split go too
             for layer in layers:
-                act_store.clear_manifest(settings.model_name(), layer, split)
+                act_store.clear_manifest(atlas_model.model_name, layer, split)
             continue
-        n_tok, seconds, shards = _harvest_split(model, layers, split, n, config, run)
+        n_tok, seconds, shards = _harvest_split(atlas_model, layers, split, n, config, run)
         stats[split] = (n_tok, seconds, shards)
         context.log.info(
             f"harvested {n_tok} {split} tokens x {len(layers)} layers at {n_tok / seconds:.0f} tok/s"

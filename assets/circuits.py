@@ -14,8 +14,9 @@ import dagster as dg
 import polars as pl
 import torch
 
-from assets import resources, settings
+from assets import settings
 from assets.metadata import md_table
+from assets.resources import AtlasModel
 from interp.attribution import (
     EDGE_THRESHOLD,
     N_PATHS,
@@ -71,11 +72,15 @@ class AttributionGraphsConfig(dg.Config):
 
 
 @dg.asset(deps=["transcoders"], group_name="circuits", kinds={"pytorch", "duckdb"})
-def feature_edges(context: dg.AssetExecutionContext, config: FeatureEdgesConfig) -> dg.MaterializeResult:
+def feature_edges(
+    context: dg.AssetExecutionContext, config: FeatureEdgesConfig, atlas_model: AtlasModel
+) -> dg.MaterializeResult:
     """Input-invariant feature-to-feature weights (top-k upstream per downstream feature, per resid/head)."""
-    device = settings.device()
-    ids, tcs, failed = circuits.load_atlas_transcoders(settings.model_name(), settings.layers(), device)
-    model = resources.model()
+    device, model_name = atlas_model.torch_device, atlas_model.model_name
+    ids, tcs, failed = circuits.load_atlas_transcoders(
+        model_name, settings.atlas_layers(context.instance), device
+    )
+    model = atlas_model.load()
     W_V, W_O = (w.detach().to(device) for w in ov_weights(model))
     t0 = time.perf_counter()
     tops = compute_feature_edges(
@@ -90,7 +95,7 @@ def feature_edges(context: dg.AssetExecutionContext, config: FeatureEdgesConfig)
     )
     frames = [circuits.edges_frame(top, ids) for top in tops]
     seconds = time.perf_counter() - t0
-    n = circuits.write_feature_edges(settings.model_name(), frames, ids.values())
+    n = circuits.write_feature_edges(model_name, frames, ids.values())
     context.log.info(f"{n} feature edges over layers {sorted(ids)} in {seconds:.1f} s")
     strongest = pl.concat(frames).sort(pl.col("weight").abs(), descending=True) if frames else pl.DataFrame()
     return dg.MaterializeResult(
@@ -107,12 +112,14 @@ def feature_edges(context: dg.AssetExecutionContext, config: FeatureEdgesConfig)
 
 @dg.asset(deps=["transcoders", dg.AssetDep("features")], group_name="circuits", kinds={"pytorch", "duckdb"})
 def attribution_graphs(
-    context: dg.AssetExecutionContext, config: AttributionGraphsConfig
+    context: dg.AssetExecutionContext, config: AttributionGraphsConfig, atlas_model: AtlasModel
 ) -> dg.MaterializeResult:
     """Attribution graphs of the configured prompts/targets: greedy path search, influence-based pruning, scores."""
-    model, model_name = resources.model(), settings.model_name()
-    device = settings.device()
-    ids, tcs, failed = circuits.load_atlas_transcoders(settings.model_name(), settings.layers(), device)
+    model, model_name = atlas_model.load(), atlas_model.model_name
+    device = atlas_model.torch_device
+    ids, tcs, failed = circuits.load_atlas_transcoders(
+        model_name, settings.atlas_layers(context.instance), device
+    )
     tok = model.tokenizer
     rows, kept = [], []
     for spec in config.graphs:
@@ -170,8 +177,8 @@ def attribution_graphs(
 
 
 @dg.asset_check(asset=attribution_graphs, description="Every node's incoming edge weights sum to its value.")
-def graphs_balance() -> dg.AssetCheckResult:
-    worst = circuits.bookkeeping_residuals(settings.model_name())
+def graphs_balance(atlas_model: AtlasModel) -> dg.AssetCheckResult:
+    worst = circuits.bookkeeping_residuals(atlas_model.model_name)
     bad = worst.filter(pl.col("rel_error") > 1e-3)
     return dg.AssetCheckResult(
         passed=bad.height == 0,

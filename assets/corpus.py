@@ -6,10 +6,9 @@ import dagster as dg
 import polars as pl
 from tqdm import tqdm
 
-from assets import settings
 from assets.metadata import md_table
+from assets.resources import AtlasModel
 from interp.corpus import make_contexts, read_documents
-from interp.model import load_tokenizer
 from storage import corpus as corpus_store
 from storage import layout
 
@@ -26,10 +25,12 @@ class CorpusConfig(dg.Config):
 
 
 @dg.asset(group_name="corpus", kinds={"duckdb"})
-def contexts(context: dg.AssetExecutionContext, config: CorpusConfig) -> dg.MaterializeResult:
+def contexts(
+    context: dg.AssetExecutionContext, config: CorpusConfig, atlas_model: AtlasModel
+) -> dg.MaterializeResult:
     """Corpus text cut into BOS-prefixed fixed-length token windows with a deterministic train/eval split."""
     sources = config.sources or [layout.corpora_dir()]
-    tok = load_tokenizer(settings.model_name(), layout.models_dir())
+    tok = atlas_model.tokenizer()
     t0 = time.perf_counter()
     rows: dict[str, list] = {"split": [], "corpus": [], "source": [], "tokens": []}
     for ctx in tqdm(
@@ -70,12 +71,12 @@ def contexts(context: dg.AssetExecutionContext, config: CorpusConfig) -> dg.Mate
 
 
 @dg.asset(group_name="corpus", kinds={"duckdb"})
-def vocab(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def vocab(context: dg.AssetExecutionContext, atlas_model: AtlasModel) -> dg.MaterializeResult:
     """Every token id of the model's tokenizer with its decoded string."""
-    tok = load_tokenizer(settings.model_name(), layout.models_dir())
+    tok = atlas_model.tokenizer()
     strings = tok.batch_decode([[i] for i in range(len(tok))])
-    n = corpus_store.write_vocab(settings.model_name(), strings)
-    return dg.MaterializeResult(metadata={"model": settings.model_name(), "tokens": n})
+    n = corpus_store.write_vocab(atlas_model.model_name, strings)
+    return dg.MaterializeResult(metadata={"model": atlas_model.model_name, "tokens": n})
 
 
 ASSETS = [contexts, vocab]

@@ -16,8 +16,9 @@ import dagster as dg
 import polars as pl
 import torch
 
-from assets import resources, settings
+from assets import settings
 from assets.metadata import md_table
+from assets.resources import AtlasModel
 from interp.features import MinerConfig, exact_examples, forward_chunks, fresh_encoder, mine, mine_layers
 from interp.labels import label_from_tokens
 from interp.neighbors import decoder_neighbors
@@ -53,11 +54,12 @@ class FeatureTokensConfig(dg.Config):
     n_neighbors: int = 10  # decoder-cosine neighbours per feature, over all gated layers
 
 
-def _layer_gate(context: dg.AssetExecutionContext, layer: int, tables: tuple[str, ...]) -> tuple[str, str]:
+def _layer_gate(
+    context: dg.AssetExecutionContext, model: str, layer: int, tables: tuple[str, ...]
+) -> tuple[str, str]:
     """(transcoder id, '') of the layer's current transcoder if it passed its quality gate (the rows of the layer's
     other versions are removed from `tables`), else (id, reason) after removing the layer's rows from `tables` (a
     failed transcoder must not keep stale features)."""
-    model = settings.model_name()
     rows = tc_store.list_transcoders(model).filter(pl.col("layer") == layer)
     if rows.height == 0:
         raise LookupError(
@@ -100,9 +102,9 @@ def _labels(stats, token_strs: list[str]) -> list[str]:
     return [label_from_tokens(toks[f], weights[f]) for f in range(len(stats.n_active))]
 
 
-def _mine_layer(context, layer: int, tid: str, config: FeaturesConfig) -> dict:
-    model_name = settings.model_name()
-    tc = tc_store.load_transcoder(tid, device=settings.device())
+def _mine_layer(context, atlas_model: AtlasModel, layer: int, tid: str, config: FeaturesConfig) -> dict:
+    model_name, device = atlas_model.model_name, atlas_model.torch_device
+    tc = tc_store.load_transcoder(tid, device=device)
     tokens, context_ids = corpus_store.load_contexts("eval")
     add_tokens = _token_ids(tokens, context_ids)
     batches = (
@@ -111,7 +113,6 @@ def _mine_layer(context, layer: int, tid: str, config: FeaturesConfig) -> dict:
     )
     shared = {k: getattr(config, k) for k in MinerConfig.__dataclass_fields__ if hasattr(config, k)}
     cfg = MinerConfig(**shared, windows=not config.exact_examples)  # the exact pass fills the windows
-    device = settings.device()
 
     @torch.no_grad()
     def encode(x: torch.Tensor) -> torch.Tensor:
@@ -129,22 +130,24 @@ def _mine_layer(context, layer: int, tid: str, config: FeaturesConfig) -> dict:
             return tokens[[row_of[int(i)] for i in ids]]
 
         n_exact = exact_examples(
-            stats.examples, fresh_encoder(resources.model(), tc.encode, layer), tokens_of, which
+            stats.examples, fresh_encoder(atlas_model.load(), tc.encode, layer), tokens_of, which
         )
     exact_s = time.perf_counter() - t0 - mine_s
     context.log.info(f"layer {layer}: {n_exact} contexts re-encoded exactly in {exact_s:.1f}s")
-    return _write_layer(context, layer, tid, stats, mine_s) | {
+    return _write_layer(context, model_name, layer, tid, stats, mine_s) | {
         "exact_contexts": n_exact,
         "exact_seconds": round(exact_s, 1),
     }
 
 
-def _mine_stream(context, tids: dict[int, str], config: FeaturesConfig) -> dict[int, dict]:
+def _mine_stream(
+    context, atlas_model: AtlasModel, tids: dict[int, str], config: FeaturesConfig
+) -> dict[int, dict]:
     """Mine every layer in `tids` from one float32 forward pass per batch of a stratified held-out sample."""
     tokens, context_ids = corpus_store.sample_contexts("eval", config.mining_contexts, config.seed)
     order = context_ids.argsort()
     tokens, context_ids = tokens[order], context_ids[order]
-    device = settings.device()
+    device = atlas_model.torch_device
     encoders = {}
     for layer, tid in tids.items():
         tc = tc_store.load_transcoder(tid, device=device)
@@ -155,16 +158,17 @@ def _mine_stream(context, tids: dict[int, str], config: FeaturesConfig) -> dict[
 
         encoders[layer] = (encode, tc.d_sae)
     shared = {k: getattr(config, k) for k in MinerConfig.__dataclass_fields__ if hasattr(config, k)}
-    chunks = forward_chunks(resources.model(), tokens, context_ids, sorted(tids), config.forward_batch)
+    chunks = forward_chunks(atlas_model.load(), tokens, context_ids, sorted(tids), config.forward_batch)
     t0 = time.perf_counter()
     n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
     stats = mine_layers(encoders, chunks, MinerConfig(**shared, windows=True), total_tokens=n_tokens)
     seconds = time.perf_counter() - t0
-    return {layer: _write_layer(context, layer, tids[layer], stats[layer], seconds) for layer in tids}
+    name = atlas_model.model_name
+    return {layer: _write_layer(context, name, layer, tids[layer], stats[layer], seconds) for layer in tids}
 
 
-def _write_layer(context, layer: int, tid: str, stats, mine_s: float) -> dict:
-    labels = _labels(stats, corpus_store.token_strings(settings.model_name()))
+def _write_layer(context, model_name: str, layer: int, tid: str, stats, mine_s: float) -> dict:
+    labels = _labels(stats, corpus_store.token_strings(model_name))
     counts = feature_store.write_mined(tid, stats, labels)
     cover = feature_store.coverage(tid)
     context.log.info(
@@ -186,26 +190,30 @@ def _write_layer(context, layer: int, tid: str, stats, mine_s: float) -> dict:
 @dg.asset(
     partitions_def=settings.layer_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=["transcoders", "contexts"],
+    deps=["transcoders", "contexts", "vocab"],  # vocab: the labels are made of its token strings
     group_name="features",
     kinds={"duckdb"},
 )
-def features(context: dg.AssetExecutionContext, config: FeaturesConfig) -> dg.MaterializeResult:
+def features(
+    context: dg.AssetExecutionContext, config: FeaturesConfig, atlas_model: AtlasModel
+) -> dg.MaterializeResult:
     """Per-feature statistics, top and quantile-band examples, token -> feature index, labels (one mining pass)."""
     if config.source not in ("stream", "shards"):
         raise ValueError(f"source must be 'stream' or 'shards', got {config.source!r}.")
     metadata: dict = {}
     tids = {}
     for layer in settings.partition_layers(context):
-        tid, skipped = _layer_gate(context, layer, feature_store.MINED_TABLES)
+        tid, skipped = _layer_gate(context, atlas_model.model_name, layer, feature_store.MINED_TABLES)
         if skipped:
             metadata[f"L{layer}_skipped"] = skipped
         else:
             tids[layer] = tid
     if config.source == "stream":
-        results = _mine_stream(context, tids, config) if tids else {}
+        results = _mine_stream(context, atlas_model, tids, config) if tids else {}
     else:
-        results = {layer: _mine_layer(context, layer, tid, config) for layer, tid in tids.items()}
+        results = {
+            layer: _mine_layer(context, atlas_model, layer, tid, config) for layer, tid in tids.items()
+        }
     for layer, out in results.items():
         preview = out.pop("preview")
         metadata.update({f"L{layer}_{k}": v for k, v in out.items()})
@@ -216,22 +224,26 @@ def features(context: dg.AssetExecutionContext, config: FeaturesConfig) -> dg.Ma
 @dg.asset(
     partitions_def=settings.layer_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=["transcoders"],
+    # every layer's transcoder, not only its own: the neighbours span all gated layers (so a build of several
+    # concurrent layer ranges runs it after all of them, assets.build)
+    deps=[dg.AssetDep("transcoders", partition_mapping=dg.AllPartitionMapping())],
     group_name="features",
     kinds={"duckdb"},
 )
-def feature_tokens(context: dg.AssetExecutionContext, config: FeatureTokensConfig) -> dg.MaterializeResult:
+def feature_tokens(
+    context: dg.AssetExecutionContext, config: FeatureTokensConfig, atlas_model: AtlasModel
+) -> dg.MaterializeResult:
     """De-embeddings, logit effects (top/bottom tokens) and decoder-cosine neighbours across gated layers."""
-    model = resources.model()
+    model = atlas_model.load()
     W_E, W_U = model.W_E.detach().float().cpu(), model.W_U.detach().float().cpu()  # [vocab, d], [d, vocab]
-    listing = tc_store.list_transcoders(settings.model_name())
+    listing = tc_store.list_transcoders(atlas_model.model_name)
     gated = listing.filter(pl.col("gate_passed").fill_null(False))["transcoder_id"].to_list()
     banks = {t: tc_store.load_transcoder(t).W_dec.detach() for t in gated}  # [d_sae, d_model] each
     metadata: dict = {}
     ids = list(banks)
     current = {}  # layer -> transcoder id, the layers of this run whose transcoder passed its gate
     for layer in settings.partition_layers(context):
-        tid, skipped = _layer_gate(context, layer, feature_store.WEIGHT_TABLES)
+        tid, skipped = _layer_gate(context, atlas_model.model_name, layer, feature_store.WEIGHT_TABLES)
         if skipped:
             metadata[f"L{layer}_skipped"] = skipped
         else:
@@ -260,11 +272,11 @@ def feature_tokens(context: dg.AssetExecutionContext, config: FeatureTokensConfi
     group_name="features",
     kinds={"json"},
 )
-def neuronpedia_export(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def neuronpedia_export(context: dg.AssetExecutionContext, atlas_model: AtlasModel) -> dg.MaterializeResult:
     """The layer's features in Neuronpedia's bulk-import layout under $ATLAS_HOME/exports/neuronpedia/."""
     metadata: dict = {}
     for layer in settings.partition_layers(context):
-        tid, skipped = _layer_gate(context, layer, ())
+        tid, skipped = _layer_gate(context, atlas_model.model_name, layer, ())
         if skipped:
             metadata[f"L{layer}_skipped"] = skipped
             continue
@@ -275,9 +287,9 @@ def neuronpedia_export(context: dg.AssetExecutionContext) -> dg.MaterializeResul
 @dg.asset_check(
     asset=features, description="Every live feature has enough top examples and some band examples."
 )
-def features_have_examples() -> dg.AssetCheckResult:
+def features_have_examples(atlas_model: AtlasModel) -> dg.AssetCheckResult:
     rows = []
-    for tid in tc_store.list_transcoders(settings.model_name())["transcoder_id"].to_list():
+    for tid in tc_store.list_transcoders(atlas_model.model_name)["transcoder_id"].to_list():
         cover = feature_store.coverage(tid)
         if cover["live"]:
             rows.append({"transcoder_id": tid, **cover})

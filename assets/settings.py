@@ -1,11 +1,13 @@
-"""What this atlas is built from: one model, a set of layers, a device. Read from the environment once, since
-partitions must be known when the definitions load.
+"""Which layers the atlas covers: the keys of the dynamic partitions definition `layer`.
 
-    ATLAS_MODEL   model name (default 'smollm2-135m', the embedded offline default)
-    ATLAS_LAYERS  'all' (the default: every layer of the model, read from its config) or comma-separated layer
-                  partitions, e.g. '0,2,8,11'
-    ATLAS_DEVICE  'cpu', 'cuda', 'cuda:1' or 'auto' (default)
-    ATLAS_HOME    artifact root (storage.layout)
+The layer set lives in the Dagster instance, not in the environment: `python -m assets.build` registers the
+chosen layers there before its runs (`register_layers`), and every run reads them back (`partition_layers` for a
+partitioned step, `atlas_layers` for a step over the whole atlas). Nothing here reads the environment when the
+definitions load, so tests and the UI import `assets.definitions` as they are. The model and the device are the
+`AtlasModel` resource's config (assets/resources.py).
+
+    ATLAS_LAYERS  the build's default layer set: 'all' (every layer of the model, read from its config) or
+                  comma-separated layers, e.g. '0,2,8,11'
 """
 
 from __future__ import annotations
@@ -14,35 +16,58 @@ import os
 
 import dagster as dg
 
-from interp.model import DEFAULT_MODEL, n_layers, resolve_device
+from interp.model import n_layers
+from storage import layout
 
 DEFAULT_LAYERS = "all"
 
+# keys are layer numbers as strings, registered in ascending order (a partition range is an ascending span)
+layer_partitions = dg.DynamicPartitionsDefinition(name="layer")
 
-def model_name() -> str:
-    return os.environ.get("ATLAS_MODEL", DEFAULT_MODEL)
 
-
-def layers() -> list[int]:
-    raw = os.environ.get("ATLAS_LAYERS", DEFAULT_LAYERS)
-    if raw.strip() == "all":
-        from storage import layout
-
-        return list(range(n_layers(model_name(), layout.models_dir())))
+def parse_layers(spec: str, model_name: str) -> list[int]:
+    """'all' or comma-separated layer numbers -> sorted distinct layers, checked against the model's depth."""
+    depth = n_layers(model_name, layout.models_dir())
+    if spec.strip() == "all":
+        return list(range(depth))
     try:
-        out = sorted({int(x) for x in raw.split(",") if x.strip()})
+        out = sorted({int(x) for x in spec.split(",") if x.strip()})
     except ValueError as e:
-        raise ValueError(f"ATLAS_LAYERS={raw!r} must be comma-separated integers, e.g. '0,2,8,11'.") from e
+        raise ValueError(
+            f"layers {spec!r} must be 'all' or comma-separated integers, e.g. '0,2,8,11'."
+        ) from e
     if not out:
-        raise ValueError("ATLAS_LAYERS is empty; give at least one layer, e.g. ATLAS_LAYERS=0.")
+        raise ValueError("The layer list is empty; give at least one layer, e.g. '0', or 'all'.")
+    if out[0] < 0 or out[-1] >= depth:
+        raise ValueError(f"layers {spec!r}: {model_name} has layers 0..{depth - 1}.")
     return out
 
 
-def device() -> str:
-    return resolve_device(os.environ.get("ATLAS_DEVICE"))
+def env_layers(model_name: str) -> list[int]:
+    """The layers ATLAS_LAYERS names (default 'all'), for the build's and the scripts' command-line defaults."""
+    return parse_layers(os.environ.get("ATLAS_LAYERS", DEFAULT_LAYERS), model_name)
 
 
-layer_partitions = dg.StaticPartitionsDefinition([str(layer) for layer in layers()])
+def register_layers(instance: dg.DagsterInstance, layers: list[int]) -> None:
+    """Make `layers` the instance's `layer` partitions, in ascending order (other keys are removed)."""
+    want = [str(layer) for layer in sorted(layers)]
+    have = instance.get_dynamic_partitions(layer_partitions.name)
+    if have == want:
+        return
+    for key in have:  # re-added in order below: a range `0...11` must not skip a layer added later
+        instance.delete_dynamic_partition(layer_partitions.name, key)
+    instance.add_dynamic_partitions(layer_partitions.name, want)
+
+
+def atlas_layers(instance: dg.DagsterInstance) -> list[int]:
+    """Every layer registered in the instance: the layers of a step over the whole atlas."""
+    keys = instance.get_dynamic_partitions(layer_partitions.name)
+    if not keys:
+        raise LookupError(
+            "No layer partitions are registered in this Dagster instance; `python -m assets.build` registers "
+            "them (or add them under the `layer` partitions in the UI)."
+        )
+    return sorted(int(k) for k in keys)
 
 
 def partition_layers(context: dg.AssetExecutionContext) -> list[int]:

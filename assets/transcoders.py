@@ -25,9 +25,10 @@ import polars as pl
 import pydantic
 import torch
 
-from assets import resources, settings
+from assets import settings
 from assets.config import fields_of
 from assets.metadata import md_table
+from assets.resources import AtlasModel
 from interp.activations import harvest
 from interp.evals import evaluate, evaluate_each
 from interp.model import autocast, check_layers, mlp_hooks
@@ -143,9 +144,8 @@ def _recipe(cfg: TrainConfig, tc_cfg: TranscoderConfig, data: dict) -> dict:
     return {**recipe(cfg, tc_cfg), "data": data}
 
 
-def _stream_data(config: TranscoderTrainConfig, layers: list[int]):
+def _stream_data(model, config: TranscoderTrainConfig, layers: list[int]):
     """(stream(start), data description) over a stratified sample of training contexts sized to the budget."""
-    model = resources.model()
     n_ctx = math.ceil(config.train_tokens / (corpus_store.context_length() - 1))
     ids = corpus_store.sample_context_ids("train", n_ctx, config.seed)
     tokens = corpus_store.contexts_by_id(ids)  # [n_ctx, ctx_len]
@@ -165,9 +165,9 @@ def _stream_data(config: TranscoderTrainConfig, layers: list[int]):
     return stream, data
 
 
-def _shard_data(layer: int):
+def _shard_data(model_name: str, layer: int):
     """(one-layer stream, data description) over the layer's train activation shards."""
-    paths = act_store.shard_paths(settings.model_name(), layer, "train")
+    paths = act_store.shard_paths(model_name, layer, "train")
 
     def chunks():
         for path in paths:
@@ -176,13 +176,13 @@ def _shard_data(layer: int):
     return chunks, {"split": "train", "shards": paths}
 
 
-def _train(context, config: TranscoderTrainConfig, layers: list[int]) -> tuple[dict[int, TrainResult], dict]:
+def _train(
+    context, config: TranscoderTrainConfig, atlas_model: AtlasModel, layers: list[int]
+) -> tuple[dict[int, TrainResult], dict]:
     """Train every layer of the run; returns results and each layer's recipe."""
-    model = resources.model()
-    cfg = config.train_config(settings.device())
-    tc_cfgs = {
-        layer: config.transcoder_config(settings.model_name(), layer, model.cfg.d_model) for layer in layers
-    }
+    model, model_name = atlas_model.load(), atlas_model.model_name
+    cfg = config.train_config(atlas_model.torch_device)
+    tc_cfgs = {layer: config.transcoder_config(model_name, layer, model.cfg.d_model) for layer in layers}
 
     def log_row(layer: int, r: dict) -> None:
         context.log.info(
@@ -192,17 +192,17 @@ def _train(context, config: TranscoderTrainConfig, layers: list[int]) -> tuple[d
     if config.source == "shards":
         results, recipes = {}, {}
         for layer in layers:
-            chunks, data = _shard_data(layer)
+            chunks, data = _shard_data(model_name, layer)
             recipes[layer] = _recipe(cfg, tc_cfgs[layer], data)
-            ckpt = _checkpoint([layer], recipes)
+            ckpt = _checkpoint(model_name, [layer], recipes)
             results[layer] = train(
                 chunks, cfg, tc_cfgs[layer], ckpt, on_log=lambda r, la=layer: log_row(la, r)
             )
             _drop_checkpoint(ckpt)
         return results, recipes
-    stream, data = _stream_data(config, layers)
+    stream, data = _stream_data(model, config, layers)
     recipes = {layer: _recipe(cfg, tc_cfgs[layer], data) for layer in layers}
-    ckpt = _checkpoint(layers, recipes)
+    ckpt = _checkpoint(model_name, layers, recipes)
     results = train_layers(
         stream,
         {layer: cfg for layer in layers},
@@ -215,12 +215,12 @@ def _train(context, config: TranscoderTrainConfig, layers: list[int]) -> tuple[d
     return results, recipes
 
 
-def _checkpoint(layers: list[int], recipes: dict) -> str | None:
+def _checkpoint(model_name: str, layers: list[int], recipes: dict) -> str | None:
     """A local checkpoint file for this run (keyed by its layers and recipes), or None for a remote ATLAS_HOME."""
     if layout.is_remote(layout.atlas_home()):
         return None
     key = tc_store.version_hash({str(layer): recipes[layer] for layer in layers})
-    return layout.join(layout.checkpoint_dir(f"{settings.model_name()}/run-{key}"), "state.pt")
+    return layout.join(layout.checkpoint_dir(f"{model_name}/run-{key}"), "state.pt")
 
 
 def _drop_checkpoint(path: str | None) -> None:
@@ -235,16 +235,18 @@ def _drop_checkpoint(path: str | None) -> None:
     group_name="transcoders",
     kinds={"pytorch", "duckdb"},
 )
-def transcoders(context: dg.AssetExecutionContext, config: TranscoderTrainConfig) -> dg.MaterializeResult:
+def transcoders(
+    context: dg.AssetExecutionContext, config: TranscoderTrainConfig, atlas_model: AtlasModel
+) -> dg.MaterializeResult:
     """A transcoder per layer imitating its MLP: weights (SAELens layout), training curve and held-out metrics."""
     layers = settings.partition_layers(context)
     config.validate()
-    model = resources.model()
+    model = atlas_model.load()
     check_layers(model, layers)
     thresholds = config.thresholds()
-    device = settings.device()
+    device = atlas_model.torch_device
     t0 = time.perf_counter()
-    results, recipes = _train(context, config, layers)
+    results, recipes = _train(context, config, atlas_model, layers)
     train_s = time.perf_counter() - t0
     tcs = {layer: r.transcoder.to(device) for layer, r in results.items()}
     tokens, _ = corpus_store.sample_contexts("eval", config.eval_contexts, config.eval_seed)
@@ -269,7 +271,7 @@ def transcoders(context: dg.AssetExecutionContext, config: TranscoderTrainConfig
         passed, reason = gate(m, thresholds)
         misses = goal_misses(m, thresholds)
         tid = tc_store.transcoder_id(
-            settings.model_name(), layer, tc.cfg.architecture, tc.d_sae, recipes[layer]
+            atlas_model.model_name, layer, tc.cfg.architecture, tc.d_sae, recipes[layer]
         )
         provenance = {
             **recipes[layer],
@@ -338,15 +340,18 @@ SpliceConfig = pydantic.create_model(
 
 
 @dg.asset(deps=["transcoders"], group_name="transcoders", kinds={"pytorch", "duckdb"})
-def splice_metrics(context: dg.AssetExecutionContext, config: SpliceConfig) -> dg.MaterializeResult:
+def splice_metrics(
+    context: dg.AssetExecutionContext, config: SpliceConfig, atlas_model: AtlasModel
+) -> dg.MaterializeResult:
     """Next-token loss with every layer's current transcoder spliced in at once, against mean-ablating every one
     of those MLPs (rows in `splice_metrics`)."""
     config.validate()
-    model_name = settings.model_name()
-    listed = tc_store.list_transcoders(model_name).filter(pl.col("layer").is_in(settings.layers()))
+    model_name = atlas_model.model_name
+    layers = settings.atlas_layers(context.instance)
+    listed = tc_store.list_transcoders(model_name).filter(pl.col("layer").is_in(layers))
     if listed.height == 0:
         raise LookupError(f"No transcoders for {model_name}; materialize `transcoders` first.")
-    device = settings.device()
+    device = atlas_model.torch_device
     tcs, means = {}, {}
     for tid, layer in zip(listed["transcoder_id"], listed["layer"]):
         tcs[layer] = tc_store.load_transcoder(tid, device=device)
@@ -354,7 +359,7 @@ def splice_metrics(context: dg.AssetExecutionContext, config: SpliceConfig) -> d
     tokens, _ = corpus_store.sample_contexts("eval", config.eval_contexts, config.eval_seed)
     with autocast(device, config.bf16):
         res = evaluate(
-            resources.model(),
+            atlas_model.load(),
             tcs,
             tokens,
             means,
@@ -381,30 +386,41 @@ def splice_metrics(context: dg.AssetExecutionContext, config: SpliceConfig) -> d
     )
 
 
-def _current_rows(context: dg.AssetCheckExecutionContext) -> tuple[pl.DataFrame, list[int]]:
+def _current_rows(context: dg.AssetCheckExecutionContext, model_name: str) -> tuple[pl.DataFrame, list[int]]:
     """The current transcoder rows of the check's layers, and the layers that have none."""
     partitioned = context.has_partition_key or context.has_partition_key_range
-    layers = [int(k) for k in context.partition_keys] if partitioned else settings.layers()
-    rows = tc_store.list_transcoders(settings.model_name()).filter(pl.col("layer").is_in(layers))
+    layers = (
+        sorted(int(k) for k in context.partition_keys)
+        if partitioned
+        else settings.atlas_layers(context.instance)
+    )
+    rows = tc_store.list_transcoders(model_name).filter(pl.col("layer").is_in(layers))
     return rows, sorted(set(layers) - set(rows["layer"].to_list()))
 
 
+# Not blocking in Dagster's sense: a run covers a range of layers, and a blocking failure would skip the downstream
+# steps of every layer in it. The gate is enforced per layer instead: `features` and `feature_tokens` skip a layer
+# whose transcoder failed it (with the reason in their metadata), and the build exits non-zero naming the layers.
 @dg.asset_check(
     asset=transcoders,
-    blocking=True,
+    blocking=False,
     partitions_def=settings.layer_partitions,
-    description="Blocking: each layer's current transcoder is not broken (typical-token FVU, and CE recovered on "
-    "layers whose MLP matters); see interp/quality.py.",
+    description="Gate: each layer's current transcoder is not broken (typical-token FVU, and CE recovered on "
+    "layers whose MLP matters); see interp/quality.py. Downstream steps skip a layer that fails it.",
 )
-def transcoder_gate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    rows, missing = _current_rows(context)
+def transcoder_gate(context: dg.AssetCheckExecutionContext, atlas_model: AtlasModel) -> dg.AssetCheckResult:
+    rows, missing = _current_rows(context, atlas_model.model_name)
     report = rows.select(
         "layer", "transcoder_id", "fvu_typical", "ce_recovered", "gate_passed", "gate_reason"
     )
     failed = rows.filter(~pl.col("gate_passed").fill_null(False))["layer"].to_list()
     return dg.AssetCheckResult(
         passed=not failed and not missing,
-        metadata={"layers": md_table(report), "failed": str(failed), "missing": str(missing)},
+        metadata={
+            "layers": md_table(report),
+            "failed": dg.MetadataValue.json(failed),  # read by assets.build
+            "missing": dg.MetadataValue.json(missing),
+        },
     )
 
 
@@ -414,8 +430,8 @@ def transcoder_gate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResu
     partitions_def=settings.layer_partitions,
     description="Warning: quality goals (CE recovered >= 0.90 where the MLP matters, L0 <= 32, dead <= 5%).",
 )
-def transcoder_goals(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    rows, missing = _current_rows(context)
+def transcoder_goals(context: dg.AssetCheckExecutionContext, atlas_model: AtlasModel) -> dg.AssetCheckResult:
+    rows, missing = _current_rows(context, atlas_model.model_name)
     report = rows.select("layer", "ce_recovered", "l0", "dead_frac", "goal_misses")
     missed = rows.filter(pl.col("goal_misses").fill_null("") != "")["layer"].to_list()
     return dg.AssetCheckResult(

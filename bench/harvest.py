@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from assets.settings import DEFAULT_LAYERS
+from assets import settings
 from bench import scoped_env
 from interp.activations import harvest
 from interp.corpus import make_contexts, read_documents
@@ -32,7 +32,7 @@ def _contexts(model) -> torch.Tensor:  # [N_CONTEXTS, 128]
 
 
 def main() -> None:
-    layers = [int(x) for x in DEFAULT_LAYERS.split(",")]
+    layers = settings.parse_layers(settings.DEFAULT_LAYERS, DEFAULT_MODEL)
     model = load_model(DEFAULT_MODEL, cache_dir=layout.models_dir())
     tokens = _contexts(model)
     ids = torch.arange(tokens.shape[0])

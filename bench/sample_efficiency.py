@@ -109,7 +109,7 @@ def main() -> None:
     except ImportError:
         print('   FVU vs eai-sparsify: skipped (install the bench extra: pip install -e ".[bench]")')
         return
-    from assets import resources
+    from assets.resources import AtlasModel
     from storage import corpus as corpus_store
 
     try:
@@ -117,7 +117,7 @@ def main() -> None:
     except Exception as e:  # no atlas yet
         print(f"   FVU vs eai-sparsify: skipped (no contexts in the atlas: run `make atlas` first; {e})")
         return
-    model = resources.model()
+    model = AtlasModel().load()  # $ATLAS_MODEL on $ATLAS_DEVICE, as the build
     x, y = _activations(model, "train", math.ceil(TOKENS / (ctx_len - 1)), seed=0)
     x_eval, y_eval = _activations(model, "eval", EVAL_CONTEXTS, seed=1)
     batches = _batches(x[:TOKENS], y[:TOKENS])

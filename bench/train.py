@@ -89,8 +89,10 @@ def _from_shards() -> float | None:
 
     try:
         from assets import settings
+        from assets.resources import AtlasModel
 
-        paths = act_store.shard_paths(settings.model_name(), settings.layers()[0], "train")
+        name = AtlasModel().model_name
+        paths = act_store.shard_paths(name, settings.env_layers(name)[0], "train")
     except Exception:  # no database or no shards: skip this line
         return None
 

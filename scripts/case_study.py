@@ -7,7 +7,8 @@ Needs an atlas with transcoders (`make atlas`, or at least the `transcoders` ass
 appear when `features` is materialized too.
 
 Steps:
-  1. Load the model and the latest transcoder of every atlas layer (ATLAS_MODEL, ATLAS_LAYERS).
+  1. Load the model and the latest transcoder of every atlas layer: model and device as the assets' `atlas_model`
+     resource resolves them (ATLAS_MODEL, ATLAS_DEVICE), layers as the build parses them (ATLAS_LAYERS).
   2. Check the behaviour: the model's probabilities of the target token and the distractor.
   3. Build the target's attribution graph (greedy path search), store it in the atlas and export circuit-tracer
      JSON; list its top paths, and for each feature on them its label, density and top activating examples.
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from assets import settings
+from assets.resources import AtlasModel
 from interp.ablation import ablation_effects
 from interp.attribution import (
     N_PATHS,
@@ -41,7 +44,6 @@ from interp.attribution import (
     target_string,
 )
 from interp.faithfulness import SETTINGS, agreement, intervene, pearson
-from interp.model import DEFAULT_MODEL, load_model
 from storage import circuits, graph_export, layout, queries
 
 log = logging.getLogger("atlas.case_study")
@@ -261,21 +263,23 @@ def _faithfulness(checks: list[_Check]) -> list[str]:
 
 
 def run(
-    model_name: str,
+    atlas: AtlasModel,
     layers: list[int] | None,
     prompt: str,
     target_spec: str,
     n_paths: int = N_PATHS,
     n_steps: int = N_STEPS,
     n_top: int = 6,
-    models_dir: str | None = None,
 ) -> tuple[str, str]:
     """Build, store and describe the graphs; returns (report markdown, report path)."""
     # 1. model and transcoders
-    model = load_model(model_name, device="cpu", cache_dir=models_dir or layout.models_dir())
-    ids, tcs, failed = circuits.load_atlas_transcoders(model_name, layers, "cpu")
+    model_name, device = atlas.model_name, atlas.torch_device
+    model = atlas.load()
+    ids, tcs, failed = circuits.load_atlas_transcoders(model_name, layers, device)
     tok = model.tokenizer
-    tokens = torch.tensor([tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"])
+    tokens = torch.tensor(
+        [tok.bos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"], device=device
+    )
     target = parse_target(target_spec, tok)
     token_strs = [tok.decode([t]) for t in tokens.tolist()]
     st = _Study(
@@ -325,17 +329,21 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=os.environ.get("ATLAS_MODEL", DEFAULT_MODEL))
+    parser.add_argument("--model", default="", help="default: $ATLAS_MODEL, else the embedded model")
+    parser.add_argument("--device", default="", help="default: $ATLAS_DEVICE, else cuda when available")
     parser.add_argument(
-        "--layers", default=os.environ.get("ATLAS_LAYERS"), help="default: every trained layer"
+        "--layers",
+        default=os.environ.get("ATLAS_LAYERS"),
+        help="'all' or e.g. '0,2,8' (default: $ATLAS_LAYERS, else every trained layer)",
     )
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--target", default=TARGET)
     parser.add_argument("--n-paths", type=int, default=N_PATHS)
     parser.add_argument("--n-steps", type=int, default=N_STEPS)
     args = parser.parse_args(argv)
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    text, path = run(args.model, layers, args.prompt, args.target, args.n_paths, args.n_steps)
+    atlas = AtlasModel(name=args.model, device=args.device)
+    layers = settings.parse_layers(args.layers, atlas.model_name) if args.layers else None
+    text, path = run(atlas, layers, args.prompt, args.target, args.n_paths, args.n_steps)
     print(text)
     print(f"(written to {path})")
 

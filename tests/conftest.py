@@ -11,8 +11,6 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Layer partitions are fixed when assets.settings is imported; the tiny model has 3 layers.
-os.environ.setdefault("ATLAS_LAYERS", "0,1,2")
 
 TINY_CHARS = list("abcdefghijklmnopqrstuvwxyz .,'!?\n<>/()=;:-\"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 

@@ -14,9 +14,13 @@ import torch
 from assets.circuits import attribution_graphs, feature_edges, graphs_balance
 from interp.attribution import EDGE_THRESHOLD, NODE_THRESHOLD, attribute, parse_target
 from interp.faithfulness import SETTINGS
-from storage import db, layout, queries
+from storage import layout, queries
 from storage import transcoders as tc_store
+from storage.db import readers
+from tests.assets.runs import materialize
 from tests.interp.test_edges import make_transcoders
+
+LAYERS = (0, 2)  # the atlas's layers: random transcoders at 0 and 2 of the tiny model's 3
 
 GRAPHS = {
     "graphs": [
@@ -30,9 +34,7 @@ GRAPHS = {
 
 @pytest.fixture
 def atlas(atlas_home, tiny_model, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("ATLAS_MODEL", tiny_model_dir)
-    monkeypatch.setenv("ATLAS_LAYERS", "0,2")
-    monkeypatch.setenv("ATLAS_DEVICE", "cpu")
+    monkeypatch.setenv("ATLAS_MODEL", tiny_model_dir)  # the model of every run (tests.assets.runs)
     tcs = make_transcoders([0, 2], tiny_model.cfg.d_model, d_sae=24, seed=5)
     for layer, tc in tcs.items():
         tc.cfg.model_name = tiny_model_dir
@@ -45,19 +47,19 @@ def atlas(atlas_home, tiny_model, tiny_model_dir, monkeypatch):
 
 
 def _run(assets, config: dict) -> dg.ExecuteInProcessResult:
-    return dg.materialize(assets, run_config={"ops": config}, raise_on_error=True)
+    return materialize(assets, layers=LAYERS, run_config={"ops": config}, raise_on_error=True)
 
 
 def test_feature_edges_asset_writes_topk_rows(atlas, tiny_model):
     cfg = {"feature_edges": {"config": {"k": 4, "block": 10}}}
     res = _run([feature_edges], cfg)
     n_vias = 1 + 2 * tiny_model.cfg.n_heads  # resid + heads of layers 1 and 2
-    assert db.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == 24 * 4 * n_vias
+    assert readers.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == 24 * 4 * n_vias
     _run([feature_edges], cfg)  # idempotent
-    assert db.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == 24 * 4 * n_vias
+    assert readers.query("SELECT count(*) AS n FROM feature_edges")["n"][0] == 24 * 4 * n_vias
     meta = res.asset_materializations_for_node("feature_edges")[0].metadata
     assert meta["gate_failed"].value == "tiny/L2/relu-24"
-    row = db.query(
+    row = readers.query(
         "SELECT * FROM feature_edges WHERE via = 'resid' AND dst_feature = 7 ORDER BY rank LIMIT 1"
     )
     w = (atlas[0].W_dec[row["src_feature"][0]] @ atlas[2].W_enc[:, 7]).item()
@@ -98,18 +100,16 @@ def test_attribution_graphs_asset_stores_balanced_graphs_and_exports(atlas, tiny
         assert info["completeness_score"] == pytest.approx(row["completeness_score"], rel=1e-6)
         assert exported["metadata"]["node_threshold"] == 0.8
         # faithfulness: every setting, the top feature nodes by |influence|, summary = rows
-        faith = db.query("SELECT * FROM graph_faithfulness WHERE graph_id = ?", [row["graph_id"]])
+        faith = readers.query("SELECT * FROM graph_faithfulness WHERE graph_id = ?", [row["graph_id"]])
         assert sorted(faith["setting"]) == sorted(SETTINGS)
-        per_node = db.query("SELECT * FROM graph_interventions WHERE graph_id = ?", [row["graph_id"]])
+        per_node = readers.query("SELECT * FROM graph_interventions WHERE graph_id = ?", [row["graph_id"]])
         n_features = stored["nodes"].filter(pl.col("kind") == "feature").height
         assert faith["n_nodes"].to_list() == [min(20, n_features)] * len(SETTINGS)
         assert per_node.height == len(SETTINGS) * min(20, n_features)
         influence = dict(zip(stored["nodes"]["node_id"], stored["nodes"]["influence"]))
         for r in per_node.iter_rows(named=True):
             assert r["predicted"] == -influence[r["node_id"]]  # both stored as REAL from the same float
-    check = dg.materialize(
-        [attribution_graphs, graphs_balance], run_config={"ops": {"attribution_graphs": {"config": GRAPHS}}}
-    )
+    check = _run([attribution_graphs, graphs_balance], {"attribution_graphs": {"config": GRAPHS}})
     assert all(c.passed for c in check.get_asset_check_evaluations())
     for gid in graphs["graph_id"]:
         path = layout.join(layout.exports_dir(), f"graph-{gid}.json")
@@ -128,7 +128,7 @@ def test_attribution_graphs_asset_stores_balanced_graphs_and_exports(atlas, tiny
     one = {**GRAPHS, "graphs": GRAPHS["graphs"][:1]}
     _run([attribution_graphs], {"attribution_graphs": {"config": one}})
     assert queries.graphs().height == 1
-    assert db.query("SELECT count(DISTINCT graph_id) AS n FROM graph_nodes")["n"][0] == 1
+    assert readers.query("SELECT count(DISTINCT graph_id) AS n FROM graph_nodes")["n"][0] == 1
 
 
 def test_definitions_load_with_circuits():

@@ -15,7 +15,8 @@ from tests.assets.test_circuits import atlas  # noqa: F401  (fixture: tiny model
 
 def test_case_study_report(atlas, tiny_model_dir, capsys):  # noqa: F811
     case_study.main(
-        ["--model", tiny_model_dir, "--prompt", "hello world, hello", "--target", 'logit:" "-"w"']
+        ["--model", tiny_model_dir, "--layers", "all", "--device", "cpu"]  # 'all': the trained layers 0 and 2
+        + ["--prompt", "hello world, hello", "--target", 'logit:" "-"w"']
     )
     printed = capsys.readouterr().out
     graphs = queries.graphs()

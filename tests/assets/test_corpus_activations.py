@@ -11,6 +11,7 @@ from storage import activations as act_store
 from storage import corpus as corpus_store
 from storage import layout
 from storage.db import readers
+from tests.assets.runs import materialize
 
 SMALL = {"train_contexts": 6, "eval_contexts": 3, "batch_size": 4, "shard_tokens": 40}
 
@@ -25,7 +26,7 @@ def _run_config(**acts):
 
 
 def _materialize_all(tags=None, partition_key=None):
-    return dg.materialize(
+    return materialize(
         [corpus_assets.contexts, corpus_assets.vocab, act_assets.activations],
         run_config=_run_config(),
         partition_key=partition_key,
@@ -42,7 +43,7 @@ def test_definitions_load():
 
 def test_contexts_and_vocab_are_idempotent(tiny_atlas):
     for _ in range(2):
-        result = dg.materialize(
+        result = materialize(
             [corpus_assets.contexts, corpus_assets.vocab],
             run_config=dg.RunConfig(ops={"contexts": corpus_assets.CorpusConfig(ctx_len=16)}),
         )
@@ -61,7 +62,7 @@ def test_empty_corpus_fails_without_touching_the_database(tiny_atlas, tmp_path):
     blank.mkdir()
     (blank / "blank.txt").write_text("")
     with pytest.raises(Exception, match="holds no text"):
-        dg.materialize(
+        materialize(
             [corpus_assets.contexts],
             run_config=dg.RunConfig(ops={"contexts": corpus_assets.CorpusConfig(sources=[str(blank)])}),
         )

@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from assets.features import feature_tokens, features, features_have_examples, neuronpedia_export
+from assets.resources import AtlasModel
 from interp.model import mlp_hooks
 from storage import corpus as corpus_store
 from storage import features as feature_store
 from storage import transcoders as tc_store
 from storage.db import readers
+from tests.assets.runs import materialize
 from tests.storage.test_features import D_SAE, N_CTX, build_atlas
 
 MINER = {"n_top": 6, "window": 8, "window_left": 5, "mining_contexts": N_CTX, "forward_batch": 5}
@@ -25,13 +27,12 @@ SHARDS = {"ops": {"features": {"config": {**MINER, "source": "shards"}}}}
 
 @pytest.fixture
 def atlas(atlas_home, tiny_model, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("ATLAS_MODEL", tiny_model_dir)
-    monkeypatch.setenv("ATLAS_DEVICE", "cpu")
+    monkeypatch.setenv("ATLAS_MODEL", tiny_model_dir)  # the model of every run (tests.assets.runs)
     return build_atlas(tiny_model, tiny_model_dir, {1: True, 2: False})
 
 
 def _run(assets, key: str, config: dict | None = None) -> dg.ExecuteInProcessResult:
-    return dg.materialize(assets, partition_key=key, run_config=config or {}, raise_on_error=True)
+    return materialize(assets, partition_key=key, run_config=config or {}, raise_on_error=True)
 
 
 def _count(table: str, tid: str) -> int:
@@ -65,7 +66,7 @@ def test_top_examples_equal_a_fresh_forward_pass(atlas, tiny_model, config):
         "label"
     ]
     assert labels.str.len_chars().min() > 0
-    assert features_have_examples().passed
+    assert features_have_examples(atlas_model=AtlasModel()).passed
 
 
 def test_rerun_replaces_rows_and_failed_gate_skips_layer(atlas, tiny_model, tiny_model_dir):
@@ -127,7 +128,6 @@ def test_real_model_top_examples_equal_a_fresh_forward_pass(real_data, atlas_hom
         os.path.join(real_data["models"], "smollm2-135m"), os.path.join(atlas_home, "models", "smollm2-135m")
     )
     monkeypatch.setenv("ATLAS_MODEL", "smollm2-135m")
-    monkeypatch.setenv("ATLAS_DEVICE", "cpu")
     model = load_model("smollm2-135m", device="cpu", cache_dir=os.path.join(atlas_home, "models"))
     text = (
         "The Congress shall have power to lay and collect taxes, duties, imposts and excises, to pay the debts and "

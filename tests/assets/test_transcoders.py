@@ -1,6 +1,6 @@
 """Assets `transcoders` and `splice_metrics` on the tiny model, end to end through Dagster's materialize():
 every layer of a run trained from one streaming pass, versions side by side with a current one, the gate recorded
-and enforced by a blocking check, goals as warnings, bad input refused before any work."""
+and reported by its check, goals as warnings, bad input refused before any work."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import torch
 
 from assets import activations as act_assets
 from assets import corpus as corpus_assets
-from assets import settings
 from assets import transcoders as tc_assets
 from interp.quality import Thresholds
 from interp.train import TrainConfig
 from interp.transcoder import EXPANSION_FACTOR, TranscoderConfig
 from storage import transcoders as tc_store
 from storage.db import readers
+from tests.assets.runs import TINY_LAYERS, materialize
 
 TRAIN = {
     "expansion_factor": 2,
@@ -41,9 +41,8 @@ ALL = {"dagster/asset_partition_range_start": "0", "dagster/asset_partition_rang
 
 
 @pytest.fixture
-def corpus(tiny_atlas, monkeypatch):
-    monkeypatch.setenv("ATLAS_DEVICE", "cpu")
-    result = dg.materialize(
+def corpus(tiny_atlas):
+    result = materialize(
         [corpus_assets.contexts, corpus_assets.vocab],
         run_config=dg.RunConfig(ops={"contexts": corpus_assets.CorpusConfig(ctx_len=16, eval_fraction=0.25)}),
     )
@@ -51,9 +50,12 @@ def corpus(tiny_atlas, monkeypatch):
     return tiny_atlas
 
 
-def _train(partition: str | None = None, tags: dict | None = None, **overrides) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
+def _train(
+    partition: str | None = None, tags: dict | None = None, layers=TINY_LAYERS, **overrides
+) -> dg.ExecuteInProcessResult:
+    return materialize(
         [tc_assets.transcoders, *tc_assets.CHECKS],
+        layers=layers,
         partition_key=partition,
         tags=tags,
         run_config={"ops": {"transcoders": {"config": {**TRAIN, **overrides}}}},
@@ -113,7 +115,7 @@ def test_failed_gate_is_recorded_and_blocks(corpus, tiny_model_dir):
 
 def test_retraining_from_shards(corpus, tiny_model_dir):
     acts = act_assets.ActivationsConfig(train_contexts=12, eval_contexts=3, batch_size=4, shard_tokens=64)
-    assert dg.materialize(
+    assert materialize(
         [act_assets.activations], run_config=dg.RunConfig(ops={"activations": acts}), tags=ALL
     ).success
     assert _train("1", source="shards").success
@@ -121,18 +123,17 @@ def test_retraining_from_shards(corpus, tiny_model_dir):
     assert row["layer"] == 1 and tc_store.transcoder_row(row["transcoder_id"])["config"]["source"] == "shards"
 
 
-def test_bad_input_fails_before_any_work(corpus, tiny_model_dir, monkeypatch):
+def test_bad_input_fails_before_any_work(corpus, tiny_model_dir):
     result = _train("0", train_tokens=0)
     assert not result.success and "budget of at least one batch" in str(result.all_events)
-    monkeypatch.setattr(settings, "partition_layers", lambda context: [7])
-    result = _train("0")
+    result = _train("7", layers=(7,))  # a layer partition the model does not have
     assert not result.success and "out of range" in str(result.all_events)
     assert readers.query("SELECT count(*) AS n FROM transcoders")["n"][0] == 0
 
 
 def test_splice_metrics_splices_every_trained_layer(corpus, tiny_model_dir):
     assert _train(tags=ALL).success
-    assert dg.materialize(
+    assert materialize(
         [tc_assets.splice_metrics], run_config={"ops": {"splice_metrics": {"config": {"eval_contexts": 3}}}}
     ).success
     rows = readers.query("SELECT * FROM splice_metrics")

@@ -3,7 +3,6 @@ independent recomputation in Python says it should."""
 
 from __future__ import annotations
 
-import dagster as dg
 import pytest
 
 from assets.features import feature_tokens, features
@@ -11,19 +10,19 @@ from storage import corpus as corpus_store
 from storage import example_queries as eq
 from storage import features as feature_store
 from storage.db import readers, working_copy
+from tests.assets.runs import materialize
 from tests.storage.test_features import N_CTX, build_atlas
 
 
 @pytest.fixture
 def atlas(atlas_home, tiny_model, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("ATLAS_MODEL", tiny_model_dir)
-    monkeypatch.setenv("ATLAS_DEVICE", "cpu")
     ids = build_atlas(tiny_model, tiny_model_dir, {1: True, 2: True})
     config = {
         "ops": {"features": {"config": {"n_top": 6, "window": 8, "window_left": 5, "mining_contexts": N_CTX}}}
     }
     for key in ("1", "2"):
-        dg.materialize([features, feature_tokens], partition_key=key, run_config=config, raise_on_error=True)
+        materialize([features, feature_tokens], partition_key=key, run_config=config, raise_on_error=True)
     return ids
 
 

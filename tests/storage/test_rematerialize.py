@@ -15,6 +15,7 @@ from assets import features as feature_assets
 from assets import transcoders as tc_assets
 from storage import layout, schema
 from storage.db import readers
+from tests.assets.runs import materialize
 from tests.assets.test_transcoders import TRAIN
 from tests.storage import atlas_files
 
@@ -22,9 +23,13 @@ LAYERS = ("0", "1")
 RANGE = {"dagster/asset_partition_range_start": "0", "dagster/asset_partition_range_end": "1"}
 
 
+def _materialize(assets: list, **kwargs) -> dg.ExecuteInProcessResult:
+    return materialize(assets, layers=tuple(int(k) for k in LAYERS), **kwargs)
+
+
 def _build() -> None:
     acts = act_assets.ActivationsConfig(train_contexts=12, eval_contexts=3, batch_size=4, shard_tokens=64)
-    ok = dg.materialize(
+    ok = _materialize(
         [corpus_assets.contexts, corpus_assets.vocab, act_assets.activations],
         run_config=dg.RunConfig(
             ops={"contexts": corpus_assets.CorpusConfig(ctx_len=16), "activations": acts}
@@ -34,14 +39,14 @@ def _build() -> None:
     assert ok
     for layer in LAYERS:
         run = {"ops": {"transcoders": {"config": TRAIN}}}
-        assert dg.materialize([tc_assets.transcoders], partition_key=layer, run_config=run).success
+        assert _materialize([tc_assets.transcoders], partition_key=layer, run_config=run).success
         mine = {
             "ops": {
                 "features": {"config": {"n_top": 4, "window": 6, "window_left": 3, "mining_contexts": 16}}
             }
         }
         assets = [feature_assets.features, feature_assets.feature_tokens]
-        assert dg.materialize(assets, partition_key=layer, run_config=mine).success
+        assert _materialize(assets, partition_key=layer, run_config=mine).success
     graphs = {"graphs": [{"prompt": "the cat sat", "target": 'logit:" "'}], "n_paths": 4, "n_steps": 2}
     run = {
         "ops": {
@@ -50,7 +55,7 @@ def _build() -> None:
         }
     }
     assets = [circuit_assets.feature_edges, circuit_assets.attribution_graphs]
-    assert dg.materialize(assets, run_config=run).success
+    assert _materialize(assets, run_config=run).success
 
 
 def _counts() -> dict[str, int]:
@@ -66,9 +71,7 @@ def _managed_files(home: str) -> list[str]:
     )
 
 
-def test_rematerializing_twice_keeps_counts_and_leaves_no_orphans(tiny_atlas, monkeypatch):
-    monkeypatch.setenv("ATLAS_DEVICE", "cpu")
-    monkeypatch.setenv("ATLAS_LAYERS", ",".join(LAYERS))
+def test_rematerializing_twice_keeps_counts_and_leaves_no_orphans(tiny_atlas):
     _build()
     first, files_first = _counts(), _managed_files(tiny_atlas)
     assert first["feature_edges"] > 0 and first["graph_nodes"] > 0 and first["features"] > 0
