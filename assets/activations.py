@@ -1,8 +1,8 @@
 """Asset `activations`: MLP input/output of every atlas layer, harvested in one forward pass per batch.
 
 Partitioned by layer; a range of partitions runs as ONE run (single-run backfill), so
-`dagster asset materialize --select activations --partition-range 0...11` runs the model once for all layers,
-stopping after the highest. Shards go to a fresh run folder; the manifest is swapped in one transaction once every
+`python -m assets.build --only activations` runs the model once for all the atlas's layers, stopping after the
+highest. Shards go to a fresh run folder; the manifest is swapped in one transaction once every
 shard exists, and storage's sweep deletes older run folders once no published snapshot points to them, so a
 failure leaves the previous activations usable. Optional: `transcoders` and `features` stream from forward passes
 by default; shards serve re-training a layer from stored activations (`source: shards`).

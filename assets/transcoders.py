@@ -1,12 +1,13 @@
-"""Assets `transcoders` (one per layer) and `splice_metrics` (all trained layers spliced at once), with a blocking
-gate check and a non-blocking quality-goal check.
+"""Assets `transcoders` (one per layer) and `splice_metrics` (all trained layers spliced at once), with a gate check
+(downstream steps skip a layer that fails it) and a quality-goal check (warnings).
 
 `transcoders` is partitioned by layer and runs a range of partitions as ONE run (single-run backfill): with
 `source: stream` (the default) the model runs once per batch of a seeded, source-stratified sample of training
 contexts and every layer of the run trains on its own (x, y) from that pass (interp.train.train_layers), so no
 activations are stored; `source: shards` re-trains from the `activations` asset's Parquet shards instead. A killed
 run resumes from its checkpoint under $ATLAS_HOME/checkpoints without repeating finished forward passes. Layer
-groups run in parallel as separate runs (`--partition-range 0...9`, `10...19`, ...), each with its own pass.
+ranges run in parallel as separate runs (`python -m assets.build --runs 3`: 0..9, 10..19, 20..29), each with its
+own pass.
 
 Each transcoder is then evaluated spliced alone on a stratified sample of held-out contexts (interp.evals), gated
 (interp.quality: blocking "not broken" gate, quality goals as warnings) and written as a new version (its id hashes
