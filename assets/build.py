@@ -15,7 +15,9 @@ A layer whose transcoder fails its quality gate does not stop the others: downst
 says why) and the build exits non-zero naming it. Per-step wall times go to $ATLAS_HOME/build_times.json for
 `make bench` (bench/build.py).
 
-Usage: python -m assets.build [--layers all|0,2,8] [--from ASSET] [--only ASSET ...] [--config run.yaml]
+Usage: python -m assets.build [--layers all|0,2,8] [--from ASSET] [--only ASSET ...] [--runs N]
+                              [--max-concurrent N] [--config run.yaml]
+(`--only` also takes the optional assets: activations, neuronpedia_export.)
 """
 
 from __future__ import annotations
@@ -43,26 +45,36 @@ RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_p
 log = logging.getLogger("atlas.build")
 
 
-def build_assets() -> list[str]:
+def job_assets() -> list[str]:
     """The assets of the `atlas` job, in an order the graph allows."""
     from assets.definitions import BUILD_JOB, defs
 
     graph = defs.resolve_asset_graph()
-    job = defs.resolve_job_def(BUILD_JOB)
-    keys = set(job.asset_layer.selected_asset_keys)
+    keys = set(defs.resolve_job_def(BUILD_JOB).asset_layer.selected_asset_keys)
     return [k.to_user_string() for k in graph.toposorted_asset_keys if k in keys]
+
+
+def build_assets() -> list[str]:
+    """The default build: the job's assets but the optional ones."""
+    from assets.definitions import OPTIONAL
+
+    return [n for n in job_assets() if n not in OPTIONAL]
 
 
 def phases(selected: list[str]) -> tuple[list[str], list[str], list[str]]:
     """(before, ranged, after): the assets to run before the layer ranges, in each range run, and after them.
 
-    A range run holds the partitioned assets that read only their own layers; the assets they depend on run
-    before the ranges, everything else (unpartitioned, or reading every layer) after them, over all layers.
+    A range run holds the partitioned assets that read only their own layers and depend on nothing that reads
+    more; the unpartitioned assets they depend on run before the ranges, everything else (unpartitioned, reading
+    every layer, or downstream of those) after them, over all layers.
     """
     from assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
     keys = {dg.AssetKey(name) for name in selected}
+
+    def upstream(key: dg.AssetKey) -> set[dg.AssetKey]:
+        return graph.get_ancestor_asset_keys(key) & keys
 
     def own_layers(key: dg.AssetKey) -> bool:
         node = graph.get(key)
@@ -70,9 +82,13 @@ def phases(selected: list[str]) -> tuple[list[str], list[str], list[str]]:
             isinstance(m, dg.AllPartitionMapping) for m in node.partition_mappings.values()
         )
 
-    ranged = {k for k in keys if own_layers(k)}
-    needed = set().union(*(graph.get_ancestor_asset_keys(k) for k in ranged)) if ranged else set()
-    before = (keys - ranged) & needed
+    def partitioned(key: dg.AssetKey) -> bool:
+        return graph.get(key).partitions_def is not None
+
+    first = {k for k in keys if not partitioned(k) and not any(map(partitioned, upstream(k)))}
+    # upstream() is transitive, so an asset's own-layer ancestors pass this test whenever it does
+    ranged = {k for k in keys if own_layers(k) and upstream(k) <= first | set(filter(own_layers, keys))}
+    before = {k for k in first if any(k in upstream(r) for r in ranged)}
     after = keys - ranged - before
     return tuple([n for n in selected if dg.AssetKey(n) in group] for group in (before, ranged, after))
 
@@ -199,12 +215,13 @@ def build(
 
 
 def _selection(start: str | None, only: list[str] | None) -> list[str]:
-    """The build's assets: all, only those named, or all but the ones `start` depends on (built already)."""
+    """The build's assets: the default build, only those named (optional ones too), or the default build but the
+    assets `start` depends on (built already)."""
     from assets.definitions import defs
 
-    names = build_assets()
     if only:
-        return [n for n in names if n in only]
+        return [n for n in job_assets() if n in only]
+    names = build_assets()
     if start:
         done = {
             k.to_user_string() for k in defs.resolve_asset_graph().get_ancestor_asset_keys(dg.AssetKey(start))
@@ -215,13 +232,14 @@ def _selection(start: str | None, only: list[str] | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    names = build_assets()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--layers", default=None, help="'all' or e.g. '0,2,8' (default: $ATLAS_LAYERS, else all)"
     )
-    parser.add_argument("--from", dest="start", choices=names, help="skip the assets this one depends on")
-    parser.add_argument("--only", nargs="*", choices=names, help="build just these assets")
+    parser.add_argument(
+        "--from", dest="start", choices=build_assets(), help="skip the assets this one depends on"
+    )
+    parser.add_argument("--only", nargs="*", choices=job_assets(), help="build just these assets")
     parser.add_argument("--runs", type=int, default=1, help="layer ranges, run concurrently (default 1)")
     parser.add_argument(
         "--max-concurrent", type=int, default=1, help="steps at once within a run (default 1: in_process)"

@@ -21,8 +21,8 @@ STAGES = [
     "assets.features",
     "assets.circuits",
 ]
-# Not part of the default build: activation shards (only for re-training a layer from stored activations, `source:
-# shards`) and the Neuronpedia export. Materialize them from the UI or with `python -m assets.build --only ...`.
+# In the job but not in the default build (assets.build): activation shards (only for re-training a layer from
+# stored activations, `source: shards`) and the Neuronpedia export; `python -m assets.build --only ...` runs them.
 OPTIONAL = ["activations", "neuronpedia_export"]
 BUILD_JOB = "atlas"
 
@@ -33,9 +33,9 @@ _modules = [importlib.import_module(name) for name in STAGES]
 # `max_concurrent` steps in their own processes.
 atlas_job = dg.define_asset_job(
     BUILD_JOB,
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(*OPTIONAL),
+    selection=dg.AssetSelection.all(),
     executor_def=dg.multi_or_in_process_executor,
-    description="Every asset of the default build; one run covers a range of layer partitions.",
+    description="Every asset of the atlas; one run covers a range of layer partitions.",
 )
 
 defs = dg.Definitions(

@@ -9,6 +9,7 @@ import json
 import dagster as dg
 import polars as pl
 import pytest
+import yaml
 
 from assets import build, settings
 from storage import features as feature_store
@@ -107,15 +108,22 @@ def test_two_layer_ranges_run_concurrently_into_one_consistent_atlas(
     assert record["seconds"] == seconds and all(s > 0 for s in seconds.values())
 
 
-def test_one_run_orders_every_asset_and_a_failed_gate_skips_only_its_layers(
-    tiny_atlas, tiny_model_dir, dagster_home
+def test_the_command_runs_one_run_and_a_failed_gate_skips_mining_and_exits_1(
+    tiny_atlas, tiny_model_dir, dagster_home, tmp_path
 ):
     ops = {**OPS, "transcoders": {"config": {**TRAIN, "max_fvu_typical": 0.0}}}  # every layer fails its gate
-    _, failed = build.build(build.build_assets(), [0, 2], build.run_config(tiny_model_dir, "cpu", 1, ops))
-    assert failed == {build.GATE: ["0", "2"]}
-    (record,) = dg.DagsterInstance.get().get_run_records()
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"ops": ops}))
+    with pytest.raises(SystemExit) as exit_:
+        build.main(["--layers", "0,2", "--config", str(config)])  # the model: $ATLAS_MODEL (tiny_atlas)
+    assert exit_.value.code == 1
+    instance = dg.DagsterInstance.get()
+    (record,) = instance.get_run_records()  # the whole atlas in one run over the layer range
     assert _range(record.dagster_run) == (0, 2) and record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
-    assert settings.atlas_layers(dg.DagsterInstance.get()) == [0, 2]
-    # the layers' mining skipped them; the steps over the whole atlas still ran on their transcoders
+    assert settings.atlas_layers(instance) == [0, 2]
+    with open(layout.join(tiny_atlas, build.BUILD_TIMES)) as f:
+        assert json.load(f)["failed"] == {build.GATE: ["0", "2"]}
+    # mining skipped the failed layers; the steps over the whole atlas still ran, on their transcoders
     assert readers.query("SELECT count(*) AS n FROM features")["n"][0] == 0
     assert readers.query("SELECT count(*) AS n FROM graphs")["n"][0] == 1
+    assert tc_store.list_transcoders(tiny_model_dir)["layer"].to_list() == [0, 2]
