@@ -7,7 +7,7 @@ point to them, and only then may older files go. Two pieces enforce the "only th
 - `claim(path)` before writing a fresh location: an exclusive `flock` on a small lock file under
   `<database folder>/claims/`, held by the writing process until `release(path)`. The kernel drops the lock when
   the process dies, even by SIGKILL, so a dead writer's files are recognisable as orphans.
-- `sweep(referenced)`, run by `storage.db.publish` under the writer lock after a commit: every file under the
+- `sweep(referenced)`, run by `storage.db.publishing` under the writer lock after a commit: every file under the
   managed roots (`layout.managed_roots()`: transcoders/, activations/) that is neither in, nor under a folder in,
   `referenced` (the working database's and every kept snapshot's file columns) nor under a live claim is deleted,
   then the folders it emptied. It lists files before claims, so a file it sees was claimed before it was written.

@@ -1,8 +1,8 @@
 """Circuits in the database: input-invariant `feature_edges`, and attribution `graphs` with their `graph_nodes` and
 `graph_edges`. The one place that turns interp.edges / interp.attribution objects into rows and back.
 
-Writes are delete-then-insert in one write unit (storage.db.transaction: one transaction, then a published
-snapshot): `write_feature_edges` replaces every edge into the model's
+Writes are delete-then-insert in one write unit (storage.db.working_copy.transaction: one transaction, then a
+published snapshot): `write_feature_edges` replaces every edge into the model's
 transcoders (old transcoder ids of the model included), `write_graph` replaces one graph's three tables' rows.
 Graph ids are stable: a hash of (model, prompt, target), so re-running a configured prompt replaces its graph.
 Reads live in storage.queries (feature cards' upstream/downstream, `graph()`).

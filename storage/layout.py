@@ -18,7 +18,7 @@ file itself must be local (DuckDB needs a real file lock); large tensors may liv
       exports/                             Neuronpedia / circuit-tracer JSON
 
 Files under the managed roots (activations/, transcoders/) belong to the database: once no table row of the
-working copy or of a kept snapshot points to them (and no running writer claims them), `storage.db.publish`
+working copy or of a kept snapshot points to them (and no running writer claims them), `storage.db.publishing`
 deletes them. Put nothing else there.
 """
 
