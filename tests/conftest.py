@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny seeded Llama-architecture model (same code path as SmolLM2), a private ATLAS_HOME,
-and a socket guard for the offline tests."""
+the socket guard every test runs under, and the real-model data of `make data`."""
 
 from __future__ import annotations
 
@@ -115,9 +115,10 @@ def tiny_atlas(atlas_home, tiny_model_dir, monkeypatch) -> str:
     return atlas_home
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def no_network(monkeypatch) -> list:
-    """Any attempt to open a non-local socket fails loudly; the attempts are returned for assertions."""
+    """In every test, any attempt of this process to open a non-local socket fails loudly; the attempts are
+    returned for assertions. (Servers and browsers a test starts are subprocesses: they serve 127.0.0.1 only.)"""
     attempts: list = []
     real_connect = socket.socket.connect
 
@@ -126,7 +127,7 @@ def no_network(monkeypatch) -> list:
         if (
             isinstance(host, str)
             and host not in ("127.0.0.1", "localhost", "::1")
-            and not host.startswith("/")
+            and not host.startswith(("/", "\0"))  # Unix sockets: a path, or an abstract name
         ):
             attempts.append(address)
             raise OSError(f"network blocked in tests: {address}")
