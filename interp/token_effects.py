@@ -1,4 +1,4 @@
-"""Input-invariant token effects of transcoder features (DESIGN §2).
+"""Input-invariant token effects of transcoder features (docs/features.md).
 
   de-embedding  f_enc,i . W_E[t]   which input tokens drive feature i directly through the embedding
                                    (meaningful for early layers; the norm before the MLP is a constant scale)

@@ -5,7 +5,7 @@
 
 x is the normalized MLP input (`blocks.L.ln2.hook_normalized`), y the MLP output (`blocks.L.hook_mlp_out`).
 The paper's ReLU + L1 transcoder penalizes sum_i |z_i| * ||W_dec[i]||, so decoder rows are free in norm
-(the "norm-weighted penalty" option of DESIGN §2); TopK needs no penalty.
+(docs/training.md, "The model"); TopK needs no penalty.
 
 Training keeps an input-centering parameter b_pre (initialized to mean(x)); `fold_b_pre()` folds it into b_enc,
 which is the only form ever saved. Files are the SAELens layout: `cfg.json` + `sae_weights.safetensors`

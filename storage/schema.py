@@ -1,6 +1,6 @@
 """The feature database schema: every table and column, documented, versioned and migrated.
 
-This is the public SQL contract (DESIGN §5). Tables are declared once as data; `ddl()` renders them,
+This is the public SQL contract (docs/storage.md). Tables are declared once as data; `ddl()` renders them,
 `markdown()` renders the documentation (`python -m storage.schema > docs/schema.md`), and `MIGRATIONS`
 moves an existing database forward. To change the schema: append a migration, never edit an applied one.
 """

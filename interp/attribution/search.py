@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # Search defaults for a full-depth atlas: attention and skip nodes are steps of a path too, so at 30 layers a path
 # needs several steps to reach the features below; on SmolLM2's IOI and years prompts 16 paths x 3 steps kept 0-2
-# feature nodes and 128 x 6 keeps 10-36, in 1.2-1.5 s for a 64-token prompt on 2 cores (README, Results).
+# feature nodes and 128 x 6 keeps 10-36; time per graph: README, Results (`python -m bench circuits`).
 N_PATHS = 128
 N_STEPS = 6
 

@@ -1,4 +1,4 @@
-"""One write unit per asset (issue 10 item 3): a writer SIGKILLed at every point between writing new files and
+"""One write unit per asset (docs/storage.md): a writer SIGKILLed at every point between writing new files and
 removing old ones leaves readers on a consistent atlas, and the next publish leaves no orphan file.
 
 The unit under test is `storage.transcoders.save_transcoder` (weights on disk + three tables). Version v of the
