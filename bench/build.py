@@ -1,4 +1,4 @@
-"""The last `make atlas` build's wall time per stage, as recorded by assets/build.py in $ATLAS_HOME."""
+"""The last `make atlas` build's wall time, in all and per step, as recorded by assets/build.py in $ATLAS_HOME."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ def main() -> None:
         return
     with fs.open(path) as f:
         record = json.load(f)
-    total = sum(record["seconds"].values())
+    total = record["wall_seconds"]
     print(f"   build of {record['finished']}, {len(record['layers'])} layers: {total / 60:.1f} min")
-    for stage, s in record["seconds"].items():
-        print(f"   {stage:<12} {s:8.0f} s  {s / total:6.1%}")
+    width = max(map(len, record["seconds"]))
+    for step, s in record["seconds"].items():  # steps of concurrent runs overlap: shares may sum past 100%
+        print(f"   {step:<{width}} {s:8.0f} s  {s / total:6.1%}")
     if record["failed"]:
         print(f"   failed: {record['failed']}")

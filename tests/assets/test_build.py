@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from assets import build, settings
+from bench import build as bench_build
 from storage import features as feature_store
 from storage import layout
 from storage import transcoders as tc_store
@@ -51,7 +52,7 @@ def _range(run: dg.DagsterRun) -> tuple[int, int]:
 
 
 def test_two_layer_ranges_run_concurrently_into_one_consistent_atlas(
-    tiny_atlas, tiny_model_dir, dagster_home
+    tiny_atlas, tiny_model_dir, dagster_home, capsys
 ):
     config = build.run_config(tiny_model_dir, "cpu", 1, OPS)
     seconds, failed = build.build(build.build_assets(), [0, 1, 2], config, runs=2)
@@ -106,6 +107,10 @@ def test_two_layer_ranges_run_concurrently_into_one_consistent_atlas(
     assert record["failed"] == {} and record["layers"] == ["0", "1", "2"]
     assert set(record["seconds"]) >= {"contexts", "transcoders", "features", "attribution_graphs"}
     assert record["seconds"] == seconds and all(s > 0 for s in seconds.values())
+    assert max(seconds.values()) < record["wall_seconds"]
+    bench_build.main()
+    printed = capsys.readouterr().out
+    assert "3 layers" in printed and all(step in printed for step in seconds)
 
 
 def test_the_command_runs_one_run_and_a_failed_gate_skips_mining_and_exits_1(
