@@ -103,7 +103,7 @@ class _TranscodersAssetConfig(EvalConfig):
         super().validate()
         if self.source not in ("stream", "shards"):
             raise ValueError(f"source must be 'stream' or 'shards', got {self.source!r}.")
-        self.train_config("cpu")
+        self.train_config("cpu")  # TrainConfig checks its fields (a budget of at least one batch) when built
 
 
 TranscoderTrainConfig = pydantic.create_model(
