@@ -4,21 +4,13 @@ busy, a read-only folder), reads the working copy itself."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import duckdb
 
-from storage.db import env, read_only
-from storage.db.errors import (
-    AtlasDatabaseError,
-    DatabaseCorruptError,
-    DatabaseLockedError,
-    DatabaseMissingError,
-    is_lock_error,
-    translate,
-)
+from storage.db import env, read_only, writer_lock
+from storage.db.errors import AtlasDatabaseError, DatabaseCorruptError, DatabaseMissingError
 from storage.db.publishing import publish
 
 log = logging.getLogger(__name__)
@@ -41,18 +33,12 @@ def open_unpublished(
 
 def _read_working_copy(path: str, sandboxed: bool, settings: Mapping[str, Any]) -> duckdb.DuckDBPyConnection:
     """Read the working copy itself (only before its first publish), retried while a writer holds it."""
-    deadline = time.monotonic() + env.lock_timeout()
-    while True:
-        try:
-            return read_only.attach(path, sandboxed, settings)
-        except duckdb.IOException as e:
-            if not is_lock_error(e):
-                raise translate(e, path, "open") from e
-            if time.monotonic() > deadline:
-                raise DatabaseLockedError(
-                    f"The atlas database {path} has no published snapshot yet and stayed locked by a writer for "
-                    f"{env.lock_timeout():.0f}s. Wait for the materialization to finish (it publishes one)."
-                ) from e
-            time.sleep(0.1)
-        except duckdb.Error as e:
-            raise translate(e, path, "open") from e
+    return writer_lock.open_past_lock(
+        lambda: read_only.attach(path, sandboxed, settings),
+        path,
+        env.lock_timeout(),
+        lambda e: (
+            f"The atlas database {path} has no published snapshot yet and stayed locked by a writer for "
+            f"{env.lock_timeout():.0f}s. Wait for the materialization to finish (it publishes one)."
+        ),
+    )

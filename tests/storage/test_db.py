@@ -119,3 +119,24 @@ def test_sandboxed_reader_blocks_files(atlas_home):
     row_writes.write("vocab", _vocab(["a"]), {"model": "m"})
     with readers.reader(sandboxed=True) as con, pytest.raises(duckdb.PermissionException):
         con.execute("SELECT * FROM read_csv('/etc/passwd')")
+
+
+def test_unpublished_database_held_by_another_program_names_the_wait_then_reads(atlas_home, monkeypatch):
+    """A database from before snapshots whose file another program holds: the first reader can neither publish it
+    nor read it past DuckDB's lock, and says so after ATLAS_DB_LOCK_TIMEOUT; once released it publishes and reads."""
+    path = layout.db_path()
+    with duckdb.connect(path) as con:  # written by hand: no snapshot, no writer lock
+        con.execute("CREATE TABLE t AS SELECT 1 AS a")
+    monkeypatch.setenv("ATLAS_DB_LOCK_TIMEOUT", "0.5")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(errors.DatabaseLockedError, match="no published snapshot yet"):
+            readers.query("SELECT a FROM t")
+        assert readers.published_path() is None
+    finally:
+        holder.communicate("release\n", timeout=60)
+    assert readers.query("SELECT a FROM t")["a"].to_list() == [1]
+    assert readers.published_path() is not None
