@@ -1,5 +1,5 @@
 """Evaluating transcoders: reconstruction and sparsity on held-out activations, and next-token loss with the
-transcoders spliced into the model (DESIGN §2).
+transcoders spliced into the model (docs/evaluation.md).
 
 Splicing replaces `blocks.L.hook_mlp_out` by transcoder(x), x stashed from `blocks.L.ln2.hook_normalized` in the
 same forward pass, for one layer or several at once (`spliced`). Position 0 (BOS, the attention sink) keeps the

@@ -1,6 +1,6 @@
 """Re-materializing every asset of the chain twice (tiny model, through Dagster) leaves the same row counts and
 no orphan file: a walk of $ATLAS_HOME finds under transcoders/ and activations/ exactly the files the databases
-point to, no temporary leftovers, and no database row pointing to a missing file (issue 10)."""
+point to, no temporary leftovers, and no database row pointing to a missing file (docs/storage.md)."""
 
 from __future__ import annotations
 
