@@ -9,7 +9,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from storage import transcoders as tc_store
+from app import loaded
 
 APP = Path(__file__).resolve().parents[2] / "app"
 LIVE = APP / "pages" / "4_Live.py"
@@ -18,11 +18,12 @@ STEER = APP / "pages" / "6_Steer.py"
 
 @pytest.fixture
 def loads(monkeypatch) -> dict[str, list]:
-    """Every model built (TransformerBridge.boot_transformers, under any loader) and every transcoder read."""
+    """Every model built (TransformerBridge.boot_transformers, under any loader) and every transcoder the app
+    reads (app.loaded's reader)."""
     from transformer_lens.model_bridge import TransformerBridge
 
     seen: dict[str, list] = {"models": [], "transcoders": []}
-    boot, load_tc = TransformerBridge.boot_transformers, tc_store.load_transcoder
+    boot, load_tc = TransformerBridge.boot_transformers, loaded.load_transcoder
 
     def counting_boot(*args, **kwargs):
         seen["models"].append(args[0])
@@ -33,7 +34,7 @@ def loads(monkeypatch) -> dict[str, list]:
         return load_tc(transcoder_id, *args, **kwargs)
 
     monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(counting_boot))
-    monkeypatch.setattr(tc_store, "load_transcoder", counting_tc)
+    monkeypatch.setattr(loaded, "load_transcoder", counting_tc)
     st.cache_resource.clear()  # the cache is per process: start from an empty server
     yield seen
     st.cache_resource.clear()
