@@ -151,16 +151,20 @@ def _step_spans(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, t
 
 
 def failures(instance: dg.DagsterInstance, runs: dict[str, list[int]]) -> dict[str, list[str]]:
-    """step -> the layers (or '-' for a step over the whole atlas) it failed for; the gate check's failed layers."""
+    """step -> the layers (or '-' for a step over the whole atlas) it failed for; the gate check's failed layers;
+    'run' -> the ids of runs that failed outside any step."""
     from assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
     failed: dict[str, list[str]] = {}
     for run_id, layers in runs.items():
-        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        steps = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        for entry in steps:
             key = dg.AssetKey(entry.step_key)
             partitioned = graph.has(key) and graph.get(key).partitions_def is not None
             failed.setdefault(entry.step_key, []).extend(map(str, layers) if partitioned else ["-"])
+        if not steps and instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE:
+            failed.setdefault("run", []).append(run_id)
         for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
             evaluation = entry.dagster_event.event_specific_data
             if evaluation.check_name == GATE and not evaluation.passed:
