@@ -241,7 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--layers", default=None, help="'all' or e.g. '0,2,8' (default: $ATLAS_LAYERS, else all)"
+        "--layers",
+        default=None,
+        help="'all' or e.g. '0,2,8' (default: $ATLAS_LAYERS, else all); they become the instance's layer "
+        "partitions, replacing the last build's",
     )
     parser.add_argument(
         "--from", dest="start", choices=build_assets(), help="skip the assets this one depends on"
