@@ -76,6 +76,21 @@ def _layer_gate(
     return tid, reason
 
 
+def _gated_layers(
+    context: dg.AssetExecutionContext, model: str, tables: tuple[str, ...]
+) -> tuple[dict[int, str], dict]:
+    """{layer: transcoder id} for the run's layers whose current transcoder passed its gate, and metadata naming
+    why each other layer was skipped (`_layer_gate`)."""
+    passed, metadata = {}, {}
+    for layer in settings.partition_layers(context):
+        tid, skipped = _layer_gate(context, model, layer, tables)
+        if skipped:
+            metadata[f"L{layer}_skipped"] = skipped
+        else:
+            passed[layer] = tid
+    return passed, metadata
+
+
 def _token_ids(tokens: torch.Tensor, context_ids: torch.Tensor):
     """Adds token_id to shard batches (looked up from the `contexts` table by context_id and position)."""
     row_of = torch.full((int(context_ids.max()) + 1,), -1, dtype=torch.long)
@@ -200,14 +215,7 @@ def features(
     """Per-feature statistics, top and quantile-band examples, token -> feature index, labels (one mining pass)."""
     if config.source not in ("stream", "shards"):
         raise ValueError(f"source must be 'stream' or 'shards', got {config.source!r}.")
-    metadata: dict = {}
-    tids = {}
-    for layer in settings.partition_layers(context):
-        tid, skipped = _layer_gate(context, atlas_model.model_name, layer, feature_store.MINED_TABLES)
-        if skipped:
-            metadata[f"L{layer}_skipped"] = skipped
-        else:
-            tids[layer] = tid
+    tids, metadata = _gated_layers(context, atlas_model.model_name, feature_store.MINED_TABLES)
     if config.source == "stream":
         results = _mine_stream(context, atlas_model, tids, config) if tids else {}
     else:
@@ -239,15 +247,8 @@ def feature_tokens(
     listing = tc_store.list_transcoders(atlas_model.model_name)
     gated = listing.filter(pl.col("gate_passed").fill_null(False))["transcoder_id"].to_list()
     banks = {t: tc_store.load_transcoder(t).W_dec.detach() for t in gated}  # [d_sae, d_model] each
-    metadata: dict = {}
     ids = list(banks)
-    current = {}  # layer -> transcoder id, the layers of this run whose transcoder passed its gate
-    for layer in settings.partition_layers(context):
-        tid, skipped = _layer_gate(context, atlas_model.model_name, layer, feature_store.WEIGHT_TABLES)
-        if skipped:
-            metadata[f"L{layer}_skipped"] = skipped
-        else:
-            current[layer] = tid
+    current, metadata = _gated_layers(context, atlas_model.model_name, feature_store.WEIGHT_TABLES)
     neighbors = decoder_neighbors(
         list(banks.values()), [ids.index(t) for t in current.values()], config.n_neighbors
     )
@@ -274,12 +275,8 @@ def feature_tokens(
 )
 def neuronpedia_export(context: dg.AssetExecutionContext, atlas_model: AtlasModel) -> dg.MaterializeResult:
     """The layer's features in Neuronpedia's bulk-import layout under $ATLAS_HOME/exports/neuronpedia/."""
-    metadata: dict = {}
-    for layer in settings.partition_layers(context):
-        tid, skipped = _layer_gate(context, atlas_model.model_name, layer, ())
-        if skipped:
-            metadata[f"L{layer}_skipped"] = skipped
-            continue
+    tids, metadata = _gated_layers(context, atlas_model.model_name, ())
+    for layer, tid in tids.items():
         metadata[f"L{layer}_path"] = dg.MetadataValue.path(neuronpedia.export(tid))
     return dg.MaterializeResult(metadata=metadata)
 

@@ -22,6 +22,17 @@ from tests.app.test_pages import PAGES
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _load_failures(page: str, params: dict[str, str]) -> list[tuple]:
+    """Load one page with `params` as query parameters: [] if it rendered content, else what it showed instead."""
+    at = AppTest.from_file(str(PAGES[page]), default_timeout=120)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    if at.exception or at.error or not (at.markdown or at.dataframe):
+        return [(page, [str(e) for e in at.exception], [e.value for e in [*at.error, *at.info]])]
+    return []
+
+
 def test_pages_load_without_failure_during_dagster_materializations(atlas_db, tmp_path, monkeypatch):
     # count the connection attempts that found the file locked (storage.db retries them)
     real_connect, locked = duckdb.connect, []
@@ -51,13 +62,8 @@ def test_pages_load_without_failure_during_dagster_materializations(atlas_db, tm
                 ("home", {}),
                 ("card", {"transcoder": tid, "feature": str(HOSTILE_FEATURE)}),
             ):
-                at = AppTest.from_file(str(PAGES[page]), default_timeout=120)
-                for k, v in params.items():
-                    at.query_params[k] = v
-                at.run()
                 loads += 1
-                if at.exception or at.error or not (at.markdown or at.dataframe):
-                    failures.append((page, [str(e) for e in at.exception], [e.value for e in at.error]))
+                failures += _load_failures(page, params)
     finally:
         stop.touch()
         writer.wait(timeout=120)
@@ -78,7 +84,7 @@ LONG_QUERY = (
 
 
 def test_every_page_loads_while_a_long_console_query_runs(atlas_db, monkeypatch):
-    """Issue 14: the console's sandboxed connection and the pages' read connections live in one process; DuckDB
+    """The console's sandboxed connection and the pages' read connections live in one process; DuckDB once
     refused the second with other settings (ConnectionException) and every page showed a traceback. The query
     runs until the console's own timeout stops it; each other page loads (twice) meanwhile, through the public
     storage API, and the console query itself must end in its timeout, not a connection error."""
@@ -113,15 +119,8 @@ def test_every_page_loads_while_a_long_console_query_runs(atlas_db, monkeypatch)
     loads, failures = 0, []
     for _ in range(2):
         for page, params in pages:
-            at = AppTest.from_file(str(PAGES[page]), default_timeout=120)
-            for k, v in params.items():
-                at.query_params[k] = v
-            at.run()
             loads += 1
-            if at.exception or at.error or not (at.markdown or at.dataframe):
-                failures.append(
-                    (page, [str(e) for e in at.exception], [e.value for e in [*at.error, *at.info]])
-                )
+            failures += _load_failures(page, params)
     still_running = thread.is_alive()
     thread.join(CONSOLE_TIMEOUT_S + 60)
     assert failures == [], failures

@@ -149,7 +149,7 @@ def test_failed_save_leaves_previous_version_and_no_files(atlas_home):
 
 
 def test_readers_with_different_settings_share_no_instance(atlas_home):
-    """Issue 14: the SQL console (sandboxed, limits) and a page (plain) connect at the same time in one process."""
+    """The SQL console (sandboxed, limits) and a page (plain) connect at the same time in one process."""
     save_version(1)
     limits = {"memory_limit": "512MB", "threads": 1}
     with readers.reader(sandboxed=True, settings=limits) as console, readers.reader() as page:
