@@ -13,7 +13,7 @@ pydantic (its graph models). No test here installs or downloads anything. The te
      what the viewer parses (a logit label without its '(p=...)').
 
 The viewer page loads its libraries from transformer-circuits.pub and unpkg.com, which no project machine can reach.
-The browser serves those URLs from npm packages instead (VIEWER_LIBS, unpacked by `make test-deps`): dagre 0.8.5
+The browser serves those URLs from packages of the npm registry instead (VIEWER_LIBS, unpacked by `make test-deps`): dagre 0.8.5
 and pako 2.1.0 are the very files unpkg serves; d3.js is d3 7.9.2; jetpack_2024-07-20.js is a d3-jetpack build
 that is on no registry, so npm's d3-jetpack 2.1.0, the d3-collection its nestBy needs, and
 viewer_jetpack_adapter.js (the one method the viewer calls that 2.1.0 lacks) stand in for it. The page's live-reload client and .npy reader (graphs use neither)
@@ -42,7 +42,7 @@ from tests.app.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _require
 from tests.interp.test_edges import make_transcoders
 
 ROOT = Path(__file__).resolve().parents[2]
-# `make test-deps`: circuit-tracer and pydantic; the viewer's npm packages unpacked in npm/
+# `make test-deps`: circuit-tracer and pydantic; the viewer's registry packages unpacked in npm/
 CT_VENV = ROOT / ".venv-ct"
 
 
@@ -158,7 +158,7 @@ REFUSED = {f"{CDN}/hotserver-client-ws.js", f"{CDN}/npy_v0.js"}
 
 @pytest.fixture(scope="module")
 def viewer_libs() -> dict[str, str]:
-    """VIEWER_LIBS' sources, from the npm packages `make test-deps` unpacked: URL -> JavaScript."""
+    """VIEWER_LIBS' sources, from the registry packages `make test-deps` unpacked: URL -> JavaScript."""
 
     def source(f: str | Path) -> str:
         if isinstance(f, Path):
