@@ -12,12 +12,13 @@ pydantic (its graph models). No test here installs or downloads anything. The te
      drawn and every link attached, with no script error; and show that check failing on an export that lacks
      what the viewer parses (a logit label without its '(p=...)').
 
-The viewer page loads its libraries from transformer-circuits.pub and unpkg.com, which no project machine can reach.
-The browser serves those URLs from packages of the npm registry instead (VIEWER_LIBS, unpacked by `make test-deps`): dagre 0.8.5
-and pako 2.1.0 are the very files unpkg serves; d3.js is d3 7.9.2; jetpack_2024-07-20.js is a d3-jetpack build
-that is on no registry, so npm's d3-jetpack 2.1.0, the d3-collection its nestBy needs, and
-viewer_jetpack_adapter.js (the one method the viewer calls that 2.1.0 lacks) stand in for it. The page's live-reload client and .npy reader (graphs use neither)
-and its feature examples (fetched from Hugging Face) are refused.
+The viewer page loads its libraries from transformer-circuits.pub and unpkg.com, which no project machine can
+reach. The browser serves those URLs from packages of the npm registry instead (VIEWER_LIBS, unpacked by `make
+test-deps`): dagre 0.8.5 and pako 2.1.0 are the very files unpkg serves; d3.js is d3 7.9.2;
+jetpack_2024-07-20.js is a d3-jetpack build that is on no registry, so npm's d3-jetpack 2.1.0, the
+d3-collection its nestBy needs, and viewer_jetpack_adapter.js (the one method the viewer calls that 2.1.0
+lacks) stand in for it. The page's live-reload client and .npy reader (graphs use neither) and its feature
+examples (fetched from Hugging Face) are refused.
 """
 
 from __future__ import annotations
