@@ -44,10 +44,8 @@ from interp.attribution.graph import LEAF_KINDS, PASS_THROUGH_KINDS, Attribution
 NODE_THRESHOLD = 0.8  # circuit-tracer's default: keep the nodes holding 80% of the influence
 EDGE_THRESHOLD = 0.98  # circuit-tracer's default: keep the edges holding 98% of the edge influence
 OUTSIDE = ("bias", "pruned")  # leaves with no circuit-tracer counterpart: not in Â
-ALWAYS_KEPT = (
-    "target",
-    "embed",
-)  # kinds kept at every node threshold, as circuit-tracer keeps tokens and logits
+# kinds kept at every node threshold, as circuit-tracer keeps tokens and logits
+ALWAYS_KEPT = ("target", "embed")
 
 
 def signed_influence(graph: AttributionGraph) -> None:
