@@ -69,17 +69,18 @@ def gate(m: Mapping[str, float], t: Thresholds) -> tuple[bool, str]:
 
 
 def goal_misses(m: Mapping[str, float | None], t: Thresholds = DEFAULTS) -> list[str]:
-    """The quality goals the metrics miss, each a short phrase with its value and goal ('CE recovered 0.82 <
+    """The quality goals the metrics miss, each a short phrase with its value and goal ('CE recovered 0.820 <
     0.90'): FVU on every layer, the others on a layer whose MLP matters; a missing (None) metric misses none."""
+    # one more digit than the goal, so a near miss never reads as 'CE recovered 0.90 < 0.90'
     out = []
     if m.get("fvu") is not None and not m["fvu"] <= t.goal_max_fvu + EPS:
-        out.append(f"FVU {m['fvu']:.2f} > {t.goal_max_fvu:g}")
+        out.append(f"FVU {m['fvu']:.3f} > {t.goal_max_fvu:g}")
     if not mlp_matters(m, t):
         return out
     if m.get("ce_recovered") is not None and not m["ce_recovered"] >= t.goal_ce_recovered - EPS:
-        out.append(f"CE recovered {m['ce_recovered']:.2f} < {t.goal_ce_recovered:.2f}")
+        out.append(f"CE recovered {m['ce_recovered']:.3f} < {t.goal_ce_recovered:.2f}")
     if m.get("l0") is not None and not m["l0"] <= t.goal_l0 + EPS:
         out.append(f"L0 {m['l0']:.1f} > {t.goal_l0:g}")
     if m.get("dead_frac") is not None and not m["dead_frac"] <= t.goal_dead_frac + EPS:
-        out.append(f"dead {m['dead_frac']:.1%} > {t.goal_dead_frac:.0%}")
+        out.append(f"dead {m['dead_frac']:.2%} > {t.goal_dead_frac:.0%}")
     return out

@@ -96,10 +96,10 @@ def test_home_flags_metrics_that_miss_a_goal(atlas_db):
     """Fixture: CE recovered 0.80 on both layers whose MLP matters (ablating costs 1 nat); L0, dead, FVU fine."""
     at = run("home")
     table = frame_with(at, "goals")
-    assert list(table["goals"]) == ["CE recovered 0.80 < 0.90"] * 2
+    assert list(table["goals"]) == ["CE recovered 0.800 < 0.90"] * 2
     assert list(table["mlp_matters"]) == [True, True]
     warnings = shown(at.warning)
-    assert warnings == [f"Layer {layer}: CE recovered 0.80 < 0.90" for layer in (0, 1)]
+    assert warnings == [f"Layer {layer}: CE recovered 0.800 < 0.90" for layer in (0, 1)]
 
 
 def test_feature_browser_filters_by_token_label_layer_and_density(atlas_db):
@@ -183,12 +183,12 @@ def test_feature_card_flags_a_transcoder_that_misses_a_goal(atlas_db):
     tid = atlas_db["transcoders"][1]
     at = run("card", transcoder=tid, feature="1")
     before = [c for c in shown(at.caption) if "misses a quality goal" in c]
-    assert len(before) == 1 and "CE recovered 0.80 < 0.90" in before[0] and "FVU" not in before[0]
+    assert len(before) == 1 and "CE recovered 0.800 < 0.90" in before[0] and "FVU" not in before[0]
     with working_copy.writer() as con:
         con.execute("UPDATE transcoder_metrics SET fvu = 0.97 WHERE transcoder_id = ?", [tid])
     at = run("card", transcoder=tid, feature="1")
     flagged = [c for c in shown(at.caption) if "misses a quality goal" in c]
-    assert len(flagged) == 1 and "FVU 0.97 > 0.9" in flagged[0] and "CE recovered 0.80 < 0.90" in flagged[0]
+    assert len(flagged) == 1 and "FVU 0.970 > 0.9" in flagged[0] and "CE recovered 0.800 < 0.90" in flagged[0]
 
 
 def test_dead_feature_card_says_dead_instead_of_zero_statistics(atlas_db):

@@ -82,12 +82,12 @@ def test_goals_are_warnings_listed_with_their_values():
         "dead_frac": 0.1,
     }
     assert gate(m, t)[0]
-    assert goal_misses(m, t) == ["CE recovered 0.85 < 0.90", "L0 40.0 > 32", "dead 10.0% > 5%"]
+    assert goal_misses(m, t) == ["CE recovered 0.850 < 0.90", "L0 40.0 > 32", "dead 10.00% > 5%"]
     assert goal_misses({**m, "ce_recovered": 0.95, "l0": 32.0, "dead_frac": 0.05}, t) == []
     # a layer whose MLP does not matter (mean ablation costs 0.05 nats < 0.1) carries no goal but the FVU one
     assert goal_misses({**m, "ce_ablated": 3.05}, t) == []
-    assert goal_misses({**m, "ce_ablated": 3.05, "fvu": 0.97}, t) == ["FVU 0.97 > 0.9"]
-    assert goal_misses({**m, "fvu": 0.97}, t)[0] == "FVU 0.97 > 0.9"
+    assert goal_misses({**m, "ce_ablated": 3.05, "fvu": 0.97}, t) == ["FVU 0.970 > 0.9"]
+    assert goal_misses({**m, "fvu": 0.97}, t)[0] == "FVU 0.970 > 0.9"
 
 
 def test_goals_on_stored_metrics_skip_missing_ones_and_float32_rounding():
@@ -107,4 +107,4 @@ def test_goals_on_stored_metrics_skip_missing_ones_and_float32_rounding():
     as_float32 = {k: float(torch.tensor(v, dtype=torch.float32)) for k, v in stored.items()}
     assert as_float32["dead_frac"] > 0.05 and as_float32["ce_recovered"] < 0.9  # what the database hands back
     assert goal_misses(as_float32, t) == []
-    assert goal_misses({**as_float32, "ce_recovered": None, "dead_frac": 0.06}, t) == ["dead 6.0% > 5%"]
+    assert goal_misses({**as_float32, "ce_recovered": None, "dead_frac": 0.06}, t) == ["dead 6.00% > 5%"]
