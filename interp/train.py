@@ -354,12 +354,13 @@ class Trainer:
                 f"The saved optimizer state holds {sorted(state.adam)}, the transcoder trains {sorted(params)}."
             )
         for name, p in params.items():  # Adam keeps its step count on the CPU, the moments beside the weights
+            st = state.adam[name]  # copied: Adam updates its state in place, and `state` stays the parent's
             self.opt.state[p] = {
-                k: v if k == "step" else v.to(self.device) for k, v in state.adam[name].items()
+                k: v.clone() if k == "step" else v.to(self.device, copy=True) for k, v in st.items()
             }
         self.step_no = self.start_step = state.step
         self.tokens = self.start_tokens = state.tokens
-        self.since_fired = state.since_fired.to(self.device, torch.long)
+        self.since_fired = state.since_fired.to(self.device, torch.long, copy=True)
         return self
 
     def _params(self) -> list[tuple[str, nn.Parameter]]:

@@ -331,3 +331,33 @@ def test_continuing_needs_the_parents_shape():
     for other in (_tc_cfg(k=3), _tc_cfg(d_sae=64), _tc_cfg(skip=False), _tc_cfg(architecture="relu")):
         with pytest.raises(ValueError, match="keeps its parent's shape"):
             train(_data(), _cfg(), other, progress=False, parent=(parent.transcoder, parent.state))
+
+
+def test_a_continued_run_killed_and_resumed_ends_with_the_same_weights(tmp_path):
+    data, tc_cfg = _data(), _tc_cfg()
+    first = train(data, _cfg(train_tokens=10_000), tc_cfg, progress=False)
+    parent = first.transcoder, first.state
+    kept = {n: {k: v.clone() for k, v in st.items()} for n, st in first.state.adam.items()}
+    cfg = _cfg(train_tokens=20_000, checkpoint_every=10)
+    full = train(data, cfg, tc_cfg, progress=False, parent=parent)
+    for (
+        name,
+        st,
+    ) in kept.items():  # training from a state leaves it as it was (a parent can have two children)
+        assert all(torch.equal(first.state.adam[name][k], v) for k, v in st.items()), name
+
+    def kill_at_step_85(row):
+        if row["step"] == 85:
+            raise Killed
+
+    ckpt = str(tmp_path / "ckpt.pt")
+    with pytest.raises(Killed):
+        train(data, cfg, tc_cfg, checkpoint_path=ckpt, on_log=kill_at_step_85, progress=False, parent=parent)
+    assert 40 < torch.load(ckpt, weights_only=False)["layers"][0]["trainer"]["step"] < 85
+    resumed = train(data, cfg, tc_cfg, checkpoint_path=ckpt, progress=False, parent=parent)
+    for name, value in full.transcoder.state_dict().items():
+        torch.testing.assert_close(
+            resumed.transcoder.state_dict()[name], value, atol=1e-5, rtol=1e-5, msg=name
+        )
+    assert [r["step"] for r in resumed.curve] == [r["step"] for r in full.curve]
+    assert resumed.train_tokens == full.train_tokens == 30_000
