@@ -598,11 +598,12 @@ class LayerRun:
         return self.trainer is not None and self.trainer.done
 
     def key(self) -> dict:
-        """What a checkpoint of this run must have been made with: the recipe, and the parent's counters."""
-        parent = (
-            None if self.parent is None else {"step": self.parent[1].step, "tokens": self.parent[1].tokens}
-        )
-        return {**recipe(self.cfg, self.tc_cfg), "parent": parent}
+        """What a checkpoint of this run must have been made with: the recipe, and the parent's counters (only for a
+        continued run, so that checkpoints of runs from scratch keep their earlier key)."""
+        key = recipe(self.cfg, self.tc_cfg)
+        if self.parent is not None:
+            key["parent"] = {"step": self.parent[1].step, "tokens": self.parent[1].tokens}
+        return key
 
     def feed(self, x: Tensor, y: Tensor, on_log: Callable[[dict], None] | None = None) -> int:
         """Push a chunk (x [n, d_in], y [n, d_out]) and take the steps it frees; returns the steps taken."""
