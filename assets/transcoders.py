@@ -13,6 +13,10 @@ Each transcoder is then evaluated spliced alone on a stratified sample of held-o
 (interp.quality: blocking "not broken" gate, quality goals as warnings) and written as a new version (its id hashes
 the training recipe and data) that becomes the layer's current one (storage.transcoders). The database is opened
 only for short reads and the final write.
+
+`continue_from: current` trains each layer's current version further instead (interp.train, step 7): from its
+weights and saved optimiser state, on `train_tokens` more tokens of training contexts it has not seen, into a new
+version whose recipe names its parent (docs/training.md, "Keep training").
 """
 
 import base64
@@ -34,7 +38,7 @@ from interp.activations import harvest
 from interp.evals import evaluate, evaluate_each
 from interp.model import autocast, check_layers, mlp_hooks
 from interp.quality import Thresholds, gate, goal_misses
-from interp.train import TrainConfig, TrainResult, recipe, train, train_layers
+from interp.train import Parent, TrainConfig, TrainResult, check_parent_shape, recipe, train, train_layers
 from interp.transcoder import EXPANSION_FACTOR, TranscoderConfig
 from storage import activations as act_store
 from storage import corpus as corpus_store
@@ -70,6 +74,10 @@ class _TranscodersAssetConfig(EvalConfig):
     """The width: d_sae = expansion_factor x d_model."""
     forward_batch: int = 16
     """stream: contexts per forward pass."""
+    continue_from: str = ""
+    """'' trains new transcoders. 'current' trains each layer's current version further: from its weights and
+    optimiser state, on train_tokens more tokens of training contexts it has not seen, into a new version that
+    becomes current (the parent is kept). A transcoder id does the same from that version (a one-layer run)."""
 
     def _values(self, cls: type) -> dict:
         """This config's values of the fields of interp dataclass `cls` that it has."""
@@ -103,6 +111,11 @@ class _TranscodersAssetConfig(EvalConfig):
         super().validate()
         if self.source not in ("stream", "shards"):
             raise ValueError(f"source must be 'stream' or 'shards', got {self.source!r}.")
+        if self.continue_from and self.source != "stream":
+            raise ValueError(
+                "continue_from needs source 'stream': a continued run trains on contexts its parent has not seen, "
+                "and the activation shards are one fixed harvest."
+            )
         self.train_config("cpu")  # TrainConfig checks its fields (a budget of at least one batch) when built
 
 
@@ -145,10 +158,11 @@ def _recipe(cfg: TrainConfig, tc_cfg: TranscoderConfig, data: dict) -> dict:
     return {**recipe(cfg, tc_cfg), "data": data}
 
 
-def _stream_data(model, config: TranscoderTrainConfig, layers: list[int]):
-    """(stream(start), data description) over a stratified sample of training contexts sized to the budget."""
+def _stream_data(model, config: TranscoderTrainConfig, layers: list[int], seen: frozenset[int] = frozenset()):
+    """(stream(start), data description, context ids) over a stratified sample of training contexts sized to the
+    budget, none of them in `seen` (the contexts a continued run's parents were trained on)."""
     n_ctx = math.ceil(config.train_tokens / (corpus_store.context_length() - 1))
-    ids = corpus_store.sample_context_ids("train", n_ctx, config.seed)
+    ids = corpus_store.sample_context_ids("train", n_ctx, config.seed, exclude=seen)
     tokens = corpus_store.contexts_by_id(ids)  # [n_ctx, ctx_len]
     context_ids = torch.tensor(ids)
     fb = config.forward_batch
@@ -163,7 +177,9 @@ def _stream_data(model, config: TranscoderTrainConfig, layers: list[int]):
         "contexts": n_ctx,
         "ids": tc_store.version_hash({"ids": ids}),
     }
-    return stream, data
+    if seen:
+        data["excluded_contexts"] = len(seen)
+    return stream, data, ids
 
 
 def _shard_data(model_name: str, layer: int):
@@ -177,6 +193,55 @@ def _shard_data(model_name: str, layer: int):
     return chunks, {"split": "train", "shards": paths}
 
 
+def _parents(
+    config: TranscoderTrainConfig, model_name: str, tc_cfgs: dict[int, TranscoderConfig]
+) -> dict[int, tuple[str, Parent]]:
+    """{layer: (parent id, (transcoder, training state))} of a continued run ({} for new transcoders); clear errors
+    for a layer with nothing to continue, or a parent of another shape than the config asks for."""
+    if not config.continue_from:
+        return {}
+    layers = sorted(tc_cfgs)
+    if config.continue_from == "current":
+        listed = tc_store.list_transcoders(model_name)
+        ids = dict(zip(listed["layer"].to_list(), listed["transcoder_id"].to_list()))
+        missing = [layer for layer in layers if layer not in ids]
+        if missing:
+            raise LookupError(
+                f"continue_from 'current': layer(s) {missing} of {model_name} have no transcoder to continue; "
+                "train them first (continue_from: '')."
+            )
+    else:
+        row = tc_store.transcoder_row(config.continue_from)
+        if row["model"] != model_name or [row["layer"]] != layers:
+            raise ValueError(
+                f"continue_from {config.continue_from!r} is {row['model']} layer {row['layer']}; this run trains "
+                f"{model_name} layer(s) {layers}. A transcoder id continues its own layer, in a one-layer run."
+            )
+        ids = {row["layer"]: config.continue_from}
+    parents = {}
+    for layer in layers:
+        tc = tc_store.load_transcoder(ids[layer])
+        try:
+            check_parent_shape(tc_cfgs[layer], tc.cfg)
+        except ValueError as e:
+            raise ValueError(f"Layer {layer}, parent {ids[layer]}: {e}") from None
+        parents[layer] = ids[layer], (tc, tc_store.load_train_state(ids[layer]))
+    return parents
+
+
+def _seen(context, parents: dict[int, tuple[str, Parent]]) -> frozenset[int]:
+    """The training contexts any parent was trained on (a continued run draws others)."""
+    seen: set[int] = set()
+    for pid, (_, state) in parents.values():
+        if state.context_ids is None:
+            context.log.warning(
+                f"{pid} does not record its training contexts; the new sample may repeat some"
+            )
+        else:
+            seen |= set(state.context_ids.tolist())
+    return frozenset(seen)
+
+
 def _train(
     context, config: TranscoderTrainConfig, atlas_model: AtlasModel, layers: list[int]
 ) -> tuple[dict[int, TrainResult], dict]:
@@ -184,6 +249,7 @@ def _train(
     model, model_name = atlas_model.load(), atlas_model.model_name
     cfg = config.train_config(atlas_model.torch_device)
     tc_cfgs = {layer: config.transcoder_config(model_name, layer, model.cfg.d_model) for layer in layers}
+    parents = _parents(config, model_name, tc_cfgs)  # before any forward pass
 
     def log_row(layer: int, r: dict) -> None:
         context.log.info(
@@ -201,8 +267,12 @@ def _train(
             )
             _drop_checkpoint(ckpt)
         return results, recipes
-    stream, data = _stream_data(model, config, layers)
+    seen = _seen(context, parents)
+    stream, data, ids = _stream_data(model, config, layers, seen)
     recipes = {layer: _recipe(cfg, tc_cfgs[layer], data) for layer in layers}
+    for layer, (pid, (_, state)) in parents.items():
+        total = state.tokens + cfg.steps * cfg.batch_size  # the weights' whole budget, the parent's included
+        recipes[layer] |= {"continue_from": pid, "total_tokens": total}
     ckpt = _checkpoint(model_name, layers, recipes)
     results = train_layers(
         stream,
@@ -211,8 +281,11 @@ def _train(
         ckpt,
         config.checkpoint_every,
         on_log=lambda layer, r: log_row(layer, r) if r["step"] % (10 * cfg.log_every) == 0 else None,
+        parents={layer: parent for layer, (_, parent) in parents.items()},
     )
     _drop_checkpoint(ckpt)
+    for res in results.values():  # what the weights have seen: the parents' contexts and this run's
+        res.state.context_ids = torch.tensor(sorted(seen | set(ids)), dtype=torch.long)
     return results, recipes
 
 
@@ -285,6 +358,8 @@ def transcoders(
             "eval": {"split": "eval", "contexts": config.eval_contexts, "sample_seed": config.eval_seed},
         }
         tc.cfg.provenance = {"train_tokens": res.train_tokens, "seed": config.seed, "corpus_split": "train"}
+        if "continue_from" in recipes[layer]:
+            tc.cfg.provenance["continue_from"] = recipes[layer]["continue_from"]
         curve = pl.DataFrame(res.curve)
         tc_store.save_transcoder(
             tc.cpu(),
@@ -300,6 +375,7 @@ def transcoders(
                 "thresholds": thresholds.asdict(),
             },
             make_current=True,
+            state=res.state,
         )
         verdict = "passed" if passed else "FAILED: " + reason
         (context.log.info if passed else context.log.warning)(
@@ -325,7 +401,9 @@ def transcoders(
             "transcoder_ids": ", ".join(r["transcoder_id"] for r in rows),
             "train_seconds": round(train_s),
             "eval_seconds": round(eval_s),
-            "train_tokens_per_s_per_layer": round(results[layers[-1]].train_tokens / train_s),
+            "train_tokens_per_s_per_layer": round(
+                (results[layers[-1]].train_tokens - results[layers[-1]].start_tokens) / train_s
+            ),
             "n_eval_contexts": config.eval_contexts,
         }
     )

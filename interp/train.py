@@ -25,6 +25,12 @@ Algorithm:
      item feeds every layer, each through its own shuffle buffer and Trainer, exactly as `train` would on that
      layer's chunks alone. `train` is the one-layer case, cycling its chunks for as many epochs as the budget
      needs.
+  7. Keep training: a finished run's `train_state()` (Adam moments and step counts, the step and token counters,
+     the dead-feature counters, b_pre = mean(x), mean(y) and s; no shuffle buffer) is saved next to its weights.
+     `Trainer.continued` rebuilds the training form from the saved weights and that state, so a continued run
+     takes the steps the uninterrupted one would have taken on the same batches. Its lr re-warms over
+     `lr_warmup_steps` and decays over the last `lr_decay_frac` of its own steps (docs/training.md, "Keep
+     training"); steps and tokens count on from the parent's.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from interp.model import bf16_fast
@@ -110,6 +117,81 @@ class TrainConfig:
         return max(1, self.train_tokens // self.batch_size)
 
 
+STATE_FILE = "train_state.safetensors"
+
+
+@dataclass
+class TrainState:
+    """What continuing a finished run needs besides its saved weights (step 7 of the module docstring), in training
+    units (targets divided by `scale`): 2 x the trained parameters for Adam, a few vectors for the rest (45 MB for a
+    SmolLM2 layer at d_sae 4,608 with skip). No shuffle buffer: a continued run starts a new one on new data."""
+
+    step: int
+    """Optimizer steps taken; a continued run counts on from here."""
+    tokens: int
+    """Training tokens seen by the weights, every run of the lineage together."""
+    scale: float
+    """s of step 1, fixed by the first run of the lineage."""
+    x_mean: Tensor  # [d_in] b_pre (folded into b_enc in the saved weights)
+    y_mean: Tensor  # [d_out]
+    since_fired: Tensor  # [d_sae] tokens since each feature last fired (dead-feature counters)
+    adam: dict[str, dict[str, Tensor]]
+    """Parameter name -> its Adam state {'step', 'exp_avg', 'exp_avg_sq'}."""
+    context_ids: Tensor | None = None
+    """[n] ids of the training contexts the weights have seen, where the caller records them (the asset does, so
+    that a continued run draws new ones); training does not read it."""
+
+    def save(self, directory: str) -> None:
+        tensors = {
+            "step": torch.tensor(self.step),
+            "tokens": torch.tensor(self.tokens),
+            "scale": torch.tensor(self.scale, dtype=torch.float64),
+            "x_mean": self.x_mean,
+            "y_mean": self.y_mean,
+            "since_fired": self.since_fired,
+            **{f"adam.{name}.{key}": v for name, st in self.adam.items() for key, v in st.items()},
+        }
+        if self.context_ids is not None:
+            tensors["context_ids"] = self.context_ids
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(tensors, os.path.join(directory, STATE_FILE))
+
+    @classmethod
+    def load(cls, directory: str) -> TrainState:
+        t = load_file(os.path.join(directory, STATE_FILE))
+        adam: dict[str, dict[str, Tensor]] = {}
+        for key, v in t.items():
+            if key.startswith("adam."):
+                _, name, part = key.split(".")
+                adam.setdefault(name, {})[part] = v
+        return cls(
+            step=int(t["step"]),
+            tokens=int(t["tokens"]),
+            scale=float(t["scale"]),
+            x_mean=t["x_mean"],
+            y_mean=t["y_mean"],
+            since_fired=t["since_fired"],
+            adam=adam,
+            context_ids=t.get("context_ids"),
+        )
+
+
+Parent = tuple[Transcoder, TrainState]
+"""A finished run to continue: its transcoder as saved (`Trainer.finish`) and its `Trainer.train_state()`."""
+
+
+def check_parent_shape(tc_cfg: TranscoderConfig, parent: TranscoderConfig) -> None:
+    """A clear error when the requested shape is not the parent's: a continued run keeps the parent's shape."""
+    keys = ("d_in", "d_sae", "d_out", "architecture", "k", "skip")
+    want, have = ({k: getattr(c, k) for k in keys} for c in (tc_cfg, parent))
+    if want != have:
+        diff = ", ".join(f"{k} {have[k]} (asked {want[k]})" for k in keys if want[k] != have[k])
+        raise ValueError(
+            f"Cannot continue training: the parent transcoder has {diff}. A continued run keeps its parent's "
+            "shape; ask for that shape, or train a new transcoder from scratch."
+        )
+
+
 @dataclass
 class TrainResult:
     transcoder: Transcoder  # decoder scale restored, b_pre folded: ready to save
@@ -120,6 +202,8 @@ class TrainResult:
     scale: float = (
         1.0  # s, the median ||y - mean y|| of the first buffer (outlier_norm * s: massive activations)
     )
+    state: TrainState | None = None  # what a continued run needs (Trainer.train_state)
+    start_tokens: int = 0  # tokens the parent had seen (0 from scratch); train_tokens counts them too
 
 
 class NonFiniteActivationsError(ValueError):
@@ -219,36 +303,98 @@ class Trainer:
         scale: float,
         x_sample: Tensor,
     ):
+        tc = Transcoder(tc_cfg)
+        tc.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+        with torch.no_grad():
+            tc.b_pre.copy_(x_mean)
+            tc.b_dec.copy_(y_mean / scale)
+            if tc_cfg.architecture == "topk":
+                tc.W_dec.div_(tc.W_dec.norm(dim=-1, keepdim=True))
+            # scale the encoder so the initial output has the target's (unit) spread: both activations are
+            # positively homogeneous, so this keeps which features fire
+            spread = (tc(x_sample) - tc.b_dec).pow(2).sum(-1).mean().sqrt().clamp_min(1e-8)
+            tc.W_enc.div_(spread)
+        self._setup(cfg, tc, y_mean, scale)
+
+    def _setup(self, cfg: TrainConfig, tc: Transcoder, y_mean: Tensor, scale: float) -> None:
+        """The optimizer and counters around `tc` (training form: targets divided by `scale`, b_pre unfolded)."""
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.use_bf16 = cfg.bf16 and bf16_fast(self.device)
-        self.tc = Transcoder(tc_cfg)
-        self.tc.reset_parameters(torch.Generator().manual_seed(cfg.seed))
-        with torch.no_grad():
-            self.tc.b_pre.copy_(x_mean)
-            self.tc.b_dec.copy_(y_mean / scale)
-            if tc_cfg.architecture == "topk":
-                self.tc.W_dec.div_(self.tc.W_dec.norm(dim=-1, keepdim=True))
-            # scale the encoder so the initial output has the target's (unit) spread: both activations are
-            # positively homogeneous, so this keeps which features fire
-            spread = (self.tc(x_sample) - self.tc.b_dec).pow(2).sum(-1).mean().sqrt().clamp_min(1e-8)
-            self.tc.W_enc.div_(spread)
+        self.tc = tc
         self.tc.b_pre.requires_grad_(False)  # redundant with b_enc; kept at mean(x)
         self.tc.to(self.device)
         self.scale = scale
         self.y_mean = y_mean
         self.y_center = (y_mean / scale).to(self.device)  # [d_out]
-        params = [p for p in self.tc.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
-        self.step_no = 0
-        self.tokens = 0
-        self.since_fired = torch.zeros(tc_cfg.d_sae, dtype=torch.long, device=self.device)
+        self.opt = torch.optim.Adam([p for _, p in self._params()], lr=cfg.lr, betas=(0.9, 0.999))
+        self.step_no = self.start_step = 0  # start_step: the parent's steps (a continued run)
+        self.tokens = self.start_tokens = 0
+        self.since_fired = torch.zeros(tc.cfg.d_sae, dtype=torch.long, device=self.device)
         self.curve: list[dict] = []
+
+    @classmethod
+    def continued(cls, cfg: TrainConfig, tc_cfg: TranscoderConfig, parent: Transcoder, state: TrainState):
+        """A trainer that goes on where a finished run stopped: `parent` as saved (s folded into the decoder, b_pre
+        into b_enc) is put back in training form, and the Adam moments, counters and statistics are `state`'s."""
+        check_parent_shape(tc_cfg, parent.cfg)
+        tc = Transcoder(tc_cfg)
+        tc.load_state_dict(parent.state_dict())
+        with torch.no_grad():
+            for p in (tc.W_dec, tc.b_dec, tc.W_skip):
+                if p is not None:
+                    p.div_(state.scale)
+            tc.b_pre.copy_(state.x_mean)
+            tc.b_enc.add_(state.x_mean @ tc.W_enc)  # undoes fold_b_pre
+        self = cls.__new__(cls)
+        self._setup(cfg, tc, state.y_mean, state.scale)
+        params = dict(self._params())
+        if set(params) != set(state.adam):
+            raise ValueError(
+                f"The saved optimizer state holds {sorted(state.adam)}, the transcoder trains {sorted(params)}."
+            )
+        for name, p in params.items():  # Adam keeps its step count on the CPU, the moments beside the weights
+            st = state.adam[name]  # copied: Adam updates its state in place, and `state` stays the parent's
+            self.opt.state[p] = {
+                k: v.clone() if k == "step" else v.to(self.device, copy=True) for k, v in st.items()
+            }
+        self.step_no = self.start_step = state.step
+        self.tokens = self.start_tokens = state.tokens
+        self.since_fired = state.since_fired.to(self.device, torch.long, copy=True)
+        return self
+
+    def _params(self) -> list[tuple[str, nn.Parameter]]:
+        """The trained parameters, by name (b_pre stays at mean(x))."""
+        return [(n, p) for n, p in self.tc.named_parameters() if p.requires_grad]
+
+    def train_state(self) -> TrainState:
+        """What a continued run needs besides `finish()`'s weights (references, not copies)."""
+        adam = {n: {k: v.detach().cpu() for k, v in self.opt.state[p].items()} for n, p in self._params()}
+        return TrainState(
+            self.step_no,
+            self.tokens,
+            self.scale,
+            self.tc.b_pre.detach().cpu(),
+            self.y_mean.cpu(),
+            self.since_fired.cpu(),
+            adam,
+        )
+
+    @property
+    def end_step(self) -> int:
+        return self.start_step + self.cfg.steps
+
+    @property
+    def done(self) -> bool:
+        return self.step_no >= self.end_step
 
     # ---- schedule ---------------------------------------------------------------------------------------
 
     def lr_at(self, step: int) -> float:
+        """lr at step `step` (counted from the lineage's start): warm-up over the first `lr_warmup_steps` of this
+        run and linear decay to 0 over its last `lr_decay_frac`, so a continued run re-warms (docs/training.md)."""
         c = self.cfg
+        step -= self.start_step
         warm = min(1.0, (step + 1) / max(1, c.lr_warmup_steps))
         decay_start = int(c.steps * (1 - c.lr_decay_frac))
         decay = 1.0 if step < decay_start else max(0.0, (c.steps - step) / max(1, c.steps - decay_start))
@@ -326,7 +472,8 @@ class Trainer:
         self.tokens += x.shape[0]
         if not topk and c.resample_every and self.step_no % c.resample_every == 0:
             self._resample(x, y)
-        if self.step_no % c.log_every and self.step_no != c.steps:
+        first = self.start_step > 0 and self.step_no == self.start_step + 1  # where a continued run starts
+        if self.step_no % c.log_every and self.step_no != self.end_step and not first:
             return None
         mse = stats["mse"].item()
         row = {
@@ -388,6 +535,8 @@ class Trainer:
         return {
             "step": self.step_no,
             "tokens": self.tokens,
+            "start_step": self.start_step,
+            "start_tokens": self.start_tokens,
             "model": self.tc.state_dict(),
             "opt": self.opt.state_dict(),
             "since_fired": self.since_fired,
@@ -398,6 +547,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.step_no, self.tokens = state["step"], state["tokens"]
+        self.start_step, self.start_tokens = state.get("start_step", 0), state.get("start_tokens", 0)
         self.tc.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.since_fired = state["since_fired"].to(self.device)
@@ -432,17 +582,28 @@ def recipe(cfg: TrainConfig, tc_cfg: TranscoderConfig) -> dict:
 
 class LayerRun:
     """One transcoder's training inside a stream: its shuffle buffer, and its Trainer from the moment the buffer
-    first fills (the first `buffer_tokens` rows give the initial statistics, step 1 of the module docstring)."""
+    first fills (the first `buffer_tokens` rows give the initial statistics, step 1 of the module docstring; a
+    continued run takes its parent's instead, step 7)."""
 
-    def __init__(self, cfg: TrainConfig, tc_cfg: TranscoderConfig):
-        self.cfg, self.tc_cfg = cfg, tc_cfg
+    def __init__(self, cfg: TrainConfig, tc_cfg: TranscoderConfig, parent: Parent | None = None):
+        if parent is not None:
+            check_parent_shape(tc_cfg, parent[0].cfg)  # before any forward pass
+        self.cfg, self.tc_cfg, self.parent = cfg, tc_cfg, parent
         self.buffer = ShuffleBuffer(cfg.batch_size, cfg.buffer_tokens, cfg.seed)
         self.trainer: Trainer | None = None
         self.stats: tuple[Tensor, Tensor, float, Tensor] | None = None
 
     @property
     def done(self) -> bool:
-        return self.trainer is not None and self.trainer.step_no >= self.cfg.steps
+        return self.trainer is not None and self.trainer.done
+
+    def key(self) -> dict:
+        """What a checkpoint of this run must have been made with: the recipe, and the parent's counters (only for a
+        continued run, so that checkpoints of runs from scratch keep their earlier key)."""
+        key = recipe(self.cfg, self.tc_cfg)
+        if self.parent is not None:
+            key["parent"] = {"step": self.parent[1].step, "tokens": self.parent[1].tokens}
+        return key
 
     def feed(self, x: Tensor, y: Tensor, on_log: Callable[[dict], None] | None = None) -> int:
         """Push a chunk (x [n, d_in], y [n, d_out]) and take the steps it frees; returns the steps taken."""
@@ -473,14 +634,19 @@ class LayerRun:
         return taken
 
     def _start(self) -> None:
-        self.stats = _init_stats(*self.buffer.peek(self.cfg.buffer_tokens))
-        x_mean, y_mean = self.stats[0], self.stats[1]
-        if x_mean.shape[0] != self.tc_cfg.d_in or y_mean.shape[0] != self.tc_cfg.d_out:
+        x, y = self.buffer.peek(self.cfg.buffer_tokens)
+        if x.shape[-1] != self.tc_cfg.d_in or y.shape[-1] != self.tc_cfg.d_out:
             raise ValueError(
-                f"Activations are {x_mean.shape[0]} -> {y_mean.shape[0]} wide, transcoder expects "
+                f"Activations are {x.shape[-1]} -> {y.shape[-1]} wide, transcoder expects "
                 f"{self.tc_cfg.d_in} -> {self.tc_cfg.d_out}."
             )
-        self.trainer = Trainer(self.cfg, self.tc_cfg, *self.stats)
+        if self.parent is None:
+            self.stats = _init_stats(x, y)
+            self.trainer = Trainer(self.cfg, self.tc_cfg, *self.stats)
+        else:
+            tc, state = self.parent
+            self.stats = (state.x_mean, state.y_mean, state.scale, state.x_mean[None])
+            self.trainer = Trainer.continued(self.cfg, self.tc_cfg, tc, state)
 
     def result(self) -> TrainResult:
         if self.trainer is None:
@@ -489,15 +655,17 @@ class LayerRun:
             log.warning(
                 "%s: the stream ended after %d of %d steps",
                 self.tc_cfg.hook_name,
-                self.trainer.step_no,
+                self.trainer.step_no - self.trainer.start_step,
                 self.cfg.steps,
             )
         t = self.trainer
-        return TrainResult(t.finish(), t.curve, t.tokens, t.y_mean, t.dead_frac(), t.scale)
+        return TrainResult(
+            t.finish(), t.curve, t.tokens, t.y_mean, t.dead_frac(), t.scale, t.train_state(), t.start_tokens
+        )
 
     def state_dict(self) -> dict:
         return {
-            "config": recipe(self.cfg, self.tc_cfg),
+            "config": self.key(),
             "buffer": self.buffer.state_dict(),
             "stats": self.stats,
             "trainer": None if self.trainer is None else self.trainer.state_dict(),
@@ -528,7 +696,7 @@ def _resume(path: str | None, runs: Mapping[int, LayerRun]) -> int:
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
     saved = state["layers"]
-    if set(saved) != set(runs) or any(saved[k]["config"] != recipe(r.cfg, r.tc_cfg) for k, r in runs.items()):
+    if set(saved) != set(runs) or any(saved[k]["config"] != r.key() for k, r in runs.items()):
         log.warning("checkpoint %s was made with other layers or configs; starting over", path)
         return 0
     for k, run in runs.items():
@@ -545,6 +713,7 @@ def train_layers(
     checkpoint_every: int = 0,
     on_log: Callable[[int, dict], None] | None = None,
     progress: bool = True,
+    parents: Mapping[int, Parent] | None = None,
 ) -> dict[int, TrainResult]:
     """Train one transcoder per layer from ONE stream of {layer: (x, y)} items (one forward pass of the model per
     item feeds every layer); each layer steps on its own data exactly as `train` would on that layer's chunks
@@ -554,16 +723,20 @@ def train_layers(
     shuffle buffer, and the number of items consumed — is saved atomically to `checkpoint_path`; a killed run
     resumes from it with `stream(consumed)`, so it skips the forward passes already done and ends with the same
     weights as an uninterrupted run.
+
+    `parents[k]`, where given, is a finished run that layer k continues (step 7 of the module docstring) for
+    `cfgs[k].steps` more steps; its shape must be `tc_cfgs[k]`.
     """
     if set(cfgs) != set(tc_cfgs):
         raise ValueError(
             f"Training configs for layers {sorted(cfgs)}, transcoder configs for {sorted(tc_cfgs)}."
         )
-    runs = {k: LayerRun(cfgs[k], tc_cfgs[k]) for k in sorted(cfgs)}
+    parents = parents or {}
+    runs = {k: LayerRun(cfgs[k], tc_cfgs[k], parents.get(k)) for k in sorted(cfgs)}
     consumed = _resume(checkpoint_path, runs)
     total_steps = sum(c.steps for c in cfgs.values())
     bar = tqdm(total=total_steps, desc=f"training {len(runs)} layer(s)", disable=not progress)
-    bar.update(sum(r.trainer.step_no for r in runs.values() if r.trainer is not None))
+    bar.update(sum(r.trainer.step_no - r.trainer.start_step for r in runs.values() if r.trainer is not None))
     for item in stream(consumed):
         for k, run in runs.items():
             bar.update(run.feed(*item[k], on_log=(lambda row, k=k: on_log(k, row)) if on_log else None))
@@ -600,9 +773,11 @@ def train(
     checkpoint_path: str | None = None,
     on_log: Callable[[dict], None] | None = None,
     progress: bool = True,
+    parent: Parent | None = None,
 ) -> TrainResult:
     """Train a transcoder on `data`, chunks cycled for as many epochs as the budget needs (see module docstring);
-    checkpoints every `cfg.checkpoint_every` chunks to `checkpoint_path` and resumes from it if it exists."""
+    checkpoints every `cfg.checkpoint_every` chunks to `checkpoint_path` and resumes from it if it exists.
+    `parent`: continue that finished run for `cfg.steps` more steps instead of starting from scratch."""
     return train_layers(
         lambda start: _epochs(data, start),
         {0: cfg},
@@ -611,4 +786,5 @@ def train(
         cfg.checkpoint_every,
         (lambda _, row: on_log(row)) if on_log else None,
         progress,
+        {0: parent} if parent is not None else None,
     )[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import polars as pl
 import torch
@@ -46,9 +48,9 @@ def context_length() -> int:
     return int(frame["n"][0])
 
 
-def sample_context_ids(split: str, n: int, seed: int) -> list[int]:
+def sample_context_ids(split: str, n: int, seed: int, exclude: Collection[int] = ()) -> list[int]:
     """A seeded sample of n context ids of a split, stratified by corpus in the proportions of the whole corpus
-    (interp.sampling), in random order."""
+    (interp.sampling), in random order. `exclude`: ids not to draw (those a transcoder was trained on already)."""
     frame = readers.query(
         "SELECT context_id, coalesce(corpus, '') AS corpus FROM contexts WHERE split = ? ORDER BY context_id",
         [split],
@@ -57,6 +59,14 @@ def sample_context_ids(split: str, n: int, seed: int) -> list[int]:
         raise LookupError(
             f"No {split!r} contexts in the atlas database; materialize the `contexts` asset first."
         )
+    if exclude:
+        held = frame.height
+        frame = frame.filter(~pl.col("context_id").is_in(list(exclude)))
+        if n > frame.height:
+            raise ValueError(
+                f"Asked for {n} {split!r} contexts not seen before, but {held - frame.height} of the split's "
+                f"{held} have been seen: {frame.height} are left. Ask for fewer tokens, or give the corpus more text."
+            )
     if n > frame.height:
         raise ValueError(
             f"Asked for {n} {split!r} contexts but the split holds {frame.height}; lower the count, or give the "

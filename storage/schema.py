@@ -98,9 +98,17 @@ TABLES: tuple[Table, ...] = (
         ("architecture", "VARCHAR", "'relu' (ReLU + L1, the paper), 'topk', 'batchtopk' or 'jumprelu'."),
         ("d_in", "INTEGER", "Input width (d_model)."),
         ("d_sae", "INTEGER", "Number of features."),
-        ("train_tokens", "BIGINT", "Tokens seen in training."),
-        ("weights_path", "VARCHAR", "Directory with cfg.json + sae_weights.safetensors."),
-        ("config", "JSON", "Full training config and provenance (hooks, corpus, seed, code version)."),
+        ("train_tokens", "BIGINT", "Tokens seen in training (a continued version's include its parent's)."),
+        (
+            "weights_path",
+            "VARCHAR",
+            "Directory with cfg.json + sae_weights.safetensors (+ train_state.safetensors: what continuing needs).",
+        ),
+        (
+            "config",
+            "JSON",
+            "Full training config and provenance (hooks, corpus, seed, code version; continue_from: the parent).",
+        ),
         ("created_at", "TIMESTAMP", "When training finished."),
     ),
     _t(

@@ -12,6 +12,11 @@ Versions: a transcoder id ends in a short hash of everything that determines its
 data sample), so re-training with another k, skip setting, budget or seed adds a version beside the old one
 instead of overwriting it. `current_transcoders` says which version each layer serves; `list_transcoders` (what
 every downstream asset and the app read) follows it, and `set_current` points a layer at another version.
+
+Keep training: a version's folder also holds `train_state.safetensors` (interp.train.TrainState: the optimiser
+state a continued run resumes from, and the ids of the training contexts its weights have seen), read back by
+`load_train_state`. A continued version is a new id whose `config` JSON names its parent (`continue_from`); the
+parent's rows and folder stay as they are.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import polars as pl
 
+from interp.train import STATE_FILE, TrainState
 from interp.transcoder import Transcoder
 from storage import artifacts, layout
 from storage.db import crash_points, readers, row_writes
@@ -75,15 +81,17 @@ def save_transcoder(
     curve: pl.DataFrame,
     metrics: dict[str, Any],
     make_current: bool = False,
+    state: TrainState | None = None,
 ) -> str:
     """Write the weights and the three tables' rows for `transcoder_id`; returns the weights directory.
 
     `curve` has columns among CURVE_COLUMNS; `metrics` keys among METRIC_COLUMNS (plus optional 'thresholds').
     make_current: the same transaction makes it the version its layer serves (`current_transcoders`).
+    state: the training state to keep beside the weights, so that the version can be trained further.
     """
     path = artifacts.claim(layout.new_version(layout.transcoder_dir(transcoder_id)))
     try:
-        _write_weights(tc, path)
+        _write_weights(tc, path, state)
         crash_points.crash_point("files_written")
         _record(tc, transcoder_id, path, config, train_tokens, curve, metrics, make_current)
     finally:
@@ -91,12 +99,16 @@ def save_transcoder(
     return path
 
 
-def _write_weights(tc: Transcoder, path: str) -> None:
+def _write_weights(tc: Transcoder, path: str, state: TrainState | None = None) -> None:
     if not layout.is_remote(path):
         tc.save(path)
+        if state is not None:
+            state.save(path)
         return
     with tempfile.TemporaryDirectory() as tmp:
         tc.save(tmp)
+        if state is not None:
+            state.save(tmp)
         layout.fs_for(path).put(tmp + "/", path, recursive=True)
 
 
@@ -221,6 +233,23 @@ def load_transcoder(transcoder_id: str, device: str = "cpu") -> Transcoder:
     with tempfile.TemporaryDirectory() as tmp:
         layout.fs_for(path).get(path.rstrip("/") + "/", tmp, recursive=True)
         return Transcoder.load(tmp, device=device)
+
+
+def load_train_state(transcoder_id: str) -> TrainState:
+    """The training state saved with `transcoder_id` (what a continued run resumes from); a clear error when the
+    version has none (saved before states were kept, or not trained by the `transcoders` asset)."""
+    path = transcoder_row(transcoder_id)["weights_path"]
+    fs, file = layout.fs_for(path), layout.join(path, STATE_FILE)
+    if not fs.exists(file):
+        raise LookupError(
+            f"Transcoder {transcoder_id!r} has no saved training state ({file}), so it cannot be trained further; "
+            "train that layer from scratch (continue_from: '') and continue the new version."
+        )
+    if not layout.is_remote(path):
+        return TrainState.load(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        fs.get(file, f"{tmp}/{STATE_FILE}")
+        return TrainState.load(tmp)
 
 
 def gate_status(transcoder_id: str) -> tuple[bool, str]:

@@ -5,6 +5,7 @@ and reported by its check, goals as warnings, bad input refused before any work.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import dagster as dg
 import polars as pl
@@ -15,7 +16,7 @@ from assets import activations as act_assets
 from assets import corpus as corpus_assets
 from assets import transcoders as tc_assets
 from interp.quality import Thresholds
-from interp.train import TrainConfig
+from interp.train import TrainConfig, Trainer
 from interp.transcoder import EXPANSION_FACTOR, TranscoderConfig
 from storage import transcoders as tc_store
 from storage.db import readers
@@ -152,7 +153,8 @@ def test_run_config_fields_are_interps_config_fields_with_their_defaults():
         assert fields[f.name].default == f.default, f.name
     assert all(f.description for f in fields.values())  # the Dagster UI shows them
     assert fields["expansion_factor"].default == EXPANSION_FACTOR
-    own = {"source", "expansion_factor", "forward_batch", "eval_contexts", "eval_seed", "eval_batch_size"}
+    own = {"source", "expansion_factor", "forward_batch", "continue_from"}
+    own |= {"eval_contexts", "eval_seed", "eval_batch_size"}
     assert set(fields) == own | {f.name for f in interp}
     assert tc_assets.SpliceConfig.model_fields["bf16"].default == TrainConfig.bf16
 
@@ -175,3 +177,72 @@ def test_run_config_fields_are_interps_config_fields_with_their_defaults():
         "blocks.2.hook_mlp_out",
         2,
     )
+
+
+def _curve(tid: str) -> pl.DataFrame:
+    return readers.query("SELECT * FROM training_curves WHERE transcoder_id = ? ORDER BY step", [tid])
+
+
+def _file_bytes(folder: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(folder).iterdir())}
+
+
+def test_a_current_version_trains_further_into_a_new_version(corpus, tiny_model_dir, monkeypatch):
+    assert _train("1", log_every=1).success
+    parent = tc_store.list_transcoders(tiny_model_dir).row(0, named=True)
+    pid, on_disk = parent["transcoder_id"], _file_bytes(parent["weights_path"])
+    assert set(on_disk) == {"cfg.json", "sae_weights.safetensors", "train_state.safetensors"}
+    saved_state = tc_store.load_train_state(pid)
+
+    started = []  # the continued trainer as it starts: its weights (saved form) and Adam state
+    continued = Trainer.continued.__func__
+
+    def spy(cls, *args):
+        t = continued(cls, *args)
+        started.append(
+            (t.finish(), {n: {k: v.clone() for k, v in st.items()} for n, st in t.train_state().adam.items()})
+        )
+        return t
+
+    monkeypatch.setattr(Trainer, "continued", classmethod(spy))
+    assert _train("1", log_every=1, continue_from="current").success
+    child = tc_store.list_transcoders(tiny_model_dir).row(0, named=True)
+    cid = child["transcoder_id"]
+    assert cid != pid and child["is_current"] and child["train_tokens"] == 2 * 64 * 30
+    config = tc_store.transcoder_row(cid)["config"]
+    assert config["continue_from"] == pid and config["total_tokens"] == 2 * 64 * 30
+    assert tc_store.load_transcoder(cid).cfg.provenance["continue_from"] == pid
+    # it started from the parent's weights and optimiser state
+    (start_tc, start_adam), parent_tc = started[0], tc_store.load_transcoder(pid)
+    for name, value in parent_tc.state_dict().items():
+        torch.testing.assert_close(start_tc.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name)
+    for name, st in saved_state.adam.items():
+        for key, value in st.items():
+            assert torch.equal(start_adam[name][key], value), (name, key)
+    # so its curve carries on where the parent's ended, with no spike, and Adam's step count runs on
+    before, after = _curve(pid), _curve(cid)
+    assert (after["step"][0], after["tokens"][0]) == (31, 31 * 64)
+    last = before["loss"].tail(5).mean()
+    assert after["loss"].head(5).max() < 1.1 * last < 0.5 * before["loss"].head(5).mean()
+    state = tc_store.load_train_state(cid)
+    assert int(state.adam["W_enc"]["step"]) == state.step == 60
+    # on new tokens: none of its contexts is one of the parent's
+    seen_by_parent = set(saved_state.context_ids.tolist())
+    seen = set(state.context_ids.tolist())
+    assert seen_by_parent < seen and len(seen) == 2 * len(seen_by_parent)
+    # the parent is kept as it was, loadable
+    versions = tc_store.list_transcoders(tiny_model_dir, versions=True)
+    assert set(versions["transcoder_id"]) == {pid, cid}
+    assert _file_bytes(parent["weights_path"]) == on_disk
+    assert tc_store.transcoder_row(pid)["train_tokens"] == 64 * 30
+
+
+def test_continuing_needs_a_parent_of_the_asked_shape(corpus, tiny_model_dir):
+    result = _train("0", continue_from="current")
+    assert not result.success and "no transcoder to continue" in str(result.all_events)
+    assert _train("0").success
+    result = _train("0", continue_from="current", k=3)
+    assert not result.success and "k 4 (asked 3)" in str(result.all_events)
+    result = _train("0", continue_from="current", source="shards")
+    assert not result.success and "needs source 'stream'" in str(result.all_events)
+    assert readers.query("SELECT count(*) AS n FROM transcoders")["n"][0] == 1

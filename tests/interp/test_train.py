@@ -247,3 +247,117 @@ def test_streaming_run_killed_and_resumed_ends_with_the_same_weights(tiny_model,
         for name, value in full[layer].transcoder.state_dict().items():
             assert torch.equal(resumed[layer].transcoder.state_dict()[name], value), (layer, name)
         assert [r["step"] for r in resumed[layer].curve] == [r["step"] for r in full[layer].curve]
+
+
+def _batches(n: int, rows: int = 250) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """n batches (x [rows, D], y [rows, D]) of the teacher's map, in a fixed order."""
+    teacher, g = _teacher(), torch.Generator().manual_seed(11)
+    out = []
+    for _ in range(n):
+        x = torch.randn(rows, D, generator=g)
+        with torch.no_grad():
+            out.append((x, teacher(x)))
+    return out
+
+
+def _stepped(trainer, batches):
+    for x, y in batches:
+        trainer.step(x, y)
+    return trainer
+
+
+def _fresh_adam(state):
+    """`state` with its optimizer state dropped: Adam as at step 0 (what a run that kept only the weights has)."""
+    zero = {n: {k: torch.zeros_like(v) for k, v in st.items()} for n, st in state.adam.items()}
+    return dataclasses.replace(state, adam=zero)
+
+
+@pytest.mark.parametrize("architecture", ["topk", "relu"])
+def test_continuing_from_the_saved_state_reproduces_the_uninterrupted_run(architecture, tmp_path):
+    from interp.train import Trainer, TrainState, _init_stats
+
+    n, m = 40, 30  # relu resamples dead features at step 50: the counters must carry over too
+    tc_cfg, batches = _tc_cfg(architecture=architecture), _batches(n + m)
+    stats = _init_stats(torch.cat([x for x, _ in batches[:8]]), torch.cat([y for _, y in batches[:8]]))
+    # one lr throughout, so both schedules agree; float32, since under bf16 autocast the saved form's rounding
+    # (s folded into the decoder, b_pre into b_enc: 1 ulp) flips bf16 roundings, about 1e-3 apart after 30 steps
+    const = {"lr_warmup_steps": 0, "lr_decay_frac": 0.0, "bf16": False}
+    one_go = _stepped(Trainer(_cfg(train_tokens=(n + m) * 250, **const), tc_cfg, *stats), batches).finish()
+    parent = _stepped(Trainer(_cfg(train_tokens=n * 250, **const), tc_cfg, *stats), batches[:n])
+    parent.finish().save(str(tmp_path))  # what a version's folder holds: the weights and the state
+    parent.train_state().save(str(tmp_path))
+    saved = Transcoder.load(str(tmp_path)), TrainState.load(str(tmp_path))
+    child_cfg = _cfg(train_tokens=m * 250, **const)
+    child = _stepped(Trainer.continued(child_cfg, tc_cfg, *saved), batches[n:])
+    assert (child.step_no, child.tokens) == (n + m, (n + m) * 250)
+    for name, value in one_go.state_dict().items():
+        torch.testing.assert_close(child.finish().state_dict()[name], value, atol=1e-5, rtol=1e-4, msg=name)
+    # the optimizer state is what makes it exact: the same weights with Adam started afresh end elsewhere
+    dropped = _stepped(Trainer.continued(child_cfg, tc_cfg, saved[0], _fresh_adam(saved[1])), batches[n:])
+    assert (dropped.finish().W_dec - one_go.W_dec).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("architecture", ["topk", "relu"])
+def test_a_continued_run_starts_where_its_parent_stopped_without_a_spike(architecture):
+    data, tc_cfg = _data(), _tc_cfg(architecture=architecture)
+    cfg = _cfg(train_tokens=30_000, log_every=1, lr_warmup_steps=20)
+    parent = train(data, cfg, tc_cfg, progress=False)
+    child = train(
+        data,
+        dataclasses.replace(cfg, seed=1),
+        tc_cfg,
+        progress=False,
+        parent=(parent.transcoder, parent.state),
+    )
+    last = sum(r["loss"] for r in parent.curve[-5:]) / 5
+    first = [r["loss"] for r in child.curve[:10]]
+    assert child.curve[0]["step"] == 121 and child.curve[0]["tokens"] == 121 * 250
+    assert child.train_tokens == 2 * 30_000 and child.start_tokens == 30_000
+    assert max(first) < 1.1 * last  # the lr re-warms on the kept Adam moments: no jump
+    assert child.curve[-1]["loss"] < last  # and more tokens help
+    # Adam restarted from zero at full lr jumps at its first update
+    spiked = train(
+        data,
+        dataclasses.replace(cfg, seed=1, lr_warmup_steps=0),
+        tc_cfg,
+        progress=False,
+        parent=(parent.transcoder, _fresh_adam(parent.state)),
+    )
+    assert max(r["loss"] for r in spiked.curve[:3]) > 1.15 * last
+
+
+def test_continuing_needs_the_parents_shape():
+    parent = train(_data(n_chunks=2), _cfg(train_tokens=5000), _tc_cfg(), progress=False)
+    for other in (_tc_cfg(k=3), _tc_cfg(d_sae=64), _tc_cfg(skip=False), _tc_cfg(architecture="relu")):
+        with pytest.raises(ValueError, match="keeps its parent's shape"):
+            train(_data(), _cfg(), other, progress=False, parent=(parent.transcoder, parent.state))
+
+
+def test_a_continued_run_killed_and_resumed_ends_with_the_same_weights(tmp_path):
+    data, tc_cfg = _data(), _tc_cfg()
+    first = train(data, _cfg(train_tokens=10_000), tc_cfg, progress=False)
+    parent = first.transcoder, first.state
+    kept = {n: {k: v.clone() for k, v in st.items()} for n, st in first.state.adam.items()}
+    cfg = _cfg(train_tokens=20_000, checkpoint_every=10)
+    full = train(data, cfg, tc_cfg, progress=False, parent=parent)
+    for (
+        name,
+        st,
+    ) in kept.items():  # training from a state leaves it as it was (a parent can have two children)
+        assert all(torch.equal(first.state.adam[name][k], v) for k, v in st.items()), name
+
+    def kill_at_step_85(row):
+        if row["step"] == 85:
+            raise Killed
+
+    ckpt = str(tmp_path / "ckpt.pt")
+    with pytest.raises(Killed):
+        train(data, cfg, tc_cfg, checkpoint_path=ckpt, on_log=kill_at_step_85, progress=False, parent=parent)
+    assert 40 < torch.load(ckpt, weights_only=False)["layers"][0]["trainer"]["step"] < 85
+    resumed = train(data, cfg, tc_cfg, checkpoint_path=ckpt, progress=False, parent=parent)
+    for name, value in full.transcoder.state_dict().items():
+        torch.testing.assert_close(
+            resumed.transcoder.state_dict()[name], value, atol=1e-5, rtol=1e-5, msg=name
+        )
+    assert [r["step"] for r in resumed.curve] == [r["step"] for r in full.curve]
+    assert resumed.train_tokens == full.train_tokens == 30_000

@@ -52,3 +52,14 @@ def test_too_large_a_sample_is_a_clear_error(contexts):
     n_eval = readers.query("SELECT count(*) AS n FROM contexts WHERE split = 'eval'")["n"][0]
     with pytest.raises(ValueError, match=f"the split holds {n_eval}"):
         corpus_store.sample_contexts("eval", n_eval + 1, seed=0)
+
+
+def test_a_sample_can_leave_out_contexts_already_seen(contexts):
+    seen = corpus_store.sample_context_ids("train", 300, seed=0)
+    again = corpus_store.sample_context_ids("train", 300, seed=0, exclude=seen)
+    assert not set(again) & set(seen) and len(set(again)) == 300
+    got = shares(contexts.filter(pl.col("context_id").is_in(again))["corpus"].to_list())
+    assert abs(got["sotu"] - 0.54) <= 0.02  # still the corpus' mix
+    n_train = readers.query("SELECT count(*) AS n FROM contexts WHERE split = 'train'")["n"][0]
+    with pytest.raises(ValueError, match=f"{n_train - 300} are left"):
+        corpus_store.sample_context_ids("train", n_train - 299, seed=0, exclude=seen)

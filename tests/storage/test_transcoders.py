@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 
+from interp.train import STATE_FILE, TrainState
 from interp.transcoder import WEIGHTS_FILE, Transcoder, TranscoderConfig, TranscoderFileError
 from storage import transcoders as tc_store
 from storage.db import readers
@@ -67,3 +68,33 @@ def test_unknown_and_damaged_transcoders_raise(atlas_home):
         tc_store.load_transcoder(tid)
     with pytest.raises(ValueError, match="Unknown metric"):
         tc_store.save_transcoder(_tc(2, 0), tid, {}, 1, _curve(1), {"bogus": 1.0})
+
+
+def test_a_version_keeps_its_training_state_beside_the_weights(atlas_home):
+    without = _save(2, seed=0)  # saved without a state (as versions trained before states were kept)
+    with pytest.raises(LookupError, match="no saved training state"):
+        tc_store.load_train_state(without)
+    state = TrainState(
+        step=7,
+        tokens=700,
+        scale=0.123456789,
+        x_mean=torch.randn(8),
+        y_mean=torch.randn(8),
+        since_fired=torch.arange(16),
+        adam={
+            "W_enc": {
+                "step": torch.tensor(7.0),
+                "exp_avg": torch.randn(8, 16),
+                "exp_avg_sq": torch.rand(8, 16),
+            }
+        },
+        context_ids=torch.tensor([3, 5, 9]),
+    )
+    tid = tc_store.transcoder_id("toy", 2, "relu", 16, {"seed": 1})
+    path = tc_store.save_transcoder(_tc(2, 1), tid, {}, 700, _curve(1), METRICS, state=state)
+    assert sorted(os.listdir(path)) == ["cfg.json", "sae_weights.safetensors", STATE_FILE]
+    back = tc_store.load_train_state(tid)
+    assert (back.step, back.tokens, back.scale) == (7, 700, 0.123456789)
+    for name in ("x_mean", "y_mean", "since_fired", "context_ids"):
+        assert torch.equal(getattr(back, name), getattr(state, name)), name
+    assert all(torch.equal(back.adam["W_enc"][k], v) for k, v in state.adam["W_enc"].items())
