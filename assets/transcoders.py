@@ -232,6 +232,13 @@ def _drop_checkpoint(path: str | None) -> None:
         layout.remove_tree(path.rsplit("/", 1)[0])
 
 
+def _max_half_width(rows: list[dict]) -> float:
+    """The widest half-width of the layers' CE-recovered 95% intervals (layers without one, whose ablation changes
+    nothing, are left out; NaN if none has one)."""
+    widths = [(r["ce_recovered_hi"] - r["ce_recovered_lo"]) / 2 for r in rows]
+    return max((w for w in widths if not math.isnan(w)), default=float("nan"))
+
+
 def _evaluate(
     model,
     model_name: str,
@@ -364,9 +371,7 @@ def transcoders(
             "metrics": md_table(table),
             "training_curve": _curve_plot(rows[-1]["_curve"]),
             "transcoder_ids": ", ".join(r["transcoder_id"] for r in rows),
-            "ce_recovered_max_half_width": max(
-                (r["ce_recovered_hi"] - r["ce_recovered_lo"]) / 2 for r in rows
-            ),  # the 95% interval's; NaN where a layer's ablation changes nothing
+            "ce_recovered_max_half_width": _max_half_width(rows),
             "ablation_baselines_reused": dg.MetadataValue.json(reused),
             "train_seconds": round(train_s),
             "eval_seconds": round(eval_s),

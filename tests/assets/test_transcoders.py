@@ -125,6 +125,14 @@ def test_interval_stored_and_ablation_baseline_reused_across_versions(corpus, ti
     assert second["ce_ablated"] == pytest.approx(first["ce_ablated"], rel=1e-6)
     meta = result.asset_materializations_for_node("transcoders")[0].metadata
     assert meta["ablation_baselines_reused"].value == [0] and "ce_recovered_lo" in meta["metrics"].value
+    half = (second["ce_recovered_hi"] - second["ce_recovered_lo"]) / 2
+    assert meta["ce_recovered_max_half_width"].value == pytest.approx(half, rel=1e-5)
+    nan = float("nan")
+    rows = [
+        {"ce_recovered_lo": nan, "ce_recovered_hi": nan},
+        {"ce_recovered_lo": 0.5, "ce_recovered_hi": 0.7},
+    ]
+    assert tc_assets._max_half_width(rows) == pytest.approx(0.1)  # a layer without an interval is left out
 
     assert _train("0", k=3, eval_seed=2).success  # another sample: the cache misses
     assert len(calls) == 2
