@@ -46,3 +46,19 @@ def test_key_changes_with_what_changes_the_losses():
         eb.baseline_key("toy", 1, mean, ids, tokens, {"bf16": True}),
     ]
     assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_migration_7_adds_the_interval_columns_and_the_cache_to_a_version_6_database(atlas_home):
+    from storage.db import working_copy
+
+    eb.write("toy", {1: ("k", torch.ones(2))}, n_tokens_per_context=3)  # creates the database at this version
+    new_columns = ("n_eval_contexts", "ce_recovered_lo", "ce_recovered_hi", "delta_ce_lo", "delta_ce_hi")
+    with working_copy.writer() as con:  # back to what version 6 had
+        con.execute("DROP TABLE ablation_baselines")
+        for c in new_columns:
+            con.execute(f"ALTER TABLE transcoder_metrics DROP COLUMN {c}")
+        con.execute("DELETE FROM schema_version WHERE version = 7")
+    eb.write("toy", {1: ("k", torch.ones(2))}, n_tokens_per_context=3)  # the next writer migrates
+    cols = readers.query("SELECT * FROM transcoder_metrics LIMIT 0").columns
+    assert set(new_columns) <= set(cols)
+    assert readers.query("SELECT count(*) n FROM ablation_baselines")["n"][0] == 1
