@@ -19,6 +19,7 @@ SUMMARY = [
     "l0",
     "fvu",
     "ce_recovered",
+    "ce_recovered_95",
     "delta_ce_ablated",
     "kl",
     "dead_frac",
@@ -36,6 +37,7 @@ def main() -> None:
     rows = tc.to_dicts()
     table = tc.with_columns(
         delta_ce_ablated=pl.col("ce_ablated") - pl.col("ce_clean"),
+        ce_recovered_95=pl.Series([components.ce_recovered_interval(r) for r in rows], dtype=pl.Utf8),
         mlp_matters=pl.Series([mlp_matters(r) for r in rows], dtype=pl.Boolean),
         goals=pl.Series(["; ".join(goal_misses(r)) or ("met" if r["fvu"] is not None else "") for r in rows]),
     )
@@ -47,6 +49,11 @@ def main() -> None:
         column_config={
             "fvu": st.column_config.NumberColumn(format="%.3f"),
             "ce_recovered": st.column_config.NumberColumn(format="%.3f"),
+            "ce_recovered_95": st.column_config.TextColumn(
+                "CE recovered 95%",
+                help="Bootstrap 95% interval over the held-out contexts (interp.evals.bootstrap_intervals); "
+                "empty for an evaluation stored before intervals",
+            ),
             "delta_ce_ablated": st.column_config.NumberColumn(
                 "ΔCE ablated", format="%.3f", help="Loss increase when the MLP is mean-ablated (nats)"
             ),

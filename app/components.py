@@ -29,6 +29,27 @@ WORD_JOINER = "\u2060"  # invisible; breaks GFM's autolink triggers ('https://',
 _AUTOLINK = re.compile(r"(?i)(?<=:)(?=//)|(?<=\bwww)(?=\.)|(?<=@)")
 
 
+def ce_recovered_interval(row: dict) -> str:
+    """'[0.760, 0.840]': the stored bootstrap 95% interval of a transcoder row's CE recovered ('' without one)."""
+    lo, hi = row.get("ce_recovered_lo"), row.get("ce_recovered_hi")
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return ""
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def ce_recovered_text(row: dict) -> str:
+    """'CE recovered 0.800, 95% interval [0.760, 0.840] over 256 contexts' (plain text: escape when rendering);
+    without an interval just the value; '' when the transcoder has not been evaluated."""
+    value = row.get("ce_recovered")
+    if value is None:
+        return ""
+    interval = ce_recovered_interval(row)
+    if not interval:
+        return f"CE recovered {value:.3f}"
+    n = row.get("n_eval_contexts")
+    return f"CE recovered {value:.3f}, 95% interval {interval}" + (f" over {n:,} contexts" if n else "")
+
+
 def esc(text: object) -> str:
     """`text` safe to put inside HTML or markdown: tags, attributes and markdown syntax render as plain text.
 

@@ -9,7 +9,9 @@ run resumes from its checkpoint under $ATLAS_HOME/checkpoints without repeating 
 ranges run in parallel as separate runs (`python -m assets.build --runs 3`: 0..9, 10..19, 20..29), each with its
 own pass.
 
-Each transcoder is then evaluated spliced alone on a stratified sample of held-out contexts (interp.evals), gated
+Each transcoder is then evaluated spliced alone on a stratified sample of held-out contexts (interp.evals: CE
+recovered with a bootstrap 95% interval over the contexts; the mean-ablated losses, which do not depend on the
+transcoder, are read from and written to the `ablation_baselines` cache, storage.eval_baselines), gated
 (interp.quality: blocking "not broken" gate, quality goals as warnings) and written as a new version (its id hashes
 the training recipe and data) that becomes the layer's current one (storage.transcoders). The database is opened
 only for short reads and the final write.
@@ -42,7 +44,7 @@ from interp.train import Parent, TrainConfig, TrainResult, check_parent_shape, r
 from interp.transcoder import EXPANSION_FACTOR, TranscoderConfig
 from storage import activations as act_store
 from storage import corpus as corpus_store
-from storage import layout
+from storage import eval_baselines, layout
 from storage import transcoders as tc_store
 
 
@@ -54,9 +56,10 @@ class EvalConfig(dg.Config):
 
     eval_contexts: int = 256
     """Held-out contexts (a seeded sample stratified by source) for the loss metrics, 1 + 2 x layers forward passes
-    per batch; the reconstruction metrics (l0, fvu, dead) are on the same tokens."""
+    per batch (1 + layers when the mean-ablation baselines are cached); the reconstruction metrics (l0, fvu, dead)
+    are on the same tokens. Per layer, CE recovered comes with a bootstrap 95% interval over these contexts."""
     eval_seed: int = 1
-    """Seed of the held-out sample."""
+    """Seed of the held-out sample (and of the bootstrap resamples)."""
     eval_batch_size: int = 8
     """Contexts per evaluation forward pass."""
 
@@ -302,6 +305,52 @@ def _drop_checkpoint(path: str | None) -> None:
         layout.remove_tree(path.rsplit("/", 1)[0])
 
 
+def _max_half_width(rows: list[dict]) -> float:
+    """The widest half-width of the layers' CE-recovered 95% intervals (layers without one, whose ablation changes
+    nothing, are left out; NaN if none has one)."""
+    widths = [(r["ce_recovered_hi"] - r["ce_recovered_lo"]) / 2 for r in rows]
+    return max((w for w in widths if not math.isnan(w)), default=float("nan"))
+
+
+def _evaluate(
+    model,
+    model_name: str,
+    config: TranscoderTrainConfig,
+    tcs: dict,
+    results: dict[int, TrainResult],
+    device: str,
+) -> tuple[dict[int, dict], list[int]]:
+    """Each layer spliced alone on the held-out sample: (metrics per layer, the layers whose mean-ablation
+    baseline came from the cache). Baselines computed here are cached for the next version of the layer."""
+    tokens, ids = corpus_store.sample_contexts("eval", config.eval_contexts, config.eval_seed)
+    means = {layer: r.y_mean for layer, r in results.items()}
+    massive = {
+        layer: (r.y_mean, config.outlier_norm * r.scale) for layer, r in results.items()
+    }  # the trainer's threshold for massive activations
+    how = {"bf16": config.bf16, "device": torch.device(device).type, "batch_size": config.eval_batch_size}
+    keys = {
+        layer: eval_baselines.baseline_key(model_name, layer, means[layer], ids, tokens, how) for layer in tcs
+    }
+    cached = eval_baselines.read(keys)
+    with autocast(device, config.bf16):
+        metrics = evaluate_each(
+            model,
+            tcs,
+            tokens,
+            means,
+            massive,
+            batch_size=config.eval_batch_size,
+            progress=True,
+            ablated=cached,
+            seed=config.eval_seed,
+        )
+    fresh = {
+        layer: (keys[layer], metrics[layer]["ablated_per_context"]) for layer in tcs if layer not in cached
+    }
+    eval_baselines.write(model_name, fresh, tokens.shape[1] - 1)
+    return metrics, sorted(cached)
+
+
 @dg.asset(
     partitions_def=settings.layer_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -323,21 +372,8 @@ def transcoders(
     results, recipes = _train(context, config, atlas_model, layers)
     train_s = time.perf_counter() - t0
     tcs = {layer: r.transcoder.to(device) for layer, r in results.items()}
-    tokens, _ = corpus_store.sample_contexts("eval", config.eval_contexts, config.eval_seed)
-    massive = {
-        layer: (r.y_mean, config.outlier_norm * r.scale) for layer, r in results.items()
-    }  # the trainer's threshold for massive activations
     t1 = time.perf_counter()
-    with autocast(device, config.bf16):
-        metrics = evaluate_each(
-            model,
-            tcs,
-            tokens,
-            {layer: r.y_mean for layer, r in results.items()},
-            massive,
-            batch_size=config.eval_batch_size,
-            progress=True,
-        )
+    metrics, reused = _evaluate(model, atlas_model.model_name, config, tcs, results, device)
     eval_s = time.perf_counter() - t1
     rows = []
     for layer in layers:
@@ -385,7 +421,19 @@ def transcoders(
             {
                 "transcoder_id": tid,
                 "layer": layer,
-                **{k: m[k] for k in ("l0", "fvu", "fvu_typical", "ce_recovered", "kl", "dead_frac")},
+                **{
+                    k: m[k]
+                    for k in (
+                        "l0",
+                        "fvu",
+                        "fvu_typical",
+                        "ce_recovered",
+                        "ce_recovered_lo",
+                        "ce_recovered_hi",
+                        "kl",
+                        "dead_frac",
+                    )
+                },
                 "delta_ce": m["ce_spliced"] - m["ce_clean"],
                 "delta_ce_ablated": m["ce_ablated"] - m["ce_clean"],
                 "gate": "pass" if passed else reason,
@@ -399,6 +447,8 @@ def transcoders(
             "metrics": md_table(table),
             "training_curve": _curve_plot(rows[-1]["_curve"]),
             "transcoder_ids": ", ".join(r["transcoder_id"] for r in rows),
+            "ce_recovered_max_half_width": _max_half_width(rows),
+            "ablation_baselines_reused": dg.MetadataValue.json(reused),
             "train_seconds": round(train_s),
             "eval_seconds": round(eval_s),
             "train_tokens_per_s_per_layer": round(

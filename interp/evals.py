@@ -20,6 +20,13 @@ dense_frac (active on > 10% of tokens). Given a massive-activation threshold t (
 massive_frac, the share of tokens above it: on SmolLM2 a few sink tokens carry most of the variance of y, and the
 overall FVU says nothing about the other 99%.
 
+`evaluate_each` also says how sure it is: it keeps each context's summed clean, spliced and ablated losses and
+reports a bootstrap 95% interval over contexts (`bootstrap_intervals`: resample the contexts with replacement,
+recompute the ratio of sums, take percentiles) for ce_recovered and delta_ce = ce_spliced - ce_clean. The
+mean-ablated losses do not depend on the transcoder: given `ablated` (a layer's per-context ablated losses from an
+earlier evaluation of the same model, mean and contexts, cached by storage.eval_baselines), that layer's ablated
+passes are skipped.
+
 `evaluate_each` evaluates several layers' transcoders each spliced alone, sharing one clean forward pass per batch
 (1 + 2 x layers forward passes per batch, instead of 3 x layers). On models whose forward is embeddings -> blocks
 -> final norm -> unembedding with nothing in between (Llama: SmolLM2, the default), the spliced and ablated passes
@@ -33,6 +40,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -41,6 +49,7 @@ from interp.model import mlp_hooks
 from interp.transcoder import Transcoder
 
 DENSE_THRESHOLD = 0.10
+N_RESAMPLES = 1000  # bootstrap resamples: the 2.5% / 97.5% percentiles rest on 25 resamples each
 
 MlpReplacement = Callable[
     [Tensor, Tensor], Tensor
@@ -224,6 +233,46 @@ def ce_recovered(ce_clean: float, ce_spliced: float, ce_ablated: float) -> float
     return float("nan") if abs(denom) < 1e-9 else (ce_ablated - ce_spliced) / denom
 
 
+def bootstrap_intervals(
+    clean,  # [n_ctx] each context's summed clean next-token loss
+    spliced,  # [n_ctx] ... with the transcoder spliced in
+    ablated,  # [n_ctx] ... with the MLP mean-ablated
+    n_tokens,  # [n_ctx] predicted tokens per context (or one number for all)
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """Percentile bootstrap over contexts: {'ce_recovered_lo', 'ce_recovered_hi', 'delta_ce_lo', 'delta_ce_hi'}.
+
+    1. draw n_resamples samples of n_ctx contexts with replacement (numpy generator seeded by `seed`);
+    2. in each, sum the losses and tokens of the drawn contexts and form the statistics as the point estimate does:
+       ce_recovered = (A - S) / (A - C), delta_ce = (S - C) / N;
+    3. report the (1 - level)/2 and (1 + level)/2 percentiles (resamples whose denominator is 0 are left out).
+    Contexts, not tokens, are resampled: tokens of one context are correlated, so a token bootstrap is too narrow.
+    """
+    c, s, a = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (clean, spliced, ablated))
+    n = np.broadcast_to(np.asarray(n_tokens, dtype=np.float64), c.shape)
+    if not (c.shape == s.shape == a.shape) or c.size == 0:
+        raise ValueError(
+            f"Per-context losses must be equal, non-empty vectors, got {c.shape}, {s.shape}, {a.shape}."
+        )
+    idx = np.random.default_rng(seed).integers(0, c.size, size=(n_resamples, c.size))  # [R, n_ctx]
+    C, S, A, N = (v[idx].sum(1) for v in (c, s, a, n))  # [R] each
+    denom = A - C
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rec = np.where(np.abs(denom) < 1e-9, np.nan, (A - S) / denom)
+    q = [50 * (1 - level), 50 * (1 + level)]
+    rec = rec[np.isfinite(rec)]
+    rec_lo, rec_hi = np.percentile(rec, q) if rec.size else (float("nan"), float("nan"))
+    d_lo, d_hi = np.percentile((S - C) / N, q)
+    return {
+        "ce_recovered_lo": float(rec_lo),
+        "ce_recovered_hi": float(rec_hi),
+        "delta_ce_lo": float(d_lo),
+        "delta_ce_hi": float(d_hi),
+    }
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -261,14 +310,14 @@ def evaluate(
         del cache
         with spliced(model, transcoders):
             losses = _pass_losses(model, batch, clean=clean)
-        sums["ce_spliced"] += losses.nll.sum().item()
+        sums["ce_spliced"] += _context_sums(losses.nll).sum().item()
         sums["kl"] += losses.kl.sum().item()
         with mean_ablated(model, means):
-            sums["ce_ablated"] += _pass_losses(model, batch).nll.sum().item()
+            sums["ce_ablated"] += _context_sums(_pass_losses(model, batch).nll).sum().item()
         if zero_ablation:
             with zero_ablated(model, layers):
-                sums["ce_zero_ablated"] += _pass_losses(model, batch).nll.sum().item()
-        sums["ce_clean"] += clean.nll.sum().item()
+                sums["ce_zero_ablated"] += _context_sums(_pass_losses(model, batch).nll).sum().item()
+        sums["ce_clean"] += _context_sums(clean.nll).sum().item()  # float64, as evaluate_each
         n_pred += batch.shape[0] * (batch.shape[1] - 1)
     out = {k: v / n_pred for k, v in sums.items()}
     if not zero_ablation:
@@ -295,18 +344,34 @@ def evaluate_each(
     massive: Mapping[int, tuple[Tensor, float]] | None = None,  # layer -> (y_center [d_out], threshold)
     batch_size: int = 8,
     progress: bool = False,
+    ablated: Mapping[int, Tensor] | None = None,  # layer -> known per-context ablated losses [n_ctx]
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
 ) -> dict[int, dict]:
     """Each layer's transcoder spliced ALONE: {layer: the flat metric dict of `transcoder_metrics`}, sharing one
-    clean forward pass (reconstruction metrics of every layer and the clean loss) per batch."""
+    clean forward pass (reconstruction metrics of every layer and the clean loss) per batch.
+
+    Each dict also holds the bootstrap interval (`bootstrap_intervals`, seeded by `seed`), 'n_eval_contexts' and
+    'ablated_per_context' [n_ctx] (float64 summed ablated loss of each context, for the baseline cache). A layer
+    in `ablated` reuses those losses instead of running its mean-ablated passes (one pass per batch fewer)."""
     _check_tokens(tokens)
     layers = sorted(transcoders)
     massive = massive or {}
+    known = {layer: torch.as_tensor(v, dtype=torch.float64) for layer, v in (ablated or {}).items()}
+    for layer, v in known.items():
+        if v.shape != (tokens.shape[0],):
+            raise ValueError(
+                f"Cached ablated losses of layer {layer} have shape {tuple(v.shape)}, not [n_ctx]."
+            )
     device = next(iter(transcoders.values())).W_enc.device
     stats = {layer: ReconstructionStats(transcoders[layer].d_sae, massive.get(layer)) for layer in layers}
     resid = {layer: f"blocks.{layer}.hook_resid_pre" for layer in layers}
     names = {h for layer in layers for h in mlp_hooks(layer)} | set(resid.values())
-    sums = {layer: {"ce_spliced": 0.0, "ce_ablated": 0.0, "kl": 0.0} for layer in layers}
-    ce_clean, n_pred = 0.0, 0
+    per_ctx = {
+        layer: {"spliced": [], "ablated": []} for layer in layers
+    }  # [b] float64 summed losses per batch
+    kl = dict.fromkeys(layers, 0.0)
+    clean_ctx = []
     for i in tqdm(range(0, tokens.shape[0], batch_size), desc="evaluating", disable=not progress):
         batch = tokens[i : i + batch_size].to(device)  # [b, p]
         logits, cache = model.run_with_cache(batch, names_filter=lambda n: n in names)
@@ -318,20 +383,39 @@ def evaluate_each(
             stats[layer].update(transcoders[layer], x, y)
         starts = {layer: cache[resid[layer]] for layer in layers}  # [b, p, d_model] each
         del cache
-        ce_clean += clean.nll.sum().item()
+        clean_ctx.append(_context_sums(clean.nll))
         for layer in layers:
             with spliced(model, {layer: transcoders[layer]}):
                 losses = _pass_losses(model, batch, starts[layer], layer, clean)
-            sums[layer]["ce_spliced"] += losses.nll.sum().item()
-            sums[layer]["kl"] += losses.kl.sum().item()
+            per_ctx[layer]["spliced"].append(_context_sums(losses.nll))
+            kl[layer] += losses.kl.sum().item()
+            if layer in known:
+                continue
             with mean_ablated(model, {layer: means[layer]}):
                 losses = _pass_losses(model, batch, starts[layer], layer)
-            sums[layer]["ce_ablated"] += losses.nll.sum().item()
-        n_pred += batch.shape[0] * (batch.shape[1] - 1)
+            per_ctx[layer]["ablated"].append(_context_sums(losses.nll))
+    n_per_ctx = tokens.shape[1] - 1
+    n_pred = tokens.shape[0] * n_per_ctx
+    c = torch.cat(clean_ctx)  # [n_ctx]
     out = {}
     for layer in layers:
-        m = {k: v / n_pred for k, v in sums[layer].items()}
-        m["ce_clean"] = ce_clean / n_pred
+        s = torch.cat(per_ctx[layer]["spliced"])
+        a = known[layer] if layer in known else torch.cat(per_ctx[layer]["ablated"])
+        m = {"ce_clean": c.sum().item() / n_pred, "ce_spliced": s.sum().item() / n_pred}
+        m["ce_ablated"] = a.sum().item() / n_pred
+        m["kl"] = kl[layer] / n_pred
         m["ce_recovered"] = ce_recovered(m["ce_clean"], m["ce_spliced"], m["ce_ablated"])
-        out[layer] = {**stats[layer].result(), **m, "n_ce_tokens": n_pred}
+        interval = bootstrap_intervals(c, s, a, n_per_ctx, n_resamples, seed)
+        out[layer] = {
+            **stats[layer].result(),
+            **m,
+            **interval,
+            "n_ce_tokens": n_pred,
+            "n_eval_contexts": tokens.shape[0],
+            "ablated_per_context": a,
+        }
     return out
+
+
+def _context_sums(nll: Tensor) -> Tensor:  # [b, p-1] -> [b] float64 on the CPU
+    return nll.double().sum(1).cpu()

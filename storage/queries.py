@@ -46,12 +46,13 @@ def table_counts() -> dict[str, int]:
 
 def transcoders() -> pl.DataFrame:
     """The transcoder each layer serves (storage.transcoders: current versions) with its held-out metrics (NULL
-    metrics until evaluated), by model and layer."""
+    metrics until evaluated; NULL interval for an evaluation from before intervals), by model and layer."""
     return readers.query(
         f"""
         SELECT t.transcoder_id, t.model, t.layer, t.architecture, t.d_in, t.d_sae, t.train_tokens,
                m.n_eval_tokens, m.l0, m.fvu, m.fvu_typical, m.ce_clean, m.ce_spliced, m.ce_ablated,
-               m.ce_recovered, m.kl, m.dead_frac, m.dense_frac, m.gate_passed, m.goal_misses, t.created_at
+               m.ce_recovered, m.ce_recovered_lo, m.ce_recovered_hi, m.n_eval_contexts, m.kl, m.dead_frac,
+               m.dense_frac, m.gate_passed, m.goal_misses, t.created_at
         FROM transcoders t LEFT JOIN transcoder_metrics m USING (transcoder_id)
         WHERE t.transcoder_id IN ({tc_store.CURRENT_IDS_SQL})
         ORDER BY t.model, t.layer, t.transcoder_id

@@ -180,6 +180,49 @@ TABLES: tuple[Table, ...] = (
             "Quality goals this transcoder misses ('' when none): the non-blocking WARN checks.",
         ),
         ("created_at", "TIMESTAMP", "When evaluated."),
+        (
+            "n_eval_contexts",
+            "INTEGER",
+            "Held-out contexts of the loss metrics: the units the bootstrap intervals resample.",
+        ),
+        (
+            "ce_recovered_lo",
+            "REAL",
+            "Lower bound of the bootstrap 95% interval of ce_recovered over contexts (interp.evals."
+            "bootstrap_intervals: 1,000 seeded resamples of the contexts, the ratio of summed losses per resample, "
+            "2.5th percentile).",
+        ),
+        ("ce_recovered_hi", "REAL", "Upper bound (97.5th percentile) of that interval."),
+        ("delta_ce_lo", "REAL", "Lower bound of the bootstrap 95% interval of ce_spliced - ce_clean (nats)."),
+        ("delta_ce_hi", "REAL", "Upper bound of the bootstrap 95% interval of ce_spliced - ce_clean (nats)."),
+    ),
+    _t(
+        "ablation_baselines",
+        "Cache of mean-ablated losses, which do not depend on the transcoder: one row per (model, layer, ablation "
+        "mean, evaluation sample), so a second evaluation of another transcoder version on the same sample "
+        "reuses them instead of re-running the ablated passes (storage.eval_baselines).",
+        ("baseline_key",),
+        (
+            "baseline_key",
+            "VARCHAR",
+            "Hash of what determines the losses: model, layer, the ablation mean's values, the sample's context "
+            "ids and tokens, precision and batch size (storage.eval_baselines.baseline_key).",
+        ),
+        ("model", "VARCHAR", "Model name."),
+        ("layer", "INTEGER", "Layer whose MLP output was mean-ablated."),
+        ("n_contexts", "INTEGER", "Contexts in the sample."),
+        ("n_ce_tokens", "BIGINT", "Predicted tokens in the sample."),
+        (
+            "ce_ablated",
+            "DOUBLE",
+            "Mean next-token loss per predicted token with the MLP mean-ablated (nats).",
+        ),
+        (
+            "ablated_per_context",
+            "DOUBLE[]",
+            "Summed mean-ablated loss of each context, in the sample's order (what the bootstrap resamples).",
+        ),
+        ("created_at", "TIMESTAMP", "When computed."),
     ),
     _t(
         "splice_metrics",
@@ -457,6 +500,18 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # the target token's probability: the circuit-tracer viewer reads it in a logit node's label
     6: _add_columns("graphs", "target_prob"),
+    # bootstrap intervals of per-layer CE recovered, and the transcoder-independent mean-ablation baselines
+    7: [
+        *_add_columns(
+            "transcoder_metrics",
+            "n_eval_contexts",
+            "ce_recovered_lo",
+            "ce_recovered_hi",
+            "delta_ce_lo",
+            "delta_ce_hi",
+        ),
+        TABLE_BY_NAME["ablation_baselines"].create_sql(),
+    ],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

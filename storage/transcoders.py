@@ -53,8 +53,13 @@ METRIC_COLUMNS = (
     "gate_passed",
     "gate_reason",
     "goal_misses",
+    "n_eval_contexts",
+    "ce_recovered_lo",
+    "ce_recovered_hi",
+    "delta_ce_lo",
+    "delta_ce_hi",
 )
-_NON_REAL = ("n_eval_tokens", "n_ce_tokens", "gate_passed", "gate_reason", "goal_misses")
+_NON_REAL = ("n_eval_tokens", "n_ce_tokens", "gate_passed", "gate_reason", "goal_misses", "n_eval_contexts")
 CURVE_COLUMNS = ("step", "tokens", "loss", "mse", "sparsity_loss", "l0", "fvu", "dead_frac", "lr")
 
 
@@ -149,6 +154,7 @@ def _record(
         schema_overrides={
             "n_eval_tokens": pl.Int64,
             "n_ce_tokens": pl.Int64,
+            "n_eval_contexts": pl.Int32,
             "gate_passed": pl.Boolean,
             "gate_reason": pl.Utf8,
             "goal_misses": pl.Utf8,

@@ -184,7 +184,15 @@ def main() -> None:
         f"<span class='atlas-label'>{esc(s['label'] or '')}</span>{badge}</h2>"
         f"<div style='color:grey'>{esc(tid)}</div>"
     )
-    misses = goal_misses(tcs.filter(pl.col("transcoder_id") == tid).row(0, named=True))
+    tc_metrics = tcs.filter(pl.col("transcoder_id") == tid).row(0, named=True)
+    quality = components.ce_recovered_text(tc_metrics)
+    if quality:
+        st.caption(
+            f"Transcoder quality: {esc(quality)} (spliced alone into the model; goals on Home).",
+            help="CE recovered = (ablated - spliced) / (ablated - clean) loss; the interval is a bootstrap over the "
+            "held-out contexts.",
+        )
+    misses = goal_misses(tc_metrics)
     if misses:
         st.caption(
             f"⚠️ This feature's transcoder misses a quality goal ({esc('; '.join(misses))}): read its features with "

@@ -108,6 +108,10 @@ def build(model_dir: str, d_model: int = 32, model: str | None = None) -> dict:
                 "ce_spliced": [3.2],
                 "ce_ablated": [4.0],
                 "ce_recovered": [0.8],
+                # layer 0 with its bootstrap interval, layer 1 as stored before intervals (NULL)
+                "ce_recovered_lo": [0.76 if layer == 0 else None],
+                "ce_recovered_hi": [0.84 if layer == 0 else None],
+                "n_eval_contexts": [256 if layer == 0 else None],
                 "kl": [0.1],
                 "dead_frac": [0.05],
                 "dense_frac": [0.0],

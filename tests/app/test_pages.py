@@ -102,6 +102,25 @@ def test_home_flags_metrics_that_miss_a_goal(atlas_db):
     assert warnings == [f"Layer {layer}: CE recovered 0.800 < 0.90" for layer in (0, 1)]
 
 
+def _quality_line(at: AppTest) -> list[str]:
+    return [c for c in shown(at.caption) if c.startswith("Transcoder quality")]
+
+
+def test_home_and_feature_card_show_the_ce_recovered_interval(atlas_db):
+    """Fixture: layer 0 stored with its bootstrap interval [0.76, 0.84] over 256 contexts, layer 1 without one."""
+    at = run("home")
+    assert list(frame_with(at, "goals")["ce_recovered_95"]) == ["[0.760, 0.840]", ""]
+    at = run("card", transcoder=atlas_db["transcoders"][0], feature="1")
+    assert _quality_line(at) == [
+        "Transcoder quality: CE recovered 0.800, 95% interval [0.760, 0.840] over 256 contexts (spliced alone "
+        "into the model; goals on Home)."
+    ]
+    at = run("card", transcoder=atlas_db["transcoders"][1], feature="1")
+    assert _quality_line(at) == [
+        "Transcoder quality: CE recovered 0.800 (spliced alone into the model; goals on Home)."
+    ]
+
+
 def test_feature_browser_filters_by_token_label_layer_and_density(atlas_db):
     at = run("features")
     assert len(at.dataframe[0].value) == 2 * (D_SAE - 3)  # artifacts and dead features hidden by default

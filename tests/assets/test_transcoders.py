@@ -103,6 +103,43 @@ def test_one_run_trains_every_layer_and_versions_sit_side_by_side(corpus, tiny_m
         tc_store.set_current(tiny_model_dir, 1, tid)
 
 
+def test_interval_stored_and_ablation_baseline_reused_across_versions(corpus, tiny_model_dir, monkeypatch):
+    """CE recovered is stored with its bootstrap interval; the mean-ablated passes run once per (layer, mean,
+    sample): another version of the layer on the same sample reuses them (a spy counts the passes), another eval
+    sample does not."""
+    from interp import evals
+
+    calls = []
+    real = evals.mean_ablated
+    monkeypatch.setattr(evals, "mean_ablated", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert _train("0").success
+    assert len(calls) == 1  # 3 contexts, one batch
+    first = tc_store.list_transcoders(tiny_model_dir).row(0, named=True)
+    assert first["n_eval_contexts"] == 3
+    assert first["ce_recovered_lo"] <= first["ce_recovered"] <= first["ce_recovered_hi"]
+    assert first["delta_ce_lo"] <= first["ce_spliced"] - first["ce_clean"] <= first["delta_ce_hi"]
+
+    result = _train("0", k=3)  # another version: same training sample, so the same mean, same eval sample
+    assert result.success and len(calls) == 1
+    second = tc_store.list_transcoders(tiny_model_dir).row(0, named=True)
+    assert second["transcoder_id"] != first["transcoder_id"]
+    assert second["ce_ablated"] == pytest.approx(first["ce_ablated"], rel=1e-6)
+    meta = result.asset_materializations_for_node("transcoders")[0].metadata
+    assert meta["ablation_baselines_reused"].value == [0] and "ce_recovered_lo" in meta["metrics"].value
+    half = (second["ce_recovered_hi"] - second["ce_recovered_lo"]) / 2
+    assert meta["ce_recovered_max_half_width"].value == pytest.approx(half, rel=1e-5)
+    nan = float("nan")
+    rows = [
+        {"ce_recovered_lo": nan, "ce_recovered_hi": nan},
+        {"ce_recovered_lo": 0.5, "ce_recovered_hi": 0.7},
+    ]
+    assert tc_assets._max_half_width(rows) == pytest.approx(0.1)  # a layer without an interval is left out
+
+    assert _train("0", k=3, eval_seed=2).success  # another sample: the cache misses
+    assert len(calls) == 2
+    assert readers.query("SELECT count(*) AS n FROM ablation_baselines")["n"][0] == 2
+
+
 def test_failed_gate_is_recorded_and_blocks(corpus, tiny_model_dir):
     # goals apply where the MLP matters: count every layer as mattering, so the L0 goal of 0.5 is missed
     result = _train("0", max_fvu_typical=0.0, goal_l0=0.5, matters_delta_ce=-1.0)

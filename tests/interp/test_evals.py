@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
+from interp import evals
 from interp.evals import (
     NextTokenLosses,
     ReconstructionStats,
+    bootstrap_intervals,
     evaluate,
     evaluate_each,
     evaluate_layer,
@@ -237,3 +240,95 @@ def test_next_token_losses_equal_log_softmax_in_float64():
     torch.testing.assert_close(
         NextTokenLosses(clean_logits, tokens, clean).kl, torch.zeros(3, 8), atol=1e-4, rtol=0
     )
+
+
+def _synthetic_contexts(n: int, rng: np.random.Generator, n_tokens: int = 127):
+    """Per-context summed losses whose population ratio is known: per token, ablation costs d ~ U(0.5, 1.5) nats
+    (mean 1.0) and the splice g ~ U(0, 0.4) (mean 0.2), each context's own; so CE recovered = (1.0 - 0.2) / 1.0
+    = 0.8 and delta_ce = 0.2 in the population of contexts."""
+    clean = (3.0 + rng.normal(0, 0.5, n)) * n_tokens
+    ablated = clean + rng.uniform(0.5, 1.5, n) * n_tokens
+    spliced = clean + rng.uniform(0.0, 0.4, n) * n_tokens
+    return clean, spliced, ablated, n_tokens
+
+
+def test_bootstrap_interval_covers_the_population_value_and_shrinks_with_contexts():
+    """Over 200 independent samples the 95% interval covers the known ratio about 95% of the time (at least 90%:
+    the binomial sd of 200 trials at 0.95 is 0.015), and quadrupling the contexts halves its width (1/sqrt(n))."""
+    rng = np.random.default_rng(0)
+    widths, covered = {}, {}
+    for n in (32, 128):
+        hits, w = 0, []
+        for trial in range(200):
+            iv = bootstrap_intervals(*_synthetic_contexts(n, rng), n_resamples=400, seed=trial)
+            hits += iv["ce_recovered_lo"] <= 0.8 <= iv["ce_recovered_hi"]
+            w.append(iv["ce_recovered_hi"] - iv["ce_recovered_lo"])
+        covered[n], widths[n] = hits / 200, float(np.mean(w))
+    assert covered[32] >= 0.9 and covered[128] >= 0.9, covered
+    assert 0.4 < widths[128] / widths[32] < 0.6, widths
+    iv = bootstrap_intervals(*_synthetic_contexts(512, rng))
+    assert iv["delta_ce_lo"] < 0.2 < iv["delta_ce_hi"]
+    assert (
+        iv["ce_recovered_hi"] - iv["ce_recovered_lo"]
+    ) / 2 < 0.02  # the goal's half-width, at 512 contexts
+
+
+def test_bootstrap_is_seeded():
+    data = _synthetic_contexts(40, np.random.default_rng(1))
+    assert bootstrap_intervals(*data, seed=3) == bootstrap_intervals(*data, seed=3)
+    assert bootstrap_intervals(*data, seed=3) != bootstrap_intervals(*data, seed=4)
+
+
+def _partial_transcoder(tc: Transcoder, mean: Tensor, alpha: float) -> Transcoder:
+    """alpha x the exact transcoder of relu_mlp_model + (1 - alpha) x the mean: between mean ablation (0) and the
+    real MLP (1), so it recovers part of the loss."""
+    out = Transcoder(tc.cfg)
+    out.load_state_dict(tc.state_dict())
+    with torch.no_grad():
+        out.W_dec.mul_(alpha)
+        out.b_dec.copy_(alpha * tc.b_dec + (1 - alpha) * mean)
+    return out
+
+
+def test_interval_on_the_toy_model_covers_the_whole_pool_and_shrinks(relu_mlp_model):
+    """Toy ground truth: CE recovered over a pool of 96 contexts. Intervals from disjoint sub-samples of 24 cover
+    it, and the interval over 48 contexts is narrower than over 12."""
+    model, exact = relu_mlp_model
+    pool = _tokens(n_ctx=96, ctx_len=24, seed=5)
+    means = {LAYER: _mean_y(model, pool, LAYER)}
+    tc = _partial_transcoder(exact, means[LAYER], 0.5)
+    truth = evaluate_each(model, {LAYER: tc}, pool, means, batch_size=24)[LAYER]["ce_recovered"]
+    assert 0.1 < truth < 0.95  # a partial recovery, so the interval has something to measure
+    for part in range(4):
+        m = evaluate_each(model, {LAYER: tc}, pool[part * 24 : (part + 1) * 24], means, batch_size=24)[LAYER]
+        assert m["ce_recovered_lo"] <= truth <= m["ce_recovered_hi"], (part, truth, m)
+        assert m["ce_recovered_lo"] <= m["ce_recovered"] <= m["ce_recovered_hi"]
+        assert m["n_eval_contexts"] == 24
+    width = {}
+    for n in (12, 48):
+        m = evaluate_each(model, {LAYER: tc}, pool[:n], means, batch_size=12)[LAYER]
+        width[n] = m["ce_recovered_hi"] - m["ce_recovered_lo"]
+    assert width[48] < 0.75 * width[12], width
+
+
+def test_known_ablated_losses_skip_the_ablated_passes(relu_mlp_model, monkeypatch):
+    """Given a layer's per-context ablated losses from an earlier evaluation, evaluate_each runs no mean-ablated
+    pass for it and gives the same metrics."""
+    model, exact = relu_mlp_model
+    tokens = _tokens(n_ctx=8, ctx_len=16)
+    means = {LAYER: _mean_y(model, tokens, LAYER)}
+    calls = []
+    real = evals.mean_ablated
+    monkeypatch.setattr(evals, "mean_ablated", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = evaluate_each(model, {LAYER: exact}, tokens, means, batch_size=4)[LAYER]
+    assert len(calls) == 2  # one per batch
+    other = _partial_transcoder(exact, means[LAYER], 0.5)
+    again = evaluate_each(
+        model, {LAYER: other}, tokens, means, batch_size=4, ablated={LAYER: first["ablated_per_context"]}
+    )[LAYER]
+    assert len(calls) == 2  # none more
+    fresh = evaluate_each(model, {LAYER: other}, tokens, means, batch_size=4)[LAYER]
+    for key in ("ce_ablated", "ce_recovered", "ce_recovered_lo", "ce_recovered_hi", "delta_ce_lo"):
+        assert again[key] == pytest.approx(fresh[key], rel=1e-9), key
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_each(model, {LAYER: other}, tokens, means, ablated={LAYER: torch.zeros(3)})
