@@ -28,11 +28,13 @@ PAGES = {
     "circuits": APP / "pages" / "3_Circuits.py",
     "live": APP / "pages" / "4_Live.py",
     "sql": APP / "pages" / "5_SQL.py",
+    "steer": APP / "pages" / "6_Steer.py",
 }
 
 
-def run(page: str, **params: str) -> AppTest:
-    at = AppTest.from_file(str(PAGES[page]), default_timeout=120)
+def run(page: str, timeout: float = 120, **params: str) -> AppTest:
+    """The page `page` (a key of PAGES) run once with `params` as query parameters; fails on an exception."""
+    at = AppTest.from_file(str(PAGES[page]), default_timeout=timeout)
     for k, v in params.items():
         at.query_params[k] = v
     at.run()

@@ -5,32 +5,17 @@ from __future__ import annotations
 
 import html as html_lib
 import re
-from pathlib import Path
 
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 
 from app.components import esc
 from interp import interventions as iv
 from tests.app.fixture_db import D_SAE, HOSTILE_FEATURE
+from tests.app.test_pages import html as page_html
+from tests.app.test_pages import run
 
-APP = Path(__file__).resolve().parents[2] / "app"
-STEER = APP / "pages" / "6_Steer.py"
-CARD = APP / "pages" / "2_Feature_card.py"
-
-
-def run(page: Path, **params: str) -> AppTest:
-    at = AppTest.from_file(str(page), default_timeout=300)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def page_html(at: AppTest) -> str:
-    return "\n".join(m.value for m in at.markdown)
+STEP_TIMEOUT = 300  # a page run that steers generates tokens with the model
 
 
 def section(page: str, css_class: str) -> str:
@@ -57,13 +42,13 @@ def _transcoders(atlas_db, layers):
 
 
 def test_steer_page_without_a_database_says_how_to_build_one(atlas_home):
-    at = run(STEER)
+    at = run("steer", STEP_TIMEOUT)
     assert any("make atlas" in i.value for i in at.info)
 
 
 def test_a_deep_link_shows_both_generations_what_moved_and_predicted_vs_actual(atlas_db, tiny_model):
     edits = "L1:3:add:40,L0:5:set:3@2_3"
-    at = run(STEER, edits=edits, prompt="the cat sat", model=atlas_db["model"])
+    at = run("steer", STEP_TIMEOUT, edits=edits, prompt="the cat sat", model=atlas_db["model"])
     assert [e.value for e in at.error] == []
     page = page_html(at)
     tcs = _transcoders(atlas_db, [0, 1])
@@ -112,7 +97,7 @@ def test_a_deep_link_shows_both_generations_what_moved_and_predicted_vs_actual(a
     ],
 )
 def test_bad_edits_in_a_link_get_one_clear_message(atlas_db, edits, message):
-    at = run(STEER, edits=edits, prompt="ab")
+    at = run("steer", STEP_TIMEOUT, edits=edits, prompt="ab")
     errors = [html_lib.unescape(e.value) for e in at.error]
     assert len(errors) == 1 and message in errors[0], errors
     assert "Traceback" not in errors[0] and "](" not in at.error[0].value
@@ -120,7 +105,7 @@ def test_bad_edits_in_a_link_get_one_clear_message(atlas_db, edits, message):
 
 
 def test_edits_added_by_id_changed_and_removed_follow_into_the_url(atlas_db):
-    at = run(STEER, prompt="ab")
+    at = run("steer", STEP_TIMEOUT, prompt="ab")
     assert any("Add at least one edit" in i.value for i in at.info)
     at.selectbox(key="steer_add_layer").set_value(1)
     at.number_input(key="steer_add_feature").set_value(HOSTILE_FEATURE)
@@ -141,7 +126,7 @@ def test_edits_added_by_id_changed_and_removed_follow_into_the_url(atlas_db):
 
 
 def test_features_of_a_stored_circuit_can_be_ablated(atlas_db):
-    at = run(STEER, prompt="ab")
+    at = run("steer", STEP_TIMEOUT, prompt="ab")
     at.multiselect(key="steer_graph_nodes").select((0, HOSTILE_FEATURE)).select((1, HOSTILE_FEATURE))
     at.button(key="steer_add_graph").click().run()
     assert not at.exception
@@ -152,7 +137,7 @@ def test_features_of_a_stored_circuit_can_be_ablated(atlas_db):
 
 
 def test_a_hostile_prompt_is_shown_as_text(atlas_db):
-    at = run(STEER, edits="L0:1:add:2", prompt="<img src=x onerror=alert(1)>")
+    at = run("steer", STEP_TIMEOUT, edits="L0:1:add:2", prompt="<img src=x onerror=alert(1)>")
     page = page_html(at)
     assert "&lt;img src=x onerror=alert" in section(page, "atlas-steer-plain")
     assert "<img" not in page
@@ -160,7 +145,7 @@ def test_a_hostile_prompt_is_shown_as_text(atlas_db):
 
 def test_try_this_feature_shades_typed_text_by_the_feature_without_bos(atlas_db, tiny_model):
     tid = atlas_db["transcoders"][1]
-    at = run(CARD, transcoder=tid, feature="5")
+    at = run("card", STEP_TIMEOUT, transcoder=tid, feature="5")
     page = page_html(at)
     link = re.search(r"class='atlas-steer-link' href='([^']*)'", page)[1]
     assert html_lib.unescape(link).endswith("&edits=L1%3A5%3Aadd%3A" + link.rsplit("%3A", 1)[1])
