@@ -367,9 +367,8 @@ def evaluate_each(
     stats = {layer: ReconstructionStats(transcoders[layer].d_sae, massive.get(layer)) for layer in layers}
     resid = {layer: f"blocks.{layer}.hook_resid_pre" for layer in layers}
     names = {h for layer in layers for h in mlp_hooks(layer)} | set(resid.values())
-    per_ctx = {
-        layer: {"spliced": [], "ablated": []} for layer in layers
-    }  # [b] float64 summed losses per batch
+    # per batch, the [b] float64 summed losses of each context
+    per_ctx = {layer: {"spliced": [], "ablated": []} for layer in layers}
     kl = dict.fromkeys(layers, 0.0)
     clean_ctx = []
     for i in tqdm(range(0, tokens.shape[0], batch_size), desc="evaluating", disable=not progress):

@@ -79,16 +79,9 @@ def write(model: str, baselines: Mapping[int, tuple[str, torch.Tensor]], n_token
                 "ablated_per_context": values.tolist(),
             }
         )
-    frame = pl.DataFrame(
-        rows,
-        schema={
-            "baseline_key": pl.Utf8,
-            "model": pl.Utf8,
-            "layer": pl.Int32,
-            "n_contexts": pl.Int32,
-            "n_ce_tokens": pl.Int64,
-            "ce_ablated": pl.Float64,
-            "ablated_per_context": pl.List(pl.Float64),
-        },
-    ).with_columns(created_at=row_writes.now())
+    # the table's scalar columns as storage/schema.py declares them, and its one list column
+    schema = row_writes.polars_schema("ablation_baselines") | {"ablated_per_context": pl.List(pl.Float64)}
+    frame = pl.DataFrame(rows, schema={k: v for k, v in schema.items() if k != "created_at"}).with_columns(
+        created_at=row_writes.now()
+    )
     row_writes.write("ablation_baselines", frame, {"baseline_key": frame["baseline_key"].to_list()})
