@@ -50,18 +50,25 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 atlas: data $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m assets.build $(BUILD_ARGS)
 
-# What the interop tests (tests/app/test_circuit_tracer_viewer.py) run against, fetched here so that no test
-# reaches the network: circuit-tracer in a venv of its own (its declared dependencies pin transformers <= 4.57,
-# which clashes with ours; its graph models and server need only pydantic, so it goes in with --no-deps), and the
-# npm packages that stand in for the JavaScript its viewer page loads from CDNs.
+# What the interop tests (tests/app/test_circuit_tracer_viewer.py, tests/interp/test_circuit_tracer_interop.py) run
+# against, fetched here so that no test reaches the network: circuit-tracer 0.5.0 with its real dependencies in a
+# venv of its own (they pin transformers <= 4.57.3, which clashes with ours), so that it can load our transcoders
+# and run its own `attribute` (interp/circuit_tracer.py); and the npm packages that stand in for the JavaScript its
+# viewer page loads from CDNs. torch goes first, pinned like the main venv's (the CPU wheel: set CT_TORCH_INDEX to
+# e.g. "--index-url https://download.pytorch.org/whl/cpu" where the default index would give a CUDA build), then
+# the exact closure in CT_PINS with --no-deps, which `pip check` proves complete. Nothing comes from the HF hub.
 CT_VENV := .venv-ct
-CT_PINS := circuit-tracer==0.5.0 pydantic==2.14.4
+CT_TORCH := torch==2.13.0
+CT_TORCH_INDEX ?=
+CT_PINS := requirements-circuit-tracer.txt
 VIEWER_NPM := d3@7.9.2 d3-collection@1.0.7 d3-jetpack@2.1.0 dagre@0.8.5 pako@2.1.0
-CT_STAMP := $(CT_VENV)/.installed-$(subst $(eval) ,_,$(CT_PINS) $(VIEWER_NPM))
-$(CT_STAMP):
+CT_STAMP := $(CT_VENV)/.installed-$(subst $(eval) ,_,$(CT_TORCH) $(VIEWER_NPM))
+$(CT_STAMP): $(CT_PINS)
 	rm -rf $(CT_VENV) && $(PY) -m venv $(CT_VENV)
-	$(CT_VENV)/bin/pip install -q --disable-pip-version-check $(filter-out circuit-tracer%,$(CT_PINS))
-	$(CT_VENV)/bin/pip install -q --disable-pip-version-check --no-deps $(filter circuit-tracer%,$(CT_PINS))
+	$(CT_VENV)/bin/pip install -q --disable-pip-version-check $(CT_TORCH_INDEX) $(CT_TORCH)
+	$(CT_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r $(CT_PINS)
+	$(CT_VENV)/bin/pip check
+	$(CT_VENV)/bin/python -c "import circuit_tracer, transformer_lens, nnsight, torch"
 	mkdir -p $(CT_VENV)/npm && cd $(CT_VENV)/npm && npm pack --silent $(VIEWER_NPM) >/dev/null
 	cd $(CT_VENV)/npm && for p in $(VIEWER_NPM); do \
 	  mkdir -p $$p && tar xzf $${p/@/-}.tgz -C $$p && rm $${p/@/-}.tgz; done
