@@ -48,6 +48,7 @@ class PromptCache:
             resid_names += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.{mid}"]
             scale_names += [f"blocks.{layer}.ln1.hook_scale", f"blocks.{layer}.ln2.hook_scale"]
         wanted = set(resid_names + scale_names + [f"blocks.{n - 1}.hook_resid_post", "ln_final.hook_scale"])
+        wanted.add("hook_embed")
         for m in range(n):
             wanted |= {
                 f"blocks.{m}.{h}" for h in ("ln1.hook_normalized", "attn.hook_pattern", "hook_mlp_out")
@@ -60,6 +61,8 @@ class PromptCache:
             return torch.stack([cache[name][0] for name in names])
 
         self.resid = stack(resid_names + [f"blocks.{n - 1}.hook_resid_post"])  # [2n+1, pos, d_model]
+        # [pos, d_model] the token embeddings alone; resid[0] less these is the positional embedding (GPT-2)
+        self.token_embed = cache["hook_embed"][0]
         self.inv_scale = 1 / stack(scale_names + ["ln_final.hook_scale"])[..., 0]  # [2n+1, pos]
         self.x1 = stack([f"blocks.{m}.ln1.hook_normalized" for m in range(n)])  # [n, pos, d_model]
         self.pattern = stack([f"blocks.{m}.attn.hook_pattern" for m in range(n)])  # [n, n_heads, pos, pos]

@@ -4,6 +4,7 @@ Node ids are built from a `NodeKey` (kind, layer, position, feature or head, ...
 needs a node's layer, position or the node it feeds reads the typed fields of `NodeKey` / `GraphNode`. Id strings
 (stable, stored in `graph_nodes.node_id`): 'target', 'feat:L<l>:<pos>:<i>', 'attn:L<m>.H<h>:<s>><t>|<dst id>',
 'skip:L<l>:<pos>|<dst id>', 'embed:<pos>', 'err:L<l>:<pos>', 'bias:<dec|attn|enc|unembed>:L<l>:<pos>',
+'bias:constant' (exact graphs: every constant a node reads),
 'pruned|<dst id>'.
 """
 
@@ -49,7 +50,7 @@ class NodeKey(NamedTuple):
         if k == "error":
             return f"err:L{layer}:{pos}"
         if k == "bias":
-            return f"bias:{self.detail}:L{layer}:{pos}"
+            return f"bias:{self.detail}" if layer is None else f"bias:{self.detail}:L{layer}:{pos}"
         if k == "skip":
             return f"skip:L{layer}:{pos}|{self.feeds}"
         if k == "pruned":

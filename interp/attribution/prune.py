@@ -37,7 +37,10 @@ cumulative influences (the app's pruning slider).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
 
 from interp.attribution.graph import LEAF_KINDS, PASS_THROUGH_KINDS, AttributionGraph, GraphNode, NodeKey
 
@@ -123,15 +126,15 @@ def cumulative_shares(scores: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _threshold(scores: list[float], share: float) -> float:
-    """The smallest score among the best entries that together hold `share` of the total (find_threshold)."""
-    ordered = sorted(scores, reverse=True)
-    total, running = sum(ordered), 0.0
-    for v in ordered:
-        running += v
-        if running >= share * total - 1e-12 * total:
-            return v
-    return ordered[-1] if ordered else 0.0
+def threshold_value(scores: Sequence[float] | Tensor, share: float) -> float:
+    """The smallest score among the best entries that together hold `share` of the total (circuit-tracer's
+    find_threshold), in float64 whatever the input."""
+    ordered = torch.as_tensor(scores, dtype=torch.float64).flatten().sort(descending=True).values
+    if not len(ordered):
+        return 0.0
+    total = ordered.sum()
+    reached = (ordered.cumsum(0) >= share * total - 1e-12 * total).nonzero()
+    return float(ordered[reached[0, 0]] if len(reached) else ordered[-1])
 
 
 def kept_nodes(scores: Mapping[str, float], threshold: float) -> set[str]:
@@ -139,7 +142,7 @@ def kept_nodes(scores: Mapping[str, float], threshold: float) -> set[str]:
     that crosses it included, ties with it kept, zero scores never): pruning's step 1 (see top)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"node threshold must be between 0 and 1, not {threshold}.")
-    cut = _threshold(list(scores.values()), threshold)
+    cut = threshold_value(list(scores.values()), threshold)
     return {n for n, v in scores.items() if v >= cut and v > 0}
 
 
@@ -176,7 +179,7 @@ def prune(
         for dst, row in rows.items()
         for src, share in row.items()
     }
-    cut = _threshold(list(score.values()), edge_threshold)
+    cut = threshold_value(list(score.values()), edge_threshold)
     kept_edges = {e for e, s in score.items() if s >= cut and s > 0}
     # 3. drop nodes left without kept out-edges (or in-edges)
     changed = True
