@@ -558,7 +558,30 @@ def _atomic_save(tensors: dict[str, Any], out: str, sidecar: dict[str, Any] | No
 
 
 def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """The process's peak resident memory so far (ru_maxrss; Linux reports KiB), MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _proc_status_mib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's resident-memory high-water mark (VmHWM) of this process: Linux's
+    `echo 5 > /proc/self/clear_refs`. False where that is not possible (not Linux, restricted /proc)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _load_target_vector(path: str, d_model: int):
@@ -598,6 +621,8 @@ def cmd_attribute(args: argparse.Namespace) -> dict[str, Any]:
         )
     target = CustomTarget(token_str="target", prob=1.0, vec=vec.to(args.device))
     rss_before = _maxrss_mib()
+    resident_before = _proc_status_mib("VmRSS")
+    hwm_reset = _reset_peak_rss()
     t0 = time.perf_counter()
     graph = attribute(
         input_ids,
@@ -608,6 +633,7 @@ def cmd_attribute(args: argparse.Namespace) -> dict[str, Any]:
     )
     seconds = time.perf_counter() - t0
     rss_after = _maxrss_mib()
+    peak_during = _proc_status_mib("VmHWM") if hwm_reset else None
     replacement, completeness = compute_graph_scores(graph)
 
     ids = graph.input_tokens.cpu()
@@ -648,9 +674,14 @@ def cmd_attribute(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mib": rss_after,
         "peak_rss_mib_before_attribute": rss_before,
         "peak_rss_mib_at_start": rss_start,
-        "peak_rss_note": "ru_maxrss of the whole process (MiB): the peak so far at each point. peak_rss_mib > "
-        "peak_rss_mib_before_attribute means attribute() set a new peak; if equal, attribute()'s own peak is at "
-        "most that value (loading the model was the peak)",
+        "peak_rss_note": "peak_rss_mib*: ru_maxrss of the whole process (MiB), the peak so far at that point "
+        "(start: before loading anything; before_attribute: after loading model and transcoders)",
+        "rss_mib_before_attribute": resident_before,
+        "peak_rss_mib_during_attribute": peak_during,
+        "peak_rss_during_attribute_note": "the kernel's resident high-water mark (VmHWM), reset just before "
+        "attribute() and read just after: the process's peak resident memory while attribute() ran, model and "
+        "transcoders included; minus rss_mib_before_attribute, what attribute() added at its peak. null where "
+        "the reset is not possible",
         "device": args.device,
     }
     if args.check_logits:

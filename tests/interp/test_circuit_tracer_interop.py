@@ -293,6 +293,8 @@ def test_cli_attribute_runs_end_to_end(ct_python, tiny_model_dir, tiny_model, tm
     ours = float(cache["ln_final.hook_normalized"][0, -1] @ vec)
     assert meta["target_value"] == pytest.approx(ours, abs=1e-4)
     assert meta["attribute_seconds"] > 0 and meta["peak_rss_mib"] >= meta["peak_rss_mib_before_attribute"]
+    during = meta["peak_rss_mib_during_attribute"]  # null where /proc/self/clear_refs cannot be written
+    assert during is None or during >= meta["rss_mib_before_attribute"] > 0
     assert meta["circuit_tracer_version"] == "0.5.0"
 
 
