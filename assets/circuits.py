@@ -2,8 +2,8 @@
 every atlas layer (interp.edges, interp.attribution -> storage.circuits).
 
 `feature_edges` needs only the weights: for every downstream feature, the top-k upstream features through the
-residual stream and through each attention head's OV circuit. `attribution_graphs` runs the greedy path search
-for each configured prompt and target and also exports circuit-tracer / Neuronpedia JSON under
+residual stream and through each attention head's OV circuit. `attribution_graphs` builds the exact graph (or runs the
+greedy path search) for each configured prompt and target and also exports circuit-tracer / Neuronpedia JSON under
 $ATLAS_HOME/exports. Both use every trained layer; a layer whose transcoder failed its quality gate is used too
 (circuits of a poor transcoder are still exact about that transcoder) and named in the metadata.
 """
@@ -29,6 +29,7 @@ from interp.attribution import (
     parse_target,
     target_string,
 )
+from interp.attribution.exact import MAX_FEATURE_NODES, attribute_exact
 from interp.edges import feature_edges as compute_feature_edges
 from interp.edges import ov_weights
 from interp.faithfulness import TOP_NODES, agreement, intervene
@@ -43,6 +44,9 @@ class FeatureEdgesConfig(dg.Config):
     # upstream transcoders at most this many layers below the downstream one (0 = every layer below). Every
     # layer below costs O(layers³) head routes: at 30 layers that is ~100 TFLOP and ~150M rows
     max_gap: int = 2
+
+
+METHODS = ("exact", "greedy")
 
 
 class GraphSpec(dg.Config):
@@ -60,8 +64,14 @@ class AttributionGraphsConfig(dg.Config):
         {"prompt": "In 1999, the company grew. In 2000, it grew again. In 200", "target": 'logit:"1"-"0"'},
         {"prompt": "Mr. Smith went to Washington. Later that day Mr.", "target": 'logit:" Smith"'},
     ]
-    n_paths: int = N_PATHS  # paths kept per step of the greedy search (the paper's number of branches)
-    n_steps: int = N_STEPS  # search depth in steps (the paper's number of iterations)
+    # 'exact': every direct effect among the active features (circuit-tracer's method, interp.attribution.exact);
+    # 'greedy': the seed paper's path search (interp.attribution.search). docs/circuits.md compares them
+    method: str = "exact"
+    max_feature_nodes: int = (
+        MAX_FEATURE_NODES  # exact: features given a row, most influential first (0 = all)
+    )
+    n_paths: int = N_PATHS  # greedy: paths kept per step of the search (the paper's number of branches)
+    n_steps: int = N_STEPS  # greedy: search depth in steps (the paper's number of iterations)
     # influence-based pruning of the searched graph (circuit-tracer's defaults, interp.attribution.prune): keep the
     # nodes holding this share of the normalized influence, then the edges holding this share of edge influence
     node_threshold: float = NODE_THRESHOLD
@@ -114,12 +124,14 @@ def feature_edges(
 def attribution_graphs(
     context: dg.AssetExecutionContext, config: AttributionGraphsConfig, atlas_model: AtlasModel
 ) -> dg.MaterializeResult:
-    """Attribution graphs of the configured prompts/targets: greedy path search, influence-based pruning, scores."""
+    """Attribution graphs of the configured prompts/targets (exact or greedy), influence-based pruning, scores."""
     model, model_name = atlas_model.load(), atlas_model.model_name
     device = atlas_model.torch_device
     ids, tcs, failed = circuits.load_atlas_transcoders(
         model_name, settings.atlas_layers(context.instance), device
     )
+    if config.method not in METHODS:
+        raise dg.Failure(f"attribution_graphs: method {config.method!r} is not one of {', '.join(METHODS)}.")
     tok = model.tokenizer
     rows, kept = [], []
     for spec in config.graphs:
@@ -132,13 +144,19 @@ def attribution_graphs(
         token_strs = [tok.decode([t]) for t in tokens.tolist()]
         t0 = time.perf_counter()
         pc = PromptCache(model, tokens, tcs)
-        graph = attribute(
-            model, tokens, tcs, target, config.n_paths, config.n_steps, token_strs=token_strs, cache=pc,
-            tokenizer=tok, node_threshold=config.node_threshold, edge_threshold=config.edge_threshold,
-        )  # fmt: skip
+        if config.method == "exact":
+            graph = attribute_exact(
+                model, tokens, tcs, target, config.max_feature_nodes or None, token_strs=token_strs, cache=pc,
+                tokenizer=tok, node_threshold=config.node_threshold, edge_threshold=config.edge_threshold,
+            )  # fmt: skip
+        else:
+            graph = attribute(
+                model, tokens, tcs, target, config.n_paths, config.n_steps, token_strs=token_strs, cache=pc,
+                tokenizer=tok, node_threshold=config.node_threshold, edge_threshold=config.edge_threshold,
+            )  # fmt: skip
         seconds = time.perf_counter() - t0
-        node = graph.nodes["target"]
-        budget = direct_effects(pc, node.stage, node.position, node.reader).budget()
+        stage, position, reader, _ = pc.target_reader(target)
+        budget = direct_effects(pc, stage, position, reader).budget()
         interventions = intervene(model, graph, tcs, config.faithfulness_nodes)
         faithful = agreement(interventions, "attention_frozen")
         gid = circuits.write_graph(graph, model_name, spec.prompt, canonical, ids, interventions)
@@ -149,6 +167,7 @@ def attribution_graphs(
         rows.append(
             {
                 "graph_id": gid,
+                "method": config.method,
                 "prompt": spec.prompt,
                 "target": canonical,
                 "value": graph.target_value,

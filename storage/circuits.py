@@ -107,6 +107,7 @@ def graph_frames(
             "target": [target],
             "target_value": [graph.target_value],
             "target_prob": [graph.target_prob],
+            "method": [graph.config["method"]],
             "config": [
                 json.dumps({**graph.config, "transcoder_ids": {str(k): v for k, v in transcoder_ids.items()}})
             ],

@@ -271,8 +271,8 @@ def feature_labels(keys: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
 
 def graphs() -> pl.DataFrame:
     return readers.query(
-        "SELECT graph_id, model, prompt, target, target_value, target_prob, replacement_score, completeness_score, "
-        "error_share, n_nodes, n_edges, created_at FROM graphs ORDER BY created_at"
+        "SELECT graph_id, model, prompt, target, target_value, target_prob, method, replacement_score, "
+        "completeness_score, error_share, n_nodes, n_edges, created_at FROM graphs ORDER BY created_at"
     )
 
 

@@ -352,6 +352,12 @@ TABLES: tuple[Table, ...] = (
         ),
         ("target_value", "REAL", "Value of the target on the prompt."),
         (
+            "method",
+            "VARCHAR",
+            "How the graph was built: 'exact' (every direct effect among the active features, circuit-tracer's "
+            "method: interp.attribution.exact) or 'greedy' (the seed paper's path search: interp.attribution.search).",
+        ),
+        (
             "target_prob",
             "REAL",
             "Logit targets: the model's probability of the target token (the first, for a difference) at the "
@@ -360,7 +366,8 @@ TABLES: tuple[Table, ...] = (
         (
             "config",
             "JSON",
-            "Search and pruning settings (top-N paths, depth, node/edge thresholds, transcoders).",
+            "Method settings (greedy: top-N paths and depth; exact: max_feature_nodes and active features), node/edge "
+            "thresholds, transcoders.",
         ),
         ("created_at", "TIMESTAMP", "When computed."),
         (
@@ -512,6 +519,8 @@ MIGRATIONS: dict[int, list[str]] = {
         ),
         TABLE_BY_NAME["ablation_baselines"].create_sql(),
     ],
+    # exact attribution next to the greedy search: which method built each graph (graphs before it: greedy)
+    8: [*_add_columns("graphs", "method"), "UPDATE graphs SET method = 'greedy' WHERE method IS NULL"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 

@@ -10,8 +10,12 @@ from storage import queries
 st.set_page_config(page_title="Circuits · Transcoder Atlas", layout="wide")
 st.title("Circuits")
 
+METHODS = {
+    "exact": "exact: every direct effect among the active features (circuit-tracer's method)",
+    "greedy": "greedy: the seed paper's path search",
+}
 SCORE_HELP = (
-    "circuit-tracer's scores of the searched graph: replacement = share of the tokens' influence on the target "
+    "circuit-tracer's scores of the graph before pruning: replacement = share of the tokens' influence on the target "
     "that flows through features rather than error nodes; completeness = influence-weighted share of node inputs "
     "that are not errors; error share = share of the target's absolute attribution arriving from error nodes."
 )
@@ -59,7 +63,10 @@ def main() -> None:
     ids = graphs["graph_id"].to_list()
     if st.query_params.get("graph") in ids and "graph" not in st.session_state:
         st.session_state["graph"] = st.query_params["graph"]
-    names = {r["graph_id"]: f"{r['target']} · {r['prompt'][:60]!r}" for r in graphs.iter_rows(named=True)}
+    names = {
+        r["graph_id"]: f"{r['target']} · {r['prompt'][:60]!r} · {r['method'] or '?'}"
+        for r in graphs.iter_rows(named=True)
+    }
     graph_id = st.selectbox("Graph", ids, key="graph", format_func=lambda g: names[g])
     st.query_params["graph"] = graph_id
 
@@ -69,6 +76,8 @@ def main() -> None:
     components.html_block(
         f"<div class='atlas-prompt'><b>Prompt</b> <code>{esc(row['prompt'])}</code><br>"
         f"<b>Target</b> <code>{esc(row['target'])}</code> = {row['target_value'] or 0:.4f}{probability(row)}<br>"
+        f"<b>Method</b> <span class='atlas-graph-method'>{esc(METHODS.get(row.get('method'), row.get('method')))}"
+        "</span><br>"
         f"<span class='atlas-graph-scores' title='{esc(SCORE_HELP)}'>"
         f"<b>Replacement score</b> {score(row.get('replacement_score'))} · "
         f"<b>completeness score</b> {score(row.get('completeness_score'))} · "

@@ -1,4 +1,6 @@
-"""Input-dependent attribution graphs: the greedy path search of Dunefsky et al. (2024), §3.2 and App. D.
+"""Input-dependent attribution graphs, two ways: exact (`exact`: every direct effect among the active features,
+circuit-tracer's method, the default) and the greedy path search of Dunefsky et al. (2024), §3.2 and App. D,
+described here.
 
 With attention patterns and norm scales frozen at their values on the prompt, everything between two MLP reads is
 linear. A *reader* is a vector w [d_model] applied to the raw residual stream at one position and stage (stage 2m:
@@ -37,13 +39,15 @@ Position 0 (BOS, the attention sink) is never split into features: transcoders a
 only, so there the whole MLP output is an error node.
 
 Modules, one concept each: `targets` (the target language), `cache` (the prompt cache), `decompose` (readers
-split along the stream, one or a batch at a time), `direct` (exact direct effects), `graph` (typed node ids, nodes,
-edges), `search` (the greedy path search, step 2), `prune` (influence, graph scores, influence-based pruning, step 3).
+split along the stream, one or a batch at a time), `direct` (exact direct effects on one reader, MLP outputs frozen),
+`graph` (typed node ids, nodes, edges), `search` (the greedy path search, step 2), `prune` (influence, graph scores,
+influence-based pruning, step 3), `exact` (the exact graph: its own docstring).
 """
 
 from interp.attribution.cache import PromptCache, context_length
 from interp.attribution.decompose import decompose, decompose_many
 from interp.attribution.direct import DirectEffects, direct_effects
+from interp.attribution.exact import MAX_FEATURE_NODES, ExactGraph, attribute_exact, exact_graph
 from interp.attribution.graph import LEAF_KINDS, PASS_THROUGH_KINDS, AttributionGraph, GraphNode, NodeKey
 from interp.attribution.prune import EDGE_THRESHOLD, NODE_THRESHOLD, graph_scores, prune
 from interp.attribution.search import N_PATHS, N_STEPS, attribute, target_label
@@ -59,6 +63,7 @@ from interp.attribution.targets import (
 
 __all__ = [
     "EDGE_THRESHOLD",
+    "MAX_FEATURE_NODES",
     "LEAF_KINDS",
     "NODE_THRESHOLD",
     "N_PATHS",
@@ -66,6 +71,7 @@ __all__ = [
     "PASS_THROUGH_KINDS",
     "AttributionGraph",
     "DirectEffects",
+    "ExactGraph",
     "FeatureTarget",
     "GraphNode",
     "LogitTarget",
@@ -73,11 +79,13 @@ __all__ = [
     "PromptCache",
     "Target",
     "attribute",
+    "attribute_exact",
     "check_target",
     "context_length",
     "decompose",
     "decompose_many",
     "direct_effects",
+    "exact_graph",
     "graph_scores",
     "parse_target",
     "prune",

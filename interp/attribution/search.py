@@ -271,6 +271,7 @@ def attribute(
     # 3. edges of every non-leaf node
     edges = b.edges()
     config = {
+        "method": "greedy",
         "n_paths": n_paths,
         "n_steps": n_steps,
         "layers": sorted(pc.transcoders),

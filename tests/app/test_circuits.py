@@ -102,7 +102,9 @@ def _fan_graph() -> AttributionGraph:
         edges[(name, "target")] = w
         edges[("x", name)] = w
     return finish(
-        AttributionGraph([5], FeatureTarget(0, 0, 0), total, {n.node_id: n for n in nodes}, edges, {})
+        AttributionGraph(
+            [5], FeatureTarget(0, 0, 0), total, {n.node_id: n for n in nodes}, edges, {"method": "greedy"}
+        )
     )
 
 

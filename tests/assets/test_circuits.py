@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from assets.circuits import attribution_graphs, feature_edges, graphs_balance
-from interp.attribution import EDGE_THRESHOLD, NODE_THRESHOLD, attribute, parse_target
+from interp.attribution import (
+    EDGE_THRESHOLD,
+    MAX_FEATURE_NODES,
+    NODE_THRESHOLD,
+    attribute,
+    attribute_exact,
+    parse_target,
+)
 from interp.faithfulness import SETTINGS
 from storage import layout, queries
 from storage import transcoders as tc_store
@@ -66,8 +73,10 @@ def test_feature_edges_asset_writes_topk_rows(atlas, tiny_model):
     assert row["weight"][0] == pytest.approx(w, rel=1e-5)
 
 
-def test_attribution_graphs_asset_stores_balanced_graphs_and_exports(atlas, tiny_model):
-    res = _run([attribution_graphs], {"attribution_graphs": {"config": GRAPHS}})
+@pytest.mark.parametrize("method", ["exact", "greedy"])
+def test_attribution_graphs_asset_stores_balanced_graphs_and_exports(atlas, tiny_model, method):
+    config = {**GRAPHS, "method": method}
+    res = _run([attribution_graphs], {"attribution_graphs": {"config": config}})
     graphs = queries.graphs()
     assert graphs.height == 2
     table = res.asset_materializations_for_node("attribution_graphs")[0].metadata["graphs"].value
@@ -75,17 +84,24 @@ def test_attribution_graphs_asset_stores_balanced_graphs_and_exports(atlas, tiny
     # targets are stored as strings, tokens quoted as the tokenizer writes them
     assert set(graphs["target"]) == {'logit:" "-"w"@18', "feature:tiny/L2/relu-24:3@9"}
     # each stored graph is the one interp.attribution builds from the same prompt (BOS first), target and
-    # transcoders with the config's search and circuit-tracer's default pruning (the asset's defaults): the same
+    # transcoders with the config's method and circuit-tracer's default pruning (the asset's defaults): the same
     # nodes, and the same scores through REAL (float32) columns, whose rounding is 6e-8 relative
     tok = tiny_model.tokenizer
     for spec in GRAPHS["graphs"]:
         tokens = torch.tensor([tok.bos_token_id] + tok(spec["prompt"], add_special_tokens=False)["input_ids"])
         target = parse_target(spec["target"], tok)
-        expected = attribute(
-            tiny_model, tokens, atlas, target, GRAPHS["n_paths"], GRAPHS["n_steps"],
-            node_threshold=NODE_THRESHOLD, edge_threshold=EDGE_THRESHOLD,
-        )  # fmt: skip
+        if method == "exact":
+            expected = attribute_exact(
+                tiny_model, tokens, atlas, target, MAX_FEATURE_NODES, node_threshold=NODE_THRESHOLD,
+                edge_threshold=EDGE_THRESHOLD,
+            )  # fmt: skip
+        else:
+            expected = attribute(
+                tiny_model, tokens, atlas, target, GRAPHS["n_paths"], GRAPHS["n_steps"],
+                node_threshold=NODE_THRESHOLD, edge_threshold=EDGE_THRESHOLD,
+            )  # fmt: skip
         row = graphs.filter(pl.col("prompt") == spec["prompt"]).row(0, named=True)
+        assert row["method"] == method
         assert set(queries.graph(row["graph_id"])["nodes"]["node_id"]) == set(expected.nodes)
         assert {name: row[name] for name in expected.scores} == pytest.approx(expected.scores, rel=1e-6)
     # every graph carries its counts, equal to what its stored rows say
@@ -109,7 +125,7 @@ def test_attribution_graphs_asset_stores_balanced_graphs_and_exports(atlas, tiny
         influence = dict(zip(stored["nodes"]["node_id"], stored["nodes"]["influence"]))
         for r in per_node.iter_rows(named=True):
             assert r["predicted"] == -influence[r["node_id"]]  # both stored as REAL from the same float
-    check = _run([attribution_graphs, graphs_balance], {"attribution_graphs": {"config": GRAPHS}})
+    check = _run([attribution_graphs, graphs_balance], {"attribution_graphs": {"config": config}})
     assert all(c.passed for c in check.get_asset_check_evaluations())
     for gid in graphs["graph_id"]:
         path = layout.join(layout.exports_dir(), f"graph-{gid}.json")

@@ -170,6 +170,24 @@ def test_migration_3_adds_graph_scores_to_a_version_2_database():
     assert con.execute("SELECT graph_id, replacement_score FROM graphs").fetchall() == [("g", None)]
 
 
+def test_migration_8_marks_the_graphs_before_it_greedy():
+    import duckdb
+
+    from storage.db.migrations import migrate
+    from storage.schema import MIGRATIONS
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+    for version in range(1, 8):
+        for stmt in MIGRATIONS[version]:
+            con.execute(stmt)
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    con.execute("ALTER TABLE graphs DROP COLUMN method")  # graphs as version 7 declared it
+    con.execute("INSERT INTO graphs (graph_id, model, prompt, target) VALUES ('g', 'm', 'p', 'logit:1@0')")
+    assert migrate(con) == 7
+    assert con.execute("SELECT graph_id, method FROM graphs").fetchall() == [("g", "greedy")]
+
+
 def test_migration_5_drops_the_feature_edges_index_and_keeps_its_rows():
     import duckdb
 

@@ -57,7 +57,8 @@ def test_migration_7_adds_the_interval_columns_and_the_cache_to_a_version_6_data
         con.execute("DROP TABLE ablation_baselines")
         for c in new_columns:
             con.execute(f"ALTER TABLE transcoder_metrics DROP COLUMN {c}")
-        con.execute("DELETE FROM schema_version WHERE version = 7")
+        con.execute("ALTER TABLE graphs DROP COLUMN method")  # version 8's
+        con.execute("DELETE FROM schema_version WHERE version >= 7")
     eb.write("toy", {1: ("k", torch.ones(2))}, n_tokens_per_context=3)  # the next writer migrates
     cols = readers.query("SELECT * FROM transcoder_metrics LIMIT 0").columns
     assert set(new_columns) <= set(cols)
