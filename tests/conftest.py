@@ -145,7 +145,8 @@ def real_data() -> dict[str, str]:
     from interp.model import DEFAULT_MODEL
     from storage import layout
 
-    dirs = {"models": layout.models_dir(), "corpora": layout.corpora_dir()}
+    # absolute: tests link to them from private folders, and ATLAS_HOME may be relative outside `make`
+    dirs = {"models": os.path.abspath(layout.models_dir()), "corpora": os.path.abspath(layout.corpora_dir())}
     for need in (os.path.join(dirs["models"], DEFAULT_MODEL, "config.json"), dirs["corpora"]):
         if not os.path.exists(need):
             pytest.fail(

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.attribution import LogitTarget, attribute
+from interp.attribution import LogitTarget, attribute, attribute_exact
 from storage import circuits, graph_export
 from tests.app.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _require_chromium
 from tests.interp.test_edges import make_transcoders
@@ -59,15 +59,21 @@ def ct_python() -> str:
     return str(_prepared(CT_VENV / "bin" / "python"))
 
 
-@pytest.fixture
-def exported(atlas_home, tiny_model):
+@pytest.fixture(params=["greedy", "exact"])
+def exported(request, atlas_home, tiny_model):
+    """A graph of each method, stored and exported."""
     tcs = make_transcoders([0, 1, 2], tiny_model.cfg.d_model, d_sae=48, seed=3)
     with torch.no_grad():
         for tc in tcs.values():
             tc.b_enc.fill_(-0.3)
             tc.W_dec.mul_(0.01)
     tokens = torch.tensor([1, 20, 31, 15, 22, 9, 40, 41])
-    graph = attribute(tiny_model, tokens, tcs, LogitTarget(25, 30, -1), 16, 3, node_threshold=0.9)
+    target = LogitTarget(25, 30, -1)
+    if request.param == "exact":
+        graph = attribute_exact(tiny_model, tokens, tcs, target, max_feature_nodes=None, node_threshold=0.9)
+    else:
+        graph = attribute(tiny_model, tokens, tcs, target, 16, 3, node_threshold=0.9)
+    assert graph.config["method"] == request.param
     ids = {layer: f"tiny/L{layer}/relu-48" for layer in tcs}
     gid = circuits.write_graph(graph, "tiny", "some prompt", "logit:25-30@7", ids)
     path = graph_export.export_graph(gid)
