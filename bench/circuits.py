@@ -7,10 +7,12 @@ and seconds per attribution graph on the real model, all measured in the same ru
   peak memory          extra resident memory while computing edges (sampled every 2 ms, block 1024, a fresh process
                        per size) at d_sae and 4 x d_sae, next to the output size and one dense d_sae² float32 matrix
   attribution graph    seconds for a 64-token prompt on the embedded SmolLM2 at full depth (a transcoder at every
-                       layer: the atlas database's when present, else random sparse ones), greedy search plus
-                       influence pruning at the default thresholds, as a multiple of a bare forward pass (goal
-                       <= 5x), its peak extra memory and scores, and seconds for the exact direct effects of every
-                       feature on the same target
+                       layer: the atlas database's when present, else random sparse ones), each method (exact:
+                       MAX_FEATURE_NODES rows; greedy: the paper's search) plus influence pruning at the default
+                       thresholds, as a multiple of a bare forward pass (goal <= 5x), peak extra memory and scores;
+                       then circuit-tracer 0.5.0's own attribute on the same transcoders, prompt, target and cap
+                       (its time and peak extra memory, from .venv-ct), and greedy against exact on the three
+                       behaviours and three held-out prompts: time, feature nodes kept, scores, faithfulness ladder
   faithfulness         the atlas's stored graphs: predicted vs actual change of the target when each top feature
                        node is zeroed in the real model (interp.faithfulness), against the goals
 
@@ -30,10 +32,12 @@ import torch
 
 from interp.attribution import (
     EDGE_THRESHOLD,
+    MAX_FEATURE_NODES,
     NODE_THRESHOLD,
     LogitTarget,
     PromptCache,
     attribute,
+    attribute_exact,
     direct_effects,
 )
 from interp.edges import feature_edges
@@ -151,6 +155,136 @@ def _atlas_transcoders(model_name: str, layers: list[int]) -> tuple[dict, str]:
     return _transcoders(layers, 8 * D_MODEL), "random"
 
 
+# the three default behaviours are assets.circuits.AttributionGraphsConfig's; these three no test uses
+HELD_OUT = [
+    ("The capital of France is", 'logit:" Paris"-" London"'),
+    ("She was born in Paris, so her native language is", 'logit:" French"-" English"'),
+    ("One, two, three, four,", 'logit:" five"-" six"'),
+]
+LADDER = ("replacement_model", "attention_norms_frozen", "attention_frozen", "nothing_frozen")
+
+
+def _build(method: str, model, tokens, tcs, target, pc=None):
+    """(seconds, graph) of one graph from the prompt (cached forward pass included), the asset's defaults."""
+    t0 = time.perf_counter()
+    pc = pc or PromptCache(model, tokens, tcs)
+    kwargs = dict(cache=pc, node_threshold=NODE_THRESHOLD, edge_threshold=EDGE_THRESHOLD)
+    if method == "exact":
+        graph = attribute_exact(model, tokens, tcs, target, MAX_FEATURE_NODES, **kwargs)
+    else:
+        graph = attribute(model, tokens, tcs, target, **kwargs)
+    return time.perf_counter() - t0, graph
+
+
+def _peak_extra(fn) -> tuple[object, int]:
+    """(fn(), peak resident memory above the start while it ran, sampled every 2 ms)."""
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], _rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out = fn()
+    done.set()
+    sampler.join()
+    return out, max(peak[0], _rss()) - base
+
+
+def compare_methods(model, tcs: dict, kind: str) -> None:
+    """Greedy against exact on the three behaviours and three held-out prompts: time, feature nodes kept, scores
+    and the faithfulness ladder (Spearman of predicted vs actual change over the top 20 feature nodes)."""
+    from assets.circuits import AttributionGraphsConfig
+    from interp.attribution import parse_target
+    from interp.faithfulness import TOP_NODES, agreement, intervene
+
+    tok = model.tokenizer
+    specs = [(g["prompt"], g["target"], "behaviour") for g in AttributionGraphsConfig().graphs]
+    specs += [(p, t, "held out") for p, t in HELD_OUT]
+    print(
+        f"   greedy vs exact, {kind} transcoders; faithfulness: Spearman (sign agreement) over the top {TOP_NODES}"
+    )
+    print(
+        "   | prompt | target | method | s | features kept | replacement | completeness | "
+        + " | ".join(LADDER)
+        + " |"
+    )
+    print("   |" + "---|" * (7 + len(LADDER)))
+    for prompt, spec, _ in specs:
+        tokens = torch.tensor([tok.bos_token_id, *tok(prompt, add_special_tokens=False)["input_ids"]])
+        target = parse_target(spec, tok)
+        pc = PromptCache(model, tokens, tcs)
+        for method in ("greedy", "exact"):
+            seconds, graph = _build(method, model, tokens, tcs, target, pc)
+            interventions = intervene(model, graph, tcs, TOP_NODES)
+            ladder = {setting: agreement(interventions, setting) for setting in LADDER}
+            features = sum(node.kind == "feature" for node in graph.nodes.values())
+            print(
+                f"   | {prompt[:40]} | `{spec}` | {method} | {seconds:.1f} | {features} | "
+                f"{graph.scores['replacement_score']:.2f} | {graph.scores['completeness_score']:.2f} | "
+                + " | ".join(f"{a['spearman']:.2f} ({a['sign_agreement']:.2f})" for a in ladder.values())
+                + " |"
+            )
+
+
+def versus_circuit_tracer(model, tcs: dict, tokens, target, exact_seconds: float, exact_extra: int) -> None:
+    """circuit-tracer 0.5.0's own `attribute` on the same transcoders, prompt, target and feature cap, in its
+    virtual environment (.venv-ct, `make test-deps`): its time and the memory attribute() added at its peak."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from interp.circuit_tracer import export_transcoders
+
+    root = Path(__file__).resolve().parents[1]
+    python = root / ".venv-ct" / "bin" / "python"
+    if not python.exists():
+        print("   circuit-tracer: skipped (.venv-ct missing: run `make test-deps`)")
+        return
+    if len(tcs) != model.cfg.n_layers:
+        print("   circuit-tracer: skipped (it needs a transcoder on every layer)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        export = export_transcoders(tcs, f"{tmp}/export", "smollm2-135m")
+        save_file({"vector": model.W_U[:, target.token].detach().contiguous()}, f"{tmp}/vector.safetensors")
+        from storage import layout
+
+        args = [str(python), "-m", "interp.circuit_tracer", "attribute"]
+        args += ["--model", os.path.join(layout.models_dir(), "smollm2-135m"), "--transcoders", export]
+        args += [
+            "--tokens",
+            ",".join(map(str, tokens.tolist())),
+            "--target-vector",
+            f"{tmp}/vector.safetensors",
+        ]
+        args += [
+            "--max-feature-nodes",
+            str(MAX_FEATURE_NODES),
+            "--batch-size",
+            "256",
+            "--out",
+            f"{tmp}/ct.safetensors",
+        ]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+        proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"   circuit-tracer: failed ({proc.stderr.strip().splitlines()[-1:]})")
+            return
+        meta = json.loads(Path(f"{tmp}/ct.json").read_text())
+    ct_seconds = meta["attribute_seconds"]
+    peak, before = meta.get("peak_rss_mib_during_attribute"), meta.get("rss_mib_before_attribute")
+    ct_extra = f"{peak - before:.0f} MB" if peak is not None and before is not None else "n/a"
+    print(
+        f"   same prompt, target and cap ({MAX_FEATURE_NODES} feature rows), this CPU: exact {exact_seconds:.1f} s "
+        f"(peak extra {exact_extra / 2**20:.0f} MB) vs circuit-tracer's attribute {ct_seconds:.1f} s (peak extra "
+        f"{ct_extra}) -> {ct_seconds / exact_seconds:.2f}x; scores circuit-tracer replacement "
+        f"{meta['replacement_score']:.3f}, completeness {meta['completeness_score']:.3f}"
+    )
+
+
 def bench_graph() -> None:
     from interp.model import load_model
     from storage import layout
@@ -168,46 +302,24 @@ def bench_graph() -> None:
         logits = model(tokens[None])
         PromptCache(model, tokens, tcs)
     target = LogitTarget(int(logits[0, -1].argmax()))
-
-    def build():
-        """What a graph costs from the prompt: the cached forward pass, then search and pruning (asset defaults)."""
-        t0 = time.perf_counter()
-        pc = PromptCache(model, tokens, tcs)
-        cache_s = time.perf_counter() - t0
-        graph = attribute(
-            model, tokens, tcs, target, cache=pc, node_threshold=NODE_THRESHOLD, edge_threshold=EDGE_THRESHOLD
+    forward = min(_seconds(lambda: model(tokens[None])) for _ in range(5))
+    print(f"   64-token prompt, {kind} transcoders at layers {sorted(tcs)}; bare forward {forward:.3f} s")
+    timings = {}
+    for method in ("greedy", "exact"):
+        (seconds, graph), extra = _peak_extra(lambda m=method: _build(m, model, tokens, tcs, target))
+        seconds = min(seconds, _build(method, model, tokens, tcs, target)[0])  # the faster of two
+        timings[method] = seconds, extra
+        print(
+            f"   {method}: {seconds:.2f} s (faster of 2) = {seconds / forward:.1f}x a forward pass (goal <= 5x), peak "
+            f"extra memory {extra / 2**20:.0f} MB; {len(graph.nodes)} nodes, {len(graph.edges)} edges after pruning; "
+            + ", ".join(f"{k} {v:.3f}" for k, v in graph.scores.items())
         )
-        return time.perf_counter() - t0, cache_s, pc, graph
-
-    base, peak, done = _rss(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.002):
-            peak[0] = max(peak[0], _rss())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    runs = [build()]  # the first run's memory
-    done.set()
-    sampler.join()
-    extra = max(peak[0], _rss()) - base
-    # the fastest of five of each, a forward pass and a graph taking turns so that both see the machine alike
-    forwards = []
-    for _ in range(5):
-        forwards.append(_seconds(lambda: model(tokens[None])))
-        runs.append(build())
-    forward = min(forwards)
-    total, cache_s, pc, graph = min(runs, key=lambda run: run[0])
-    node = graph.nodes["target"]
-    direct = _seconds(lambda: direct_effects(pc, node.stage, node.position, node.reader))
-    print(
-        f"   attribution graph, 64 tokens, {kind} transcoders at layers {sorted(tcs)}: {total:.2f} s (fastest of 5) "
-        f"(cached forward {cache_s:.2f} s, search {total - cache_s:.2f} s; {len(graph.nodes)} nodes, "
-        f"{len(graph.edges)} edges after pruning); bare forward {forward:.3f} s -> {total / forward:.1f}x a forward "
-        f"pass (goal <= 5x); peak extra memory {extra / 2**20:.0f} MB"
-    )
-    print("   scores: " + ", ".join(f"{k} {v:.3f}" for k, v in graph.scores.items()))
+    pc = PromptCache(model, tokens, tcs)
+    stage, t, reader, _ = pc.target_reader(target)
+    direct = _seconds(lambda: direct_effects(pc, stage, t, reader))
     print(f"   direct effects of every feature at every position on the target: {direct:.3f} s")
+    versus_circuit_tracer(model, tcs, tokens, target, *timings["exact"])
+    compare_methods(model, tcs, kind)
 
 
 def report_faithfulness() -> None:

@@ -1,10 +1,9 @@
 """Interop: a graph exported by storage.graph_export is a valid circuit-tracer graph, served by its own server and
 drawn by its own viewer.
 
-circuit-tracer runs from its own virtual environment, CT_VENV, which `make test-deps` builds (the Makefile pins
-the versions): its declared dependencies (torch, transformers <= 4.57.3, nnsight) are for computing graphs and
-clash with ours (transformers 5), and its viewer needs none of them, so it is installed with --no-deps next to
-pydantic (its graph models). No test here installs or downloads anything. The tests
+circuit-tracer runs from its own virtual environment, CT_VENV, which `make test-deps` builds (the Makefile and
+requirements-circuit-tracer.txt pin the versions): its dependencies (transformers <= 4.57.3) clash with ours
+(transformers 5). No test here installs or downloads anything. The tests
   1. validate the exported JSON with circuit-tracer's own pydantic `frontend.graph_models.Model`;
   2. serve the exports folder with circuit-tracer's own `frontend.local_server.serve` and read the graph back
      through it (its index lists the graph);
@@ -43,7 +42,7 @@ from tests.app.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _require
 from tests.interp.test_edges import make_transcoders
 
 ROOT = Path(__file__).resolve().parents[2]
-# `make test-deps`: circuit-tracer and pydantic; the viewer's registry packages unpacked in npm/
+# `make test-deps`: circuit-tracer with its dependencies; the viewer's registry packages unpacked in npm/
 CT_VENV = ROOT / ".venv-ct"
 
 
@@ -55,7 +54,7 @@ def _prepared(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ct_python() -> str:
-    """Python of the virtual environment holding circuit-tracer (no deps) and pydantic."""
+    """Python of the virtual environment holding circuit-tracer and its dependencies."""
     return str(_prepared(CT_VENV / "bin" / "python"))
 
 
