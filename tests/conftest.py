@@ -137,6 +137,19 @@ def no_network(monkeypatch) -> list:
     return attempts
 
 
+# `make test-deps`: circuit-tracer 0.5.0 with its pinned dependencies, and the npm packages its viewer page loads
+CT_VENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-ct")
+
+
+@pytest.fixture(scope="session")
+def ct_python() -> str:
+    """Python of the virtual environment holding circuit-tracer; fails, naming the command, where it is missing."""
+    python = os.path.join(CT_VENV, "bin", "python")
+    if not os.path.exists(python):
+        pytest.fail(f"{python} is missing: run `make test-deps` (`make test` does).")
+    return python
+
+
 @pytest.fixture(scope="session")
 def real_data() -> dict[str, str]:
     """The model cache and corpora of the ATLAS_HOME this session started with (`make data` fills them; `make

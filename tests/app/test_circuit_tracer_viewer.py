@@ -38,24 +38,19 @@ import torch
 
 from interp.attribution import LogitTarget, attribute, attribute_exact
 from storage import circuits, graph_export
+from tests import conftest
 from tests.app.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _require_chromium
 from tests.interp.test_edges import make_transcoders
 
 ROOT = Path(__file__).resolve().parents[2]
 # `make test-deps`: circuit-tracer with its dependencies; the viewer's registry packages unpacked in npm/
-CT_VENV = ROOT / ".venv-ct"
+CT_VENV = Path(conftest.CT_VENV)
 
 
 def _prepared(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing: run `make test-deps` (`make test` does).")
     return path
-
-
-@pytest.fixture(scope="module")
-def ct_python() -> str:
-    """Python of the virtual environment holding circuit-tracer and its dependencies."""
-    return str(_prepared(CT_VENV / "bin" / "python"))
 
 
 @pytest.fixture(params=["greedy", "exact"])

@@ -35,17 +35,8 @@ from interp.transcoder import Transcoder, TranscoderConfig
 from tests.conftest import make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-CT_VENV = ROOT / ".venv-ct"  # `make test-deps`: circuit-tracer 0.5.0 with its pinned dependencies
 TOKENS = [1, 20, 31, 15, 22, 9, 40, 41]  # starts with BOS, so circuit-tracer prepends nothing
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def ct_python() -> str:
-    python = CT_VENV / "bin" / "python"
-    if not python.exists():
-        pytest.fail(f"{python} is missing: run `make test-deps` (`make test` does).")
-    return str(python)
 
 
 def run_ct(

@@ -23,14 +23,14 @@ from interp.attribution.exact import scores
 from interp.circuit_tracer import export_transcoders
 from interp.model import DEFAULT_MODEL, load_model
 from tests.conftest import make_tiny_checkpoint
-from tests.interp.test_circuit_tracer_interop import ct_python, make_set, run_ct  # noqa: F401 (fixture)
+from tests.interp.test_circuit_tracer_interop import make_set, run_ct
 
 TOKENS = [1, 20, 31, 15, 22, 9, 40, 41]  # BOS first: circuit-tracer prepends nothing
 ENTRY_TOL = 1e-4  # |ours - theirs| / the row's largest |entry|; measured ≤ 3e-6 on the toys, 2e-5 on SmolLM2
 SCORE_TOL = 1e-3
 
 
-def circuit_tracer_graph(ct_python, model_dir, export, tokens, vector, tmp_path, max_nodes=None) -> tuple:
+def circuit_tracer_graph(python: str, model_dir, export, tokens, vector, tmp_path, max_nodes=None) -> tuple:
     """circuit-tracer's (tensors, json) for the target direction `vector` at the final norm's output."""
     save_file({"vector": vector.contiguous()}, str(tmp_path / "vector.safetensors"))
     out = tmp_path / "ct.safetensors"
@@ -39,7 +39,7 @@ def circuit_tracer_graph(ct_python, model_dir, export, tokens, vector, tmp_path,
     args += ["--batch-size", "256", "--out", str(out)]
     if max_nodes is not None:
         args += ["--max-feature-nodes", str(max_nodes)]
-    run_ct(ct_python, *args, timeout=600)
+    run_ct(python, *args, timeout=600)
     return load_file(str(out)), json.loads(out.with_suffix(".json").read_text())
 
 
@@ -66,7 +66,7 @@ def assert_parity(diff: dict[str, float]) -> None:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_exact_graph_equals_circuit_tracers_on_toy_models(ct_python, arch, tmp_path):  # noqa: F811
+def test_exact_graph_equals_circuit_tracers_on_toy_models(ct_python, arch, tmp_path):
     model_dir = make_tiny_checkpoint(str(tmp_path / arch), arch=arch)
     model = load_model(model_dir, device="cpu")
     architecture = "topk" if arch == "llama" else "relu"
@@ -92,7 +92,7 @@ def test_exact_graph_equals_circuit_tracers_on_toy_models(ct_python, arch, tmp_p
 
 
 @pytest.mark.slow
-def test_exact_graph_equals_circuit_tracers_on_smollm2(ct_python, real_data, tmp_path):  # noqa: F811
+def test_exact_graph_equals_circuit_tracers_on_smollm2(ct_python, real_data, tmp_path):
     """The embedded SmolLM2-135M at full depth (30 layers, seeded TopK transcoders with skip: the atlas's
     architecture), a real prompt, every active feature given a row."""
     model_dir = f"{real_data['models']}/{DEFAULT_MODEL}"
