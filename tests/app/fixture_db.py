@@ -276,7 +276,8 @@ def build(model_dir: str, d_model: int = 32, model: str | None = None) -> dict:
             "tokens": [contexts[0][:6].tolist()],
             "target": [f"feature:{tids[1]}:{HOSTILE_FEATURE}@5"],
             "target_value": [3.0],
-            "config": [json.dumps({"top_n": 5})],
+            "method": ["exact"],
+            "config": [json.dumps({"method": "exact", "max_feature_nodes": 5})],
         },
     )
     add("graph_nodes", gnodes)

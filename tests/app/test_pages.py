@@ -317,6 +317,9 @@ def test_circuits_page_draws_graph_with_legend_hover_and_ranks_paths(atlas_db):
     # token positions along the x axis, escaped (position 5 is the hostile image token)
     assert html_lib.escape(IMG) in fig["layout"]["xaxis"]["ticktext"]
     assert "Replacement score" in page
+    # which method built it, in the graph picker and above the graph
+    assert "every direct effect among the active features" in page
+    assert at.selectbox(key="graph").format_func(atlas_db["graph"]).endswith("· exact")
     # faithfulness per setting from graph_faithfulness, in the ladder's order (replacement model first)
     shown = at.dataframe[0].value
     assert list(shown["setting"]) == ["replacement_model", "attention_frozen", "nothing_frozen"]
