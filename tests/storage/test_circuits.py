@@ -145,18 +145,26 @@ def test_feature_edges_rows_and_replace(atlas_home):
     assert up["rank"].to_list() == [0, 1, 2] and set(up["src_transcoder_id"]) == {"tiny/L0/relu-10"}
 
 
-def test_migration_3_adds_graph_scores_to_a_version_2_database():
+def database_at(version: int):
+    """An in-memory database with migrations 1..version applied, as a database of that version would be (each
+    test then drops what later versions added to the tables it checks)."""
     import duckdb
 
-    from storage.db.migrations import migrate
     from storage.schema import MIGRATIONS
 
     con = duckdb.connect()
     con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
-    for version in (1, 2):
-        for stmt in MIGRATIONS[version]:
+    for v in range(1, version + 1):
+        for stmt in MIGRATIONS[v]:
             con.execute(stmt)
-        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [v])
+    return con
+
+
+def test_migration_3_adds_graph_scores_to_a_version_2_database():
+    from storage.db.migrations import migrate
+
+    con = database_at(2)
     new = {"graphs": ["replacement_score", "completeness_score", "error_share", "n_nodes", "n_edges"]}
     new["graph_nodes"] = ["cumulative_influence", "feeds"]
     for table, columns in new.items():  # the tables as version 2 declared them
@@ -171,17 +179,9 @@ def test_migration_3_adds_graph_scores_to_a_version_2_database():
 
 
 def test_migration_8_marks_the_graphs_before_it_greedy():
-    import duckdb
-
     from storage.db.migrations import migrate
-    from storage.schema import MIGRATIONS
 
-    con = duckdb.connect()
-    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
-    for version in range(1, 8):
-        for stmt in MIGRATIONS[version]:
-            con.execute(stmt)
-        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    con = database_at(7)
     con.execute("ALTER TABLE graphs DROP COLUMN method")  # graphs as version 7 declared it
     con.execute("INSERT INTO graphs (graph_id, model, prompt, target) VALUES ('g', 'm', 'p', 'logit:1@0')")
     assert migrate(con) == 7
@@ -189,17 +189,10 @@ def test_migration_8_marks_the_graphs_before_it_greedy():
 
 
 def test_migration_5_drops_the_feature_edges_index_and_keeps_its_rows():
-    import duckdb
-
     from storage.db.migrations import migrate
-    from storage.schema import MIGRATIONS, TABLE_BY_NAME
+    from storage.schema import TABLE_BY_NAME
 
-    con = duckdb.connect()
-    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
-    for version in (1, 2, 3, 4):
-        for stmt in MIGRATIONS[version]:
-            con.execute(stmt)
-        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    con = database_at(4)
     # feature_edges as versions 1-4 created it: with its primary key
     edges = TABLE_BY_NAME["feature_edges"]
     con.execute("DROP TABLE feature_edges")
@@ -226,17 +219,9 @@ def test_migration_5_drops_the_feature_edges_index_and_keeps_its_rows():
 
 
 def test_migration_6_adds_the_target_probability_and_keeps_old_graphs():
-    import duckdb
-
     from storage.db.migrations import migrate
-    from storage.schema import MIGRATIONS
 
-    con = duckdb.connect()
-    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
-    for version in range(1, 6):
-        for stmt in MIGRATIONS[version]:
-            con.execute(stmt)
-        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    con = database_at(5)
     con.execute("ALTER TABLE graphs DROP COLUMN target_prob")  # graphs as versions 1-5 declared it
     con.execute("INSERT INTO graphs (graph_id, model, prompt, target) VALUES ('g', 'm', 'p', 'logit:1@0')")
     assert migrate(con) == 5
