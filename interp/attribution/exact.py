@@ -134,16 +134,24 @@ class _Sweep:
             self.errors.append(error)
             self.constants.append(constant)
         self.positional = pc.resid[0] - pc.token_embed  # [T, d_model] GPT-2's positional embeddings; else 0
-        self.group = pc.n_heads // pc.W_V.shape[1]  # query heads per key/value head
+        n_kv, d, d_head = pc.W_V.shape[1], pc.W_V.shape[2], pc.W_V.shape[3]
+        self.group = pc.n_heads // n_kv  # query heads per key/value head (their W_V rows are contiguous)
+        # the OV maps as two GEMM operands per layer: [d_model, H·d_head] (g W_Oᵀ) and [n_kv·d_head, d_model] (W_Vᵀ)
+        self.W_O = pc.W_O.reshape(pc.n_layers, -1, d).transpose(1, 2).contiguous()
+        self.W_V = pc.W_V.permute(0, 1, 3, 2).reshape(pc.n_layers, n_kv * d_head, d).contiguous()
         self.T = T
 
     @torch.no_grad()
     def rows(self, stages: Tensor, positions: Tensor, readers: Tensor) -> tuple[Tensor, Tensor]:
-        """(rows [N, n_columns], constants [N]) of N readers: W[n] read at (stages[n], positions[n])."""
-        pc, src, T = self.pc, self.sources, self.T
+        """(rows [N, n_columns], constants [N]) of N readers: W[n] read at (stages[n], positions[n]).
+
+        Attention is causal, so the sweep runs on the positions up to the batch's last reader's only: batches of
+        nearby positions (exact_graph sorts them) are cheaper."""
+        pc, src = self.pc, self.sources
         order = torch.argsort(stages, descending=True, stable=True)
         stages, positions, readers = stages[order], positions[order], readers[order]
         N, d = readers.shape
+        T = int(positions.max()) + 1 if N else 0
         g = readers.new_zeros(N, T, d)  # [N, T, d_model] ∂(read value)/∂resid[k] of the started readers
         out = readers.new_zeros(N, src.n_columns)
         constant = readers.new_zeros(N)
@@ -162,34 +170,40 @@ class _Sweep:
                 gs += back
             if skip is not None:
                 gs += skip
-        out[:, src.token_start :] = torch.einsum("ntd,td->nt", g, pc.token_embed)
-        constant += torch.einsum("ntd,td->n", g, self.positional)
+        out[:, src.token_start : src.token_start + T] = torch.einsum("ntd,td->nt", g, pc.token_embed[:T])
+        constant += torch.einsum("ntd,td->n", g, self.positional[:T])
         unsort = torch.argsort(order)
         return out[unsort], constant[unsort]
 
     def _attention(self, m: int, g: Tensor, constant: Tensor) -> Tensor:
-        """What attention layer m passes back to its sources' residual stream (through its frozen norm)."""
+        """What attention layer m passes back to its sources' residual stream (through its frozen norm):
+        Σ_h pattern_hᵀ (g W_O,hᵀ) W_V,hᵀ, as two GEMMs around one batched matmul over heads."""
         pc = self.pc
-        n, T = g.shape[0], self.T
+        n, T, d = g.shape
+        H = pc.n_heads
         constant += g.sum(1) @ pc.attn_bias[m]
-        u = torch.einsum("hef,ntf->nhte", pc.W_O[m], g)  # [n, H, T, d_head]
-        y = torch.einsum("hts,nhte->nhse", pc.pattern[m], u)  # [n, H, T (source), d_head]
-        y = y.reshape(n, -1, self.group, T, y.shape[-1]).sum(2)  # [n, n_kv_heads, T, d_head]
-        back = torch.einsum("kde,nkse->nsd", pc.W_V[m], y)  # [n, T, d_model]
-        return self._through_norm(back, 2 * m)
+        u = (g.reshape(n * T, d) @ self.W_O[m]).view(n, T, H, -1)  # [n, T, H, d_head]
+        d_head = u.shape[-1]
+        u = u.permute(2, 1, 0, 3).reshape(H, T, n * d_head)  # [H, T (destination), n·d_head]
+        y = torch.bmm(pc.pattern[m, :, :T, :T].transpose(1, 2), u)  # [H, T (source), n·d_head]
+        y = y.view(-1, self.group, T, n, d_head).sum(1)  # [n_kv, T, n, d_head]: query heads sharing a W_V
+        y = y.permute(2, 1, 0, 3).reshape(n * T, -1)  # [n·T, n_kv·d_head]
+        return self._through_norm((y @ self.W_V[m]).view(n, T, d), 2 * m)
 
     def _mlp(self, layer: int, g: Tensor, out: Tensor, constant: Tensor, n: int) -> Tensor | None:
         """Read MLP `layer`'s sources off g into out[:n]; return what its skip path passes back to its input."""
-        pc, src, T = self.pc, self.sources, self.T
-        start = src.error_start + layer * T
-        out[:n, start : start + T] = torch.einsum("ntd,td->nt", g, self.errors[layer])
-        constant[:n] += torch.einsum("ntd,td->n", g, self.constants[layer])
+        pc, src, T = self.pc, self.sources, g.shape[1]
+        start = src.error_start + layer * self.T
+        out[:n, start : start + T] = torch.einsum("ntd,td->nt", g, self.errors[layer][:T])
+        constant[:n] += torch.einsum("ntd,td->n", g, self.constants[layer][:T])
         tc = pc.transcoders.get(layer)
         if tc is None:
             return None
         slots, columns = src.columns[layer]
-        contribution = torch.einsum("ntd,tkd->ntk", g, self.decoders[layer])  # [n, T, K]
-        out[:n, columns] = contribution.reshape(n, -1)[:, slots]
+        within = int(torch.searchsorted(slots, T * self.decoders[layer].shape[1]))  # slots are position-major
+        # [T, n, K]: per position, g against the active decoder rows there
+        contribution = torch.bmm(g.transpose(0, 1), self.decoders[layer][:T].transpose(1, 2))
+        out[:n, columns[:within]] = contribution.transpose(0, 1).reshape(n, -1)[:, slots[:within]]
         if tc.W_skip is None:
             return None
         return self._through_norm(g @ tc.W_skip, 2 * layer + 1)  # skip_out(x) = x W_skipᵀ
@@ -198,7 +212,7 @@ class _Sweep:
         """v [n, T, d] read through the frozen norm at `stage`: the raw residual stream's gradient."""
         if self.pc.center:
             v = v - v.mean(-1, keepdim=True)
-        return v * self.pc.inv_scale[stage][None, :, None]
+        return v * self.pc.inv_scale[stage, : v.shape[1]][None, :, None]
 
 
 @dataclass
@@ -372,6 +386,8 @@ def exact_graph(
             estimate = _partial_influence(store[:filled], row_node[:filled], C)
             ranked = torch.argsort(estimate[:F], descending=True)
             pending = ranked[~visited[ranked]][: min(update_interval * batch_size, S + 1 - filled)]
+        # rows do not depend on each other: batch a round's features by position, so each sweep is short
+        pending = pending[torch.argsort(src.position[pending], stable=True)]
         for batch in pending.split(batch_size):
             layers, positions = src.layer[batch], src.position[batch]
             readers = _feature_readers(pc, layers, positions, src.index[batch])
@@ -425,15 +441,15 @@ def _package(
     feature_rows = row_node[1:]
     order = torch.argsort(feature_rows)
     selected = feature_rows[order]  # columns of the selected features, ascending
-    rows = torch.cat([store[1:][order], store[:1]])  # [S + 1, C]: features, then the target
+    rows = torch.cat([order + 1, order.new_zeros(1)])  # rows of the store: the features in node order, the target
     columns = torch.cat([selected, torch.arange(src.n_features, src.n_columns, device=store.device)])
     S, n_other = len(selected), src.n_columns - src.n_features
     N = S + n_other + 1
     adjacency = torch.zeros(N, N)
-    kept = rows[:, columns].cpu()
+    kept = store[:, columns][rows].cpu()  # [S + 1, N - 1], no copy of the whole store
     adjacency[:S, :-1] = kept[:S]
     adjacency[-1, :-1] = kept[-1]
-    row_totals = rows.sum(1).cpu()
+    row_totals = store.sum(1)[rows].cpu()
     values = torch.cat(
         [
             torch.tensor(
