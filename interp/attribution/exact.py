@@ -441,7 +441,9 @@ def _package(
     feature_rows = row_node[1:]
     order = torch.argsort(feature_rows)
     selected = feature_rows[order]  # columns of the selected features, ascending
-    rows = torch.cat([order + 1, order.new_zeros(1)])  # rows of the store: the features in node order, the target
+    rows = torch.cat(
+        [order + 1, order.new_zeros(1)]
+    )  # rows of the store: the features in node order, the target
     columns = torch.cat([selected, torch.arange(src.n_features, src.n_columns, device=store.device)])
     S, n_other = len(selected), src.n_columns - src.n_features
     N = S + n_other + 1
