@@ -275,7 +275,7 @@ def scores(graph: ExactGraph) -> dict[str, float]:
     signed = signed_influence(graph)
     rows = graph.row_nodes()
     mult = torch.zeros(len(a))
-    mult[rows] = signed[rows] / graph.values
+    mult[rows] = _per_value(signed[rows], graph.values)
     leaves = [
         signed[graph.error_slice].abs().sum(),
         signed[graph.token_slice].abs().sum(),
@@ -299,7 +299,7 @@ def signed_influence(graph: ExactGraph) -> Tensor:
     infl = torch.zeros(len(a))
     infl[-1] = graph.values[-1]
     for _ in range(graph.n_layers + 2):  # a feature feeds only layers above it: depth ≤ layers + 1
-        mult = torch.where(values != 0, infl / torch.where(values != 0, values, 1.0), 0.0)
+        mult = _per_value(infl, values)
         mult[-1] = 1.0
         new = mult @ a
         new[-1] = graph.values[-1]
@@ -307,6 +307,11 @@ def signed_influence(graph: ExactGraph) -> Tensor:
             break
         infl = new
     return infl
+
+
+def _per_value(influence: Tensor, values: Tensor) -> Tensor:
+    """μ = influence / value, 0 where the value is 0 (a node with no value passes nothing on)."""
+    return torch.where(values != 0, influence / torch.where(values != 0, values, 1.0), 0.0)
 
 
 def _seed(graph: ExactGraph) -> Tensor:
