@@ -137,7 +137,7 @@ def no_network(monkeypatch) -> list:
     return attempts
 
 
-# `make test-deps`: circuit-tracer 0.5.0 with its pinned dependencies, and the npm packages its viewer page loads
+# `make test-deps`: circuit-tracer 0.5.0 with its pinned dependencies, and the registry packages its viewer page loads
 CT_VENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-ct")
 
 
