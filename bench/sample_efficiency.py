@@ -9,7 +9,8 @@ read at its averaged weights, as its trainer saves them. Both are scored on 256 
 Needs a built atlas (contexts in $ATLAS_HOME) and the optional `bench` extra (`pip install -e ".[bench]"`); the
 line says "skipped" otherwise. ATLAS_BENCH_LAYER (default 8) and ATLAS_BENCH_TOKENS (default: the training
 budget) choose the layer and the token count; ATLAS_BENCH_LRS="4e-3,1e-3" adds our trainer at other learning rates
-(held-out FVU and effective L0: the sweep behind the default lr).
+(held-out FVU and effective L0: the sweep behind the default lr), ATLAS_BENCH_SKIP_INITS="lstsq" at other skip
+path initialisations (TrainConfig.skip_init).
 """
 
 from __future__ import annotations
@@ -68,8 +69,12 @@ def effective_l0(tc, x: Tensor) -> float:
     return active / len(x)
 
 
-def _ours(batches, d: int, lr: float = TrainConfig.lr) -> tuple[Callable[[Tensor], Tensor], float]:
-    cfg = TrainConfig(lr=lr, batch_size=BATCH, train_tokens=len(batches) * BATCH, checkpoint_every=0)
+def _ours(
+    batches, d: int, lr: float = TrainConfig.lr, skip_init: str = TrainConfig.skip_init
+) -> tuple[Callable[[Tensor], Tensor], float]:
+    cfg = TrainConfig(
+        lr=lr, batch_size=BATCH, train_tokens=len(batches) * BATCH, checkpoint_every=0, skip_init=skip_init
+    )
     tc_cfg = TranscoderConfig.expanded(d, d, architecture="topk", k=K)  # with the skip connection
     t0 = time.perf_counter()
     res = train_layers(
@@ -132,6 +137,12 @@ def main() -> None:
         f"   held-out FVU: ours {fvu(ours, x_eval, y_eval):.3f} (L0 {effective_l0(ours, x_eval):.1f}, {ours_s:.0f} s), "
         f"eai-sparsify {fvu(theirs, x_eval, y_eval):.3f} ({theirs_s:.0f} s)"
     )
+    for init in [v for v in os.environ.get("ATLAS_BENCH_SKIP_INITS", "").split(",") if v]:
+        tc, seconds = _ours(batches, d, skip_init=init)
+        print(
+            f"   ours with skip_init {init}: held-out FVU {fvu(tc, x_eval, y_eval):.3f}, "
+            f"L0 {effective_l0(tc, x_eval):.1f} ({seconds:.0f} s)"
+        )
     for lr in [float(v) for v in os.environ.get("ATLAS_BENCH_LRS", "").split(",") if v]:
         tc, _ = _ours(batches, d, lr)
         print(

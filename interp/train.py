@@ -57,6 +57,9 @@ Chunks = Callable[
 ]  # re-iterable stream of {'x': [n, d_in], 'y': [n, d_out]}
 
 
+SKIP_INITS = ("zero", "lstsq")
+
+
 @dataclass
 class TrainConfig:
     """How to train a transcoder; its shape is its TranscoderConfig. The defaults are the atlas's build."""
@@ -79,6 +82,10 @@ class TrainConfig:
     of 16 contexts."""
     seed: int = 0
     """Weights init and shuffling (the asset also seeds its training-context sample with it)."""
+    skip_init: str = "zero"
+    """How the skip path starts: 'zero', or 'lstsq': W_skip and b_dec fitted by least squares to the first
+    buffer (outliers weighted as in training), so the linear part of the MLP is in place before any feature
+    trains and the features start on what it leaves (`python -m bench sample_efficiency` compares both)."""
     outlier_norm: float = 4.0
     """Targets beyond this many median norms are fit by relative error (step 1)."""
     l1_coefficient: float = 3e-3
@@ -104,6 +111,8 @@ class TrainConfig:
     the `transcoders` asset's forward passes 2x faster."""
 
     def __post_init__(self) -> None:
+        if self.skip_init not in SKIP_INITS:
+            raise ValueError(f"skip_init must be one of {', '.join(SKIP_INITS)}, got {self.skip_init!r}.")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
         if self.train_tokens < self.batch_size:
@@ -290,6 +299,26 @@ def _init_stats(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float, Tensor]:
     return x.mean(0).float(), y_mean.float(), max(scale, 1e-8), x[:4096].float()
 
 
+def least_squares_skip(
+    x: Tensor, y: Tensor, scale: float, outlier_norm: float
+) -> tuple[Tensor, Tensor, float]:
+    """(W [d_out, d_in], b [d_out], residual) minimising Σ_n w_n ||y_n / scale - W x_n - b||² over the rows of
+    x [n, d_in], y [n, d_out], with training's outlier weights w_n (step 1) and a ridge of 1e-6 of the mean input
+    variance: the best linear map from the MLP's input to its (scaled) output, and the weighted RMS norm of what
+    it leaves (what the features start to model)."""
+    x, y = x.double(), y.double() / scale
+    w = (
+        (outlier_norm / (y - y.mean(0)).norm(dim=-1).clamp_min(1e-12)).clamp(max=1.0).pow(2)[:, None]
+    )  # [n, 1]
+    x_mean, y_mean = (w * x).sum(0) / w.sum(), (w * y).sum(0) / w.sum()
+    xc, yc = x - x_mean, y - y_mean
+    cov = (w * xc).T @ xc  # [d_in, d_in]
+    cov += torch.eye(len(cov), dtype=cov.dtype) * (1e-6 * cov.trace() / len(cov))
+    W = torch.linalg.solve(cov, (w * xc).T @ yc).T  # [d_out, d_in]
+    residual = ((w * (yc - xc @ W.T).pow(2)).sum() / w.sum()).sqrt()
+    return W.float(), (y_mean - W @ x_mean).float(), float(residual)
+
+
 class Trainer:
     """State of one training run (model, optimizer, counters); `step` consumes one batch. The transcoder's shape
     is `tc_cfg`, exactly as given; `cfg` says how to train it."""
@@ -302,18 +331,29 @@ class Trainer:
         y_mean: Tensor,
         scale: float,
         x_sample: Tensor,
+        skip_fit: tuple[Tensor, Tensor, float] | None = None,
     ):
+        """`skip_fit`: least_squares_skip's (W_skip, b_dec, residual) on the scaled targets, for cfg.skip_init
+        'lstsq'."""
         tc = Transcoder(tc_cfg)
         tc.reset_parameters(torch.Generator().manual_seed(cfg.seed))
         with torch.no_grad():
             tc.b_pre.copy_(x_mean)
             tc.b_dec.copy_(y_mean / scale)
+            target_spread = 1.0  # the scaled targets' typical norm
+            if skip_fit is not None and tc.W_skip is not None:
+                tc.W_skip.copy_(skip_fit[0])
+                tc.b_dec.copy_(skip_fit[1])
+                target_spread = skip_fit[2]  # the features start on what the linear fit leaves
             if tc_cfg.architecture == "topk":
                 tc.W_dec.div_(tc.W_dec.norm(dim=-1, keepdim=True))
-            # scale the encoder so the initial output has the target's (unit) spread: both activations are
-            # positively homogeneous, so this keeps which features fire
-            spread = (tc(x_sample) - tc.b_dec).pow(2).sum(-1).mean().sqrt().clamp_min(1e-8)
-            tc.W_enc.div_(spread)
+            # scale the encoder so the features' initial output has the spread of what they model: both
+            # activations are positively homogeneous, so this keeps which features fire
+            features = tc.decode(tc.encode(x_sample), x_sample) - tc.b_dec
+            if tc.W_skip is not None:
+                features = features - tc.skip_out(x_sample)
+            spread = features.pow(2).sum(-1).mean().sqrt().clamp_min(1e-8)
+            tc.W_enc.div_(spread / target_spread)
         self._setup(cfg, tc, y_mean, scale)
 
     def _setup(self, cfg: TrainConfig, tc: Transcoder, y_mean: Tensor, scale: float) -> None:
@@ -642,7 +682,10 @@ class LayerRun:
             )
         if self.parent is None:
             self.stats = _init_stats(x, y)
-            self.trainer = Trainer(self.cfg, self.tc_cfg, *self.stats)
+            fit = None
+            if self.cfg.skip_init == "lstsq" and self.tc_cfg.skip:
+                fit = least_squares_skip(x, y, self.stats[2], self.cfg.outlier_norm)
+            self.trainer = Trainer(self.cfg, self.tc_cfg, *self.stats, skip_fit=fit)
         else:
             tc, state = self.parent
             self.stats = (state.x_mean, state.y_mean, state.scale, state.x_mean[None])

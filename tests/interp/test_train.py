@@ -9,7 +9,14 @@ import shutil
 import pytest
 import torch
 
-from interp.train import NonFiniteActivationsError, ShuffleBuffer, TrainConfig, train
+from interp.train import (
+    SKIP_INITS,
+    NonFiniteActivationsError,
+    ShuffleBuffer,
+    TrainConfig,
+    least_squares_skip,
+    train,
+)
 from interp.transcoder import Transcoder, TranscoderConfig
 
 D, D_SAE = 16, 128  # the teacher has 64 features
@@ -361,3 +368,41 @@ def test_a_continued_run_killed_and_resumed_ends_with_the_same_weights(tmp_path)
         )
     assert [r["step"] for r in resumed.curve] == [r["step"] for r in full.curve]
     assert resumed.train_tokens == full.train_tokens == 30_000
+
+
+def test_least_squares_skip_recovers_a_linear_map_and_ignores_outliers_as_training_does():
+    g = torch.Generator().manual_seed(0)
+    A, c = torch.randn(D, D, generator=g), torch.randn(D, generator=g)
+    x = torch.randn(4000, D, generator=g)
+    y = x @ A.T + c
+    W, b, residual = least_squares_skip(x, y, scale=2.0, outlier_norm=1e9)
+    assert torch.allclose(W, A / 2.0, atol=1e-4) and torch.allclose(b, c / 2.0, atol=1e-4) and residual < 1e-4
+    # one massive row: with training's outlier weights it barely moves the fit; unweighted it does
+    x[0], y[0] = 100.0, 1e5
+    weighted = least_squares_skip(x, y, scale=2.0, outlier_norm=4.0)[0]
+    unweighted = least_squares_skip(x, y, scale=2.0, outlier_norm=1e9)[0]
+    assert (weighted - A / 2.0).abs().max() < 0.05 < (unweighted - A / 2.0).abs().max()
+
+
+def test_lstsq_skip_init_starts_from_the_linear_fit_and_a_zero_init_does_not():
+    """On a target with a linear part, 'lstsq' starts W_skip at that part: the first logged FVU is lower, and
+    an unknown init is a clear error."""
+    teacher = _teacher()
+    A = torch.randn(D, D, generator=torch.Generator().manual_seed(5))
+
+    def data():
+        g = torch.Generator().manual_seed(7)
+        for _ in range(4):
+            x = torch.randn(1000, D, generator=g)
+            with torch.no_grad():
+                y = teacher(x) + 10 * x @ A.T
+            yield {"x": x, "y": y}
+
+    tc_cfg = _tc_cfg(architecture="topk", skip=True, hook_name="h_in", layer=0)
+    first = {}
+    for init in SKIP_INITS:
+        res = train(data, _cfg(train_tokens=5000, log_every=1, skip_init=init), tc_cfg, progress=False)
+        first[init] = res.curve[0]["fvu"]
+    assert first["lstsq"] < 0.5 * first["zero"]
+    with pytest.raises(ValueError, match="skip_init must be one of"):
+        _cfg(skip_init="random")
