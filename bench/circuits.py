@@ -85,6 +85,22 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_extra(fn) -> tuple[object, int]:
+    """(fn(), peak resident memory above the start while it ran, sampled every 2 ms)."""
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], _rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out = fn()
+    done.set()
+    sampler.join()
+    return out, max(peak[0], _rss()) - base
+
+
 def _edges(d_sae: int, heads: bool, layers=(0, 2), block: int = BLOCK) -> tuple[float, float, int]:
     """(seconds, useful FLOPs, peak extra bytes) of feature_edges over `layers` (weights allocated beforehand)."""
     tcs = _transcoders(list(layers), d_sae)
@@ -96,22 +112,14 @@ def _edges(d_sae: int, heads: bool, layers=(0, 2), block: int = BLOCK) -> tuple[
         flops += sum(
             2 * d_sae * d_sae * D_HEAD for m in range(layers[0] + 1, layers[1] + 1) for _ in range(N_HEADS)
         )
-    base, peak, done = _rss(), [0], threading.Event()
 
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
+    def run() -> float:
+        t0 = time.perf_counter()
+        assert list(feature_edges(tcs, W_V, W_O, k=8, heads=heads, block=block))
+        return time.perf_counter() - t0
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.perf_counter()
-    out = list(feature_edges(tcs, W_V, W_O, k=8, heads=heads, block=block))
-    seconds = time.perf_counter() - t0
-    done.set()
-    sampler.join()
-    assert out
-    return seconds, flops, max(peak[0], _rss()) - base
+    seconds, extra = _peak_extra(run)
+    return seconds, flops, extra
 
 
 def bench_edges() -> None:
@@ -174,22 +182,6 @@ def _build(method: str, model, tokens, tcs, target, pc=None):
     else:
         graph = attribute(model, tokens, tcs, target, **kwargs)
     return time.perf_counter() - t0, graph
-
-
-def _peak_extra(fn) -> tuple[object, int]:
-    """(fn(), peak resident memory above the start while it ran, sampled every 2 ms)."""
-    base, peak, done = _rss(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.002):
-            peak[0] = max(peak[0], _rss())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out = fn()
-    done.set()
-    sampler.join()
-    return out, max(peak[0], _rss()) - base
 
 
 def compare_methods(model, tcs: dict, kind: str) -> None:
