@@ -78,6 +78,8 @@ class PromptCache:
         self.attn_bias = _attn_bias(model, self.W_O)  # [n, d_model]
         self.W_U, self.b_U = model.W_U, model.b_U  # [d_model, d_vocab], [d_vocab]
         self.x2, self.z, self.y_hat, self.skip = {}, {}, {}, {}
+        # layer -> [d_sae] encoder biases with the input centering folded in: b_enc − b_pre W_enc
+        self.folded_b_enc = {layer: tc.b_enc - tc.b_pre @ tc.W_enc for layer, tc in self.transcoders.items()}
         # each layer's active features per position, padded with zeros to the most active at any position
         self.active_index, self.active_z = {}, {}  # layer -> [pos, K] int64, [pos, K]
         for layer, tc in self.transcoders.items():
@@ -125,8 +127,7 @@ class PromptCache:
 
     def b_enc(self, layer: int, feature: int) -> float:
         """A feature's encoder bias with the transcoder's input centering folded in: b_enc,i − b_pre · f_enc,i."""
-        tc = self.transcoders[layer]
-        return float(tc.b_enc[feature] - tc.b_pre @ tc.W_enc[:, feature])
+        return float(self.folded_b_enc[layer][feature])
 
     def logit_value(self, target: LogitTarget, position: int) -> float:
         out = self.logits[position, target.token]

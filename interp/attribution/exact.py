@@ -53,7 +53,15 @@ import torch
 from torch import Tensor
 
 from interp.attribution.cache import PromptCache
-from interp.attribution.graph import AttributionGraph, GraphNode, NodeKey
+from interp.attribution.graph import (
+    AttributionGraph,
+    GraphNode,
+    NodeKey,
+    embed_label,
+    error_label,
+    feature_label,
+    token_text_at,
+)
 from interp.attribution.prune import (
     EDGE_THRESHOLD,
     NODE_THRESHOLD,
@@ -382,7 +390,6 @@ def exact_graph(
     )
     store[0], row_constants[0], row_node[0] = rows[0], constants[0] + own_bias, C
     visited = torch.zeros(F, dtype=torch.bool, device=device)
-    enc_bias = _folded_b_enc(pc)
     filled = 1
     while filled < S + 1:
         if S == F:
@@ -400,7 +407,7 @@ def exact_graph(
             end = filled + len(batch)
             store[filled:end], row_node[filled:end] = rows, batch
             row_constants[filled:end] = constants + torch.stack(
-                [enc_bias[int(layer)][int(i)] for layer, i in zip(layers, src.index[batch])]
+                [pc.folded_b_enc[int(layer)][int(i)] for layer, i in zip(layers, src.index[batch])]
             )
             visited[batch] = True
             filled = end
@@ -415,11 +422,6 @@ def _feature_readers(pc: PromptCache, layers: Tensor, positions: Tensor, indices
         W = pc.transcoders[layer].W_enc[:, indices[rows]].T  # [n, d_model]
         out[rows] = pc.reader(2 * layer + 1, positions[rows], W)
     return out
-
-
-def _folded_b_enc(pc: PromptCache) -> dict[int, Tensor]:
-    """layer -> [d_sae] encoder biases with the input centering folded in (PromptCache.b_enc, all at once)."""
-    return {layer: tc.b_enc - tc.b_pre @ tc.W_enc for layer, tc in pc.transcoders.items()}
 
 
 def _partial_influence(rows: Tensor, row_node: Tensor, n_columns: int) -> Tensor:
@@ -507,7 +509,7 @@ def to_attribution_graph(
     tokens = pc.tokens.tolist()
 
     def tok(t: int) -> str:
-        return repr(token_strs[t]) if token_strs is not None else str(tokens[t])
+        return token_text_at(t, tokens, token_strs)
 
     ids: dict[int, str] = {}
     nodes: dict[str, GraphNode] = {}
@@ -526,22 +528,20 @@ def to_attribution_graph(
             key = NodeKey("feature", layer, t, f)
             ids[i] = key.id
             nodes[key.id] = GraphNode(
-                key.id, "feature", layer, t, f, float(graph.values[i]), label=f"L{layer} #{f} @{t} {tok(t)}",
+                key.id, "feature", layer, t, f, float(graph.values[i]), label=feature_label(layer, t, f, tok(t)),
                 stage=2 * layer + 1,
             )  # fmt: skip
         elif i < graph.token_slice.start:
             layer, t = divmod(i - S, T)
             key = NodeKey("error", layer, t)
             ids[i] = key.id
-            what = "error" if layer in pc.transcoders else "MLP (no transcoder)"
-            nodes[key.id] = GraphNode(
-                key.id, "error", layer, t, None, None, label=f"L{layer} {what} @{t} {tok(t)}"
-            )
+            label = error_label(layer, t, tok(t), layer in pc.transcoders)
+            nodes[key.id] = GraphNode(key.id, "error", layer, t, None, None, label=label)
         else:
             t = i - graph.token_slice.start
             key = NodeKey("embed", position=t)
             ids[i] = key.id
-            nodes[key.id] = GraphNode(key.id, "embed", None, t, tokens[t], None, label=f"embed @{t} {tok(t)}")
+            nodes[key.id] = GraphNode(key.id, "embed", None, t, tokens[t], None, label=embed_label(t, tok(t)))
         nodes[ids[i]].influence = float(signed[i])
         nodes[ids[i]].cumulative_influence = 0.0 if i == len(keep) - 1 else float(cumulative[i])
     out: dict[tuple[str, str], float] = {}

@@ -58,6 +58,24 @@ class NodeKey(NamedTuple):
         raise ValueError(f"Unknown node kind {k!r}.")
 
 
+def token_text_at(t: int, tokens, token_strs=None) -> str:
+    """How position t's token appears in node labels: its text quoted, or its id without token strings."""
+    return repr(token_strs[t]) if token_strs else str(int(tokens[t]))
+
+
+def feature_label(layer: int, t: int, index: int, tok: str) -> str:
+    return f"L{layer} #{index} @{t} {tok}"
+
+
+def error_label(layer: int, t: int, tok: str, covered: bool) -> str:
+    """A transcoder's error node, or the whole MLP output where the layer has no transcoder (or at BOS)."""
+    return f"L{layer} {'error' if covered else 'MLP (no transcoder)'} @{t} {tok}"
+
+
+def embed_label(t: int, tok: str) -> str:
+    return f"embed @{t} {tok}"
+
+
 @dataclass
 class GraphNode:
     node_id: str

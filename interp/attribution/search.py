@@ -25,7 +25,16 @@ from torch import Tensor
 
 from interp.attribution.cache import PromptCache
 from interp.attribution.decompose import _Decomposition, decompose_many
-from interp.attribution.graph import LEAF_KINDS, AttributionGraph, GraphNode, NodeKey
+from interp.attribution.graph import (
+    LEAF_KINDS,
+    AttributionGraph,
+    GraphNode,
+    NodeKey,
+    embed_label,
+    error_label,
+    feature_label,
+    token_text_at,
+)
 from interp.attribution.prune import finish
 from interp.attribution.targets import FeatureTarget, Target, token_text
 from interp.transcoder import Transcoder
@@ -58,7 +67,7 @@ class _Builder:
         self.leaf_ids: dict[NodeKey, str] = {}  # a leaf key's id, formatted once
 
     def tok(self, pos: int) -> str:
-        return repr(self.token_strs[pos]) if self.token_strs else str(int(self.pc.tokens[pos]))
+        return token_text_at(pos, self.pc.tokens, self.token_strs)
 
     def decomposition(self, node_id: str) -> _Decomposition:
         if node_id not in self.decomps:
@@ -88,7 +97,7 @@ class _Builder:
             stage = 2 * layer + 1
             self.nodes[node_id] = GraphNode(
                 node_id, "feature", layer, t, i, pc.feature_value(layer, t, i),
-                label=f"L{layer} #{i} @{t} {self.tok(t)}", stage=stage,
+                label=feature_label(layer, t, i, self.tok(t)), stage=stage,
                 reader=pc.reader(stage, t, tc.W_enc[:, i]),
                 own_bias=(NodeKey("bias", layer, t, detail="enc"), pc.b_enc(layer, i)),
             )  # fmt: skip
@@ -139,10 +148,9 @@ class _Builder:
         kind, layer, pos = key.kind, key.layer, key.position
         where = "" if pos is None else f" @{pos} {self.tok(pos)}"
         if kind == "embed":
-            return f"embed{where}"
+            return embed_label(pos, self.tok(pos))
         if kind == "error":
-            what = "error" if layer in self.pc.transcoders and pos != 0 else "MLP (no transcoder)"
-            return f"L{layer} {what}{where}"
+            return error_label(layer, pos, self.tok(pos), layer in self.pc.transcoders and pos != 0)
         if kind == "bias":
             return f"{key.detail} bias L{layer}{where}"
         return f"pruned → {self.nodes[key.feeds].label or key.feeds}"
