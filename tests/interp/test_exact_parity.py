@@ -61,6 +61,10 @@ def compare(ours, theirs: dict, meta: dict) -> dict[str, float]:
 
 
 def assert_parity(diff: dict[str, float]) -> None:
+    print(
+        f"parity: worst entry / row scale {diff['entry']:.1e}, replacement {diff['replacement']:.1e}, "
+        f"completeness {diff['completeness']:.1e}"
+    )  # the measured figures: `pytest -s` shows them
     assert diff["entry"] <= ENTRY_TOL, diff
     assert diff["replacement"] <= SCORE_TOL and diff["completeness"] <= SCORE_TOL, diff
 
